@@ -1,0 +1,118 @@
+"""Text normalisation and feature extraction for the lexical matcher.
+
+Both the FAQ phrasings and the customer's question go through the same functions, so what
+matters is that equal meaning gives equal features: case, accents, punctuation, Italian
+elisions ("dell'ordine" -> "dell ordine"), order numbers (#12345 -> one token), emoji, and Thai
+text, which has no spaces between words and is therefore cut into character n-grams.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+
+ORDER_TOKEN = "qorderq"
+NUMBER_TOKEN = "qnumq"
+
+_ORDER_ID = re.compile(r"#\s?\d+|\b[a-z]{0,3}\d{5,}\b")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_THAI_RUN = re.compile(r"[\u0e00-\u0e7f]+")
+_TOKEN = re.compile(r"[a-z\u00df-\u024f]+|[\u0e00-\u0e7f]+|" + ORDER_TOKEN + "|" + NUMBER_TOKEN)
+_NON_WORD = re.compile(r"[^\w\u0e00-\u0e7f]+")
+_LATIN_ACCENT = re.compile(r"[\u0300-\u036f]")
+# Thai marks that writers add, drop or repeat freely (mai yamok, paiyannoi, thanthakhat aside).
+_THAI_REPEAT = re.compile(r"([\u0e00-\u0e7f])\1{2,}")
+
+# Words that carry almost no meaning in a support question. Kept short on purpose: IDF
+# weighting already discounts common words, this list only removes the noisiest ones.
+STOPWORDS = frozenset(
+    """
+    a an the i me my we our you your it its is are am be been was were do does did to of in on
+    at for with and or but so this that these those there here please hi hello hey can could
+    would will should shall may might just
+    il lo la i gli le un una uno di da del della dello dei degli delle al alla allo ai agli alle
+    dal dalla dall dell nel nella nell sul sulla e ed o ma che mi ti ci si vi ne per con su
+    l un c d
+    """.split()
+)
+
+_EN_SUFFIXES = ("ing", "edly", "ed", "ies", "es", "s", "ly")
+_IT_SUFFIXES = ("zioni", "zione", "mente", "ando", "endo", "are", "ere", "ire", "ato", "ata",
+                "ati", "ate", "ito", "ita", "iti", "ite", "o", "a", "i", "e")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, strip Latin accents, map order ids and numbers to tokens, drop punctuation."""
+    text = unicodedata.normalize("NFKC", text).casefold().replace("’", "'")
+    text = _ORDER_ID.sub(f" {ORDER_TOKEN} ", text)
+    text = _NUMBER.sub(f" {NUMBER_TOKEN} ", text)
+    decomposed = unicodedata.normalize("NFD", text)
+    text = unicodedata.normalize("NFC", _LATIN_ACCENT.sub("", decomposed))
+    text = _THAI_REPEAT.sub(r"\1", text)
+    return " ".join(_NON_WORD.sub(" ", text.replace("_", " ")).split())
+
+
+def stem(word: str) -> str:
+    """A deliberately crude stemmer for English and Italian: strip one common suffix.
+
+    It only has to make "orders"/"ordered"/"ordine"/"ordini" land near each other; char
+    n-grams cover what it misses.
+    """
+    if len(word) <= 4 or not word.isascii():
+        return word
+    for suffix in _EN_SUFFIXES + _IT_SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            return word[: len(word) - len(suffix)]
+    return word
+
+
+def thai_grams(run: str) -> list[str]:
+    """Thai has no spaces: use overlapping character bigrams and trigrams as its "words"."""
+    if len(run) <= 2:
+        return [run]
+    grams = [run[i : i + 2] for i in range(len(run) - 1)]
+    grams += [run[i : i + 3] for i in range(len(run) - 2)]
+    return grams
+
+
+@dataclass(frozen=True, slots=True)
+class TextFeatures:
+    """Weighted sparse features of one text, grouped by kind before weighting."""
+
+    words: Counter[str]
+    bigrams: Counter[str]
+    chars: Counter[str]
+    tokens: tuple[str, ...]
+
+
+def extract(text: str, char_sizes: tuple[int, ...] = (3, 4, 5)) -> TextFeatures:
+    """Features of `text`: stemmed words without stopwords, word pairs and char n-grams.
+
+    Char n-grams are taken inside each padded word (" word "), which tolerates typos and
+    morphology; Thai runs contribute their character grams as words too.
+    """
+    normal = normalize(text)
+    tokens = tuple(_TOKEN.findall(normal))
+    words: Counter[str] = Counter()
+    chars: Counter[str] = Counter()
+    content: list[str] = []
+    for token in tokens:
+        if _THAI_RUN.fullmatch(token):
+            grams = thai_grams(token)
+            words.update(grams)
+            content.append(token)
+            continue
+        if token not in STOPWORDS:
+            stemmed = stem(token)
+            words[stemmed] += 1
+            content.append(stemmed)
+        padded = f" {token} "
+        for size in char_sizes:
+            if len(padded) >= size:
+                chars.update(padded[i : i + size] for i in range(len(padded) - size + 1))
+    bigrams: Counter[str] = Counter(f"{a} {b}" for a, b in zip(content, content[1:], strict=False))
+    if not words and tokens:  # a question made only of stopwords ("can I?") still needs words
+        words.update(tokens)
+    return TextFeatures(words=words, bigrams=bigrams, chars=chars, tokens=tokens)
