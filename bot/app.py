@@ -1,0 +1,114 @@
+"""The composition root: builds the database, queues, FAQ, rules, channels and HTTP app, and
+runs them until asked to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+
+from bot.db.engine import Database
+from bot.handler import HandlerConfig, MessageHandler
+from bot.lifecycle import LifecycleStore
+from bot.queue import Inbox
+from bot.settings import Settings
+from bot.web import build_http_app
+from bot.worker import OutboxSender, WorkerPool
+from channels import CHANNELS
+from channels.base import Channel, ChannelContext
+from faq.store import FaqStore
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """Everything `python -m bot serve` runs, in one process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.inbox = Inbox(self.db, max_attempts=settings.max_attempts)
+        self.faq = FaqStore(settings.faq_dir, threshold=settings.faq_threshold,
+                            semantic_model=settings.faq_semantic_model)
+        self.lifecycle = LifecycleStore(settings.lifecycle_rules)
+        self.handler = MessageHandler(self.faq, self.lifecycle, HandlerConfig(
+            store_name=settings.store_name, default_language=settings.default_language,
+            repeat_window=timedelta(minutes=settings.repeat_window_minutes)))
+        ctx = ChannelContext(settings=settings, intake=self.inbox, db=self.db)
+        self.channels: dict[str, Channel] = {}
+        for name, cls in CHANNELS.items():
+            channel = cls.from_context(ctx)
+            if channel is not None:
+                self.channels[name] = channel
+        self.outbox = OutboxSender(self.db, self.channels,
+                                   concurrency=settings.send_concurrency,
+                                   max_attempts=settings.send_max_attempts)
+        self.workers = WorkerPool(self.db, self.inbox, self.handler, workers=settings.workers,
+                                  batch=settings.queue_batch, on_committed=self.outbox.wake)
+        self.http = build_http_app(self)
+        self.stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self, *, http: bool = True, workers: bool = True) -> None:
+        """`http`: webhooks, web chat and API; `workers`: queue workers, outbox and pollers."""
+        await self.db.upgrade()
+        if workers:
+            for channel in self.channels.values():
+                await channel.start()
+            self._spawn(self.workers.run(self.stop_event), "workers")
+            self._spawn(self.outbox.run(self.stop_event), "outbox")
+            self._spawn(self.faq.watch(self.stop_event), "faq-watch")
+            self._spawn(self.lifecycle.watch(self.stop_event), "rules-watch")
+        if http:
+            self._runner = web.AppRunner(self.http, access_log=None, shutdown_timeout=5)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+            await site.start()
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []
+            self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        log.info("storedesk ready: channels %s, %d FAQ entries, workers %d, database %s",
+                 ", ".join(self.channels) or "none", len(self.faq.entries),
+                 self.settings.workers, "SQLite" if self.db.is_sqlite else "PostgreSQL")
+        if http:
+            log.info("web chat on http://%s:%s/", self.settings.host, self.port)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self.stop_event.is_set():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("background task %s stopped: %r", task.get_name(), exc)
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for channel in self.channels.values():
+            with contextlib.suppress(Exception):
+                await channel.stop()
+        done, pending = await asyncio.wait(self._tasks, timeout=10) if self._tasks else (
+            set(), set())
+        for task in pending:
+            task.cancel()
+        await self.db.close()
+        log.info("storedesk stopped")
+
+    async def run_forever(self, *, http: bool = True, workers: bool = True) -> None:
+        await self.start(http=http, workers=workers)
+        try:
+            await self.stop_event.wait()
+        finally:
+            await self.stop()

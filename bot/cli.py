@@ -1,0 +1,208 @@
+"""`python -m bot ...`: serve, FAQ tools, escalations, order import, database upgrade."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bot.errors import BotError, ConfigError, InputError
+from bot.logs import setup_logging
+from bot.settings import Settings, load_settings
+
+app = typer.Typer(help="storedesk: omnichannel support inbox bot for online stores.",
+                  no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+log = logging.getLogger("bot")
+
+
+def _faq_app() -> typer.Typer | None:
+    try:
+        from faq.cli import app as faq_app
+    except ImportError:
+        return None
+    return faq_app
+
+
+_faq = _faq_app()
+if _faq is not None:
+    app.add_typer(_faq, name="faq", help="FAQ tools: match, lint, eval, explain, suggest.")
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    return settings
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _run(settings: Settings, *, http: bool, workers: bool) -> None:
+    from bot.app import Service
+
+    async def main() -> None:
+        try:
+            service = Service(settings)
+        except BotError as exc:
+            raise _fail(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, service.stop_event.set)
+        await service.run_forever(http=http, workers=workers)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        raise _fail(f"cannot start: {exc}") from None
+
+
+HostOpt = Annotated[str | None, typer.Option(help="Listen address (HOST)")]
+PortOpt = Annotated[int | None, typer.Option(help="Listen port (PORT)")]
+
+
+@app.command()
+def serve(host: HostOpt = None, port: PortOpt = None) -> None:
+    """Run everything in one process: HTTP (web chat, webhooks, API), workers, pollers."""
+    _run(_settings(host=host, port=port), http=True, workers=True)
+
+
+@app.command()
+def web(host: HostOpt = None, port: PortOpt = None) -> None:
+    """Run only the HTTP side: webhooks, web chat and API put messages on the queue."""
+    _run(_settings(host=host, port=port), http=True, workers=False)
+
+
+@app.command()
+def worker() -> None:
+    """Run only queue workers and the outbox sender (as many processes as you like)."""
+    _run(_settings(), http=False, workers=True)
+
+
+@app.command()
+def escalations(
+    status: Annotated[str, typer.Option(help="open, taken, resolved, returned or all")] = "open",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document")] = False,
+) -> None:
+    """List escalated conversations waiting for a person."""
+    settings = _settings()
+    from bot.db.engine import Database
+    from bot.reports import list_escalations
+
+    async def main() -> list[dict[str, Any]]:
+        db = Database(settings.database_url)
+        try:
+            await db.upgrade()
+            async with db.read() as conn:
+                return await list_escalations(conn, status=status)
+        finally:
+            await db.close()
+
+    items = asyncio.run(main())
+    if as_json:
+        typer.echo(json.dumps(items, ensure_ascii=False, indent=2))
+        return
+    if not items:
+        typer.echo(f"no {status} escalations")
+        return
+    typer.echo(f"{'id':>5}  {'conv':>5}  {'channel':<9} {'lang':<4} {'stage':<13} "
+               f"{'reason':<18} {'waiting since':<20} question")
+    for e in items:
+        question = (e["question"] or "").replace("\n", " ")
+        typer.echo(f"{e['id']:>5}  {e['conversation_id']:>5}  {e['channel']:<9} "
+                   f"{e['language'] or '-':<4} {e['stage'] or '-':<13} {e['reason']:<18} "
+                   f"{e['created_at'][:19]:<20} {question[:60]}")
+
+
+@app.command("import-orders")
+def import_orders(
+    file: Annotated[Path, typer.Argument(help="CSV with email or phone, order_id, total, "
+                                               "currency, placed_at, status")],
+) -> None:
+    """Import order history so lifecycle stages know what customers bought."""
+    settings = _settings()
+    if not file.exists():
+        raise _fail(f"{file} does not exist")
+    from bot.customers import OrderIn, find_or_create_by_contact
+    from bot.db.engine import Database
+    from bot.lifecycle import LifecycleRules
+    from bot.orders import push_orders
+
+    rows = []
+    with file.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"order_id", "total"} - set(reader.fieldnames or ())
+        if missing or not ({"email", "phone"} & set(reader.fieldnames or ())):
+            raise _fail(f"{file}: needs columns order_id, total and email or phone "
+                        f"(missing {', '.join(sorted(missing)) or 'email/phone'})")
+        for line_no, row in enumerate(reader, start=2):
+            try:
+                rows.append((line_no, row, OrderIn.parse(row)))
+            except InputError as exc:
+                raise _fail(f"{file}:{line_no}: {exc}") from None
+    rules = LifecycleRules.from_file(settings.lifecycle_rules)
+
+    async def main() -> int:
+        db = Database(settings.database_url)
+        changes = 0
+        try:
+            await db.upgrade()
+            async with db.write() as conn:
+                for line_no, row, order in rows:
+                    try:
+                        cid = await find_or_create_by_contact(
+                            conn, email=row.get("email"), phone=row.get("phone"),
+                            name=row.get("name"))
+                    except InputError as exc:
+                        raise _fail(f"{file}:{line_no}: {exc}") from None
+                    result = await push_orders(conn, rules, cid, [order])
+                    changes += len(result["stage_changes"])
+        finally:
+            await db.close()
+        return changes
+
+    changes = asyncio.run(main())
+    typer.echo(f"imported {len(rows)} orders from {file}; {changes} stage changes")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply schema migrations (SQLite or PostgreSQL)."""
+    settings = _settings()
+    from bot.db.engine import Database
+
+    async def main() -> str | None:
+        db = Database(settings.database_url)
+        try:
+            await db.upgrade(revision)
+            return await db.current_revision()
+        finally:
+            await db.close()
+
+    typer.echo(f"database at revision {asyncio.run(main())}")
+
+
+def main() -> None:
+    try:
+        app()
+    except BotError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Tables. Timestamps are UTC everywhere (stored naive in SQLite, timestamptz in PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python, whatever the database keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def ts(*, index: bool = False, nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), index=index, nullable=nullable))
+
+
+def created(*, index: bool = False) -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), index=index,
+                                                          nullable=False))
+
+
+def json_field(default: Any = None) -> Any:
+    factory = (lambda: dict(default)) if isinstance(default, dict) else (lambda: default)
+    return Field(default_factory=factory, sa_column=Column(JSON, nullable=True))
+
+
+class ConversationStatus:
+    BOT = "bot"
+    WAITING = "waiting"  # escalated, nobody has taken it yet
+    HUMAN = "human"  # a person owns it; the bot stays silent
+    RESOLVED = "resolved"
+    OPEN = (BOT, WAITING, HUMAN)
+
+
+class Customer(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    display_name: str | None = None
+    email: str | None = Field(default=None, index=True)
+    phone: str | None = Field(default=None, index=True)
+    language: str | None = None
+    stage: str | None = None
+    orders_count: int = 0
+    total_spent: float = 0.0
+    last_order_at: datetime | None = ts()
+    merged_into: int | None = Field(default=None, foreign_key="customer.id")
+    created_at: datetime = created()
+
+
+class Identity(SQLModel, table=True):
+    """One customer address on one channel."""
+
+    __table_args__ = (UniqueConstraint("channel", "address"),)
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    channel: str
+    address: str
+    display_name: str | None = None
+    created_at: datetime = created()
+
+
+class Conversation(SQLModel, table=True):
+    __table_args__ = (
+        Index("ix_conversation_identity_status", "identity_id", "status"),
+        Index("ix_conversation_stage_created", "stage", "created_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    identity_id: int = Field(foreign_key="identity.id")
+    channel: str = Field(index=True)
+    address: str
+    thread: str | None = None
+    status: str = ConversationStatus.BOT
+    language: str | None = None
+    stage: str | None = None
+    assigned_to: str | None = None
+    last_faq_id: str | None = None
+    last_answer_at: datetime | None = ts()
+    last_inbound_at: datetime | None = ts()
+    meta: dict[str, Any] | None = json_field({})
+    created_at: datetime = created(index=True)
+    updated_at: datetime = created()
+    resolved_at: datetime | None = ts()
+
+
+class Message(SQLModel, table=True):
+    __table_args__ = (
+        Index("ix_message_conversation_id", "conversation_id", "id"),
+        Index("ix_message_provider", "channel", "provider_id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.id")
+    direction: str  # "in" or "out"
+    channel: str
+    external_id: str | None = None
+    author: str  # customer, bot, staff:<slack user id>
+    text: str
+    attachments: list[dict[str, Any]] | None = json_field(None)
+    language: str | None = None
+    faq_id: str | None = Field(default=None, index=True)
+    score: float | None = None
+    decision: str | None = None  # answer, escalate, ambiguous, silent (a human owns it)
+    status: str = "received"  # in: received; out: pending, sent, delivered, read, failed
+    error: str | None = None
+    provider_id: str | None = None
+    meta: dict[str, Any] | None = json_field(None)
+    created_at: datetime = created(index=True)
+    sent_at: datetime | None = ts()
+
+
+class InboxItem(SQLModel, table=True):
+    """The durable inbound queue: one row per accepted platform message."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (
+        UniqueConstraint("channel", "external_id"),
+        Index("ix_inbox_status_id", "status", "id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str
+    external_id: str
+    conversation_key: str
+    shard: int
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: str = "pending"  # pending, done, dead
+    attempts: int = 0
+    next_attempt_at: datetime | None = ts()
+    last_error: str | None = None
+    created_at: datetime = created()
+    done_at: datetime | None = ts()
+
+
+class OutboxItem(SQLModel, table=True):
+    """The outbound queue: one row per message to deliver, retried with backoff."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_status_id", "status", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    conversation_id: int
+    channel: str
+    status: str = "pending"  # pending, sent, failed
+    attempts: int = 0
+    next_attempt_at: datetime | None = ts()
+    last_error: str | None = None
+    created_at: datetime = created()
+    sent_at: datetime | None = ts()
+
+
+class StageChange(SQLModel, table=True):
+    __tablename__ = "stage_change"
+    __table_args__ = (Index("ix_stage_change_created", "created_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int | None = Field(default=None, foreign_key="conversation.id", index=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    from_stage: str | None = None
+    to_stage: str
+    reason: str
+    created_at: datetime = created()
+
+
+class Escalation(SQLModel, table=True):
+    __table_args__ = (Index("ix_escalation_status_created", "status", "created_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversation.id", index=True)
+    reason: str  # no_match, ambiguous, asked_for_human, repeated_question, entry_escalates
+    detail: str | None = None
+    question: str | None = None
+    candidates: list[dict[str, Any]] | None = json_field(None)
+    status: str = "open"  # open, taken, resolved, returned
+    team: str | None = None
+    staff_channel: str | None = None
+    staff_thread: str | None = None
+    taken_by: str | None = None
+    taken_at: datetime | None = ts()
+    first_response_at: datetime | None = ts()
+    resolved_at: datetime | None = ts()
+    reposted_at: datetime | None = ts()
+    csat: int | None = None
+    created_at: datetime = created()
+
+
+class Order(SQLModel, table=True):
+    """What the store told us a customer bought (pushed by API or CSV import)."""
+
+    __tablename__ = "orders"
+    __table_args__ = (UniqueConstraint("customer_id", "external_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    external_id: str
+    total: float = 0.0
+    currency: str = "EUR"
+    status: str = "placed"  # placed, fulfilled, returned, cancelled
+    placed_at: datetime = created()
+
+
+class ChannelState(SQLModel, table=True):
+    """Small durable state a channel keeps (e.g. the IMAP UID cursor)."""
+
+    __tablename__ = "channel_state"
+    key: str = Field(primary_key=True)
+    value: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = created()

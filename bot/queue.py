@@ -1,0 +1,226 @@
+"""The durable queues: inbound messages (`Inbox`) and replies to deliver (`Outbox`).
+
+Inbound: a channel calls `Inbox.put`, which returns only after the row is committed, so the
+platform is acknowledged only for messages we cannot lose. `(channel, external_id)` is unique,
+so a redelivered webhook is a no-op. Concurrent `put`s are committed together (group commit):
+one transaction per burst instead of one per message.
+
+Ordering: every row carries its conversation key and a shard derived from it. Worker task `i`
+of `n` takes only the shards `s % n == i`, in id order, so one conversation is always handled by
+one task, in arrival order, while different conversations run in parallel. A message that
+fails is retried with backoff; the later messages of its conversation wait for it, and after
+`max_attempts` it is parked as `dead` (visible to admins), which unblocks the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.db.engine import Database
+from bot.db.models import InboxItem, OutboxItem
+from bot.errors import QueueError
+from channels.base import Attachment, InboundMessage
+
+log = logging.getLogger(__name__)
+SHARDS = 1024
+
+
+def shard_of(conversation_key: str) -> int:
+    return zlib.crc32(conversation_key.encode()) % SHARDS
+
+
+def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
+    """Exponential backoff: 1, 2, 4 ... seconds, capped."""
+    return float(min(cap, base * (2 ** max(0, attempt - 1))))
+
+
+def encode_message(msg: InboundMessage) -> dict[str, Any]:
+    data = dataclasses.asdict(msg)
+    data["timestamp"] = msg.timestamp.isoformat()
+    data["attachments"] = [a.as_dict() for a in msg.attachments]
+    data["meta"] = dict(msg.meta)
+    return data
+
+
+def decode_message(data: dict[str, Any]) -> InboundMessage:
+    fields = dict(data)
+    fields["timestamp"] = datetime.fromisoformat(fields["timestamp"])
+    fields["attachments"] = tuple(Attachment(**a) for a in fields.get("attachments") or ())
+    return InboundMessage(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedItem:
+    id: int
+    attempts: int
+    conversation_key: str
+    message: InboundMessage
+
+
+def _insert_ignore(conn: AsyncConnection, table: Any) -> Any:
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise QueueError(f"unsupported database dialect {dialect}")
+
+
+class Inbox:
+    """The inbound queue on the database (SQLite or PostgreSQL)."""
+
+    def __init__(self, db: Database, *, max_attempts: int = 5) -> None:
+        self.db = db
+        self.max_attempts = max_attempts
+        self._pending: list[tuple[InboundMessage, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.wakeup = asyncio.Event()
+
+    async def put(self, message: InboundMessage) -> bool:
+        """Commit `message` to the queue. True if new, False if already queued (duplicate)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((message, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                inserted = await self._insert(batch)
+            except Exception as exc:
+                log.exception("could not commit %d inbound messages", len(batch))
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(QueueError(f"queue unavailable: {exc}"))
+                continue
+            for (_, fut), new in zip(batch, inserted, strict=True):
+                if not fut.done():
+                    fut.set_result(new)
+            if any(inserted):
+                self.wakeup.set()
+
+    async def _insert(self, batch: Sequence[tuple[InboundMessage, Any]]) -> list[bool]:
+        now = datetime.now(UTC)
+        results: list[bool] = []
+        seen: set[tuple[str, str]] = set()
+        async with self.db.write() as conn:
+            stmt = _insert_ignore(conn, InboxItem.__table__).returning(InboxItem.__table__.c.id)
+            for msg, _ in batch:
+                key = (msg.channel, msg.external_id)
+                if key in seen:
+                    results.append(False)
+                    continue
+                seen.add(key)
+                row = (await conn.execute(stmt, {
+                    "channel": msg.channel, "external_id": msg.external_id,
+                    "conversation_key": msg.conversation_key,
+                    "shard": shard_of(msg.conversation_key), "payload": encode_message(msg),
+                    "status": "pending", "attempts": 0, "next_attempt_at": now,
+                    "created_at": now,
+                })).first()
+                results.append(row is not None)
+        return results
+
+    async def claim(self, worker: int, workers: int, limit: int) -> list[QueuedItem]:
+        """The next due messages for this worker, oldest first, never skipping ahead of a
+        message of the same conversation that is waiting for a retry."""
+        t = InboxItem.__table__.c
+        now = datetime.now(UTC)
+        stmt = (select(t.id, t.attempts, t.conversation_key, t.payload, t.next_attempt_at)
+                .where(t.status == "pending"))
+        if workers > 1:
+            stmt = stmt.where(t.shard % workers == worker)
+        stmt = stmt.order_by(t.id).limit(limit * 4)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        blocked: set[str] = set()
+        items: list[QueuedItem] = []
+        for row in rows:
+            if row.conversation_key in blocked:
+                continue
+            if row.next_attempt_at is not None and row.next_attempt_at > now:
+                blocked.add(row.conversation_key)
+                continue
+            try:
+                message = decode_message(row.payload)
+            except (TypeError, ValueError, KeyError) as exc:
+                await self.park(row.id, f"undecodable payload: {exc}")
+                continue
+            items.append(QueuedItem(row.id, row.attempts, row.conversation_key, message))
+            if len(items) >= limit:
+                break
+        return items
+
+    @staticmethod
+    async def complete(conn: AsyncConnection, item_id: int) -> None:
+        t = InboxItem.__table__.c
+        await conn.execute(update(InboxItem.__table__).where(t.id == item_id)
+                           .values(status="done", done_at=datetime.now(UTC)))
+
+    async def retry_later(self, item: QueuedItem, error: str) -> bool:
+        """Record a failed attempt. Returns True if the message was parked as dead."""
+        attempts = item.attempts + 1
+        dead = attempts >= self.max_attempts
+        t = InboxItem.__table__.c
+        values: dict[str, Any] = {"attempts": attempts, "last_error": error[:2000]}
+        if dead:
+            values["status"] = "dead"
+        else:
+            values["next_attempt_at"] = datetime.now(UTC) + timedelta(seconds=backoff(attempts))
+        async with self.db.write() as conn:
+            await conn.execute(update(InboxItem.__table__).where(t.id == item.id).values(values))
+        return dead
+
+    async def park(self, item_id: int, error: str) -> None:
+        t = InboxItem.__table__.c
+        async with self.db.write() as conn:
+            await conn.execute(update(InboxItem.__table__).where(t.id == item_id)
+                               .values(status="dead", last_error=error[:2000]))
+
+    async def requeue_dead(self, item_ids: Sequence[int] | None = None) -> int:
+        """Give dead-lettered messages another round (admin action)."""
+        t = InboxItem.__table__.c
+        stmt = update(InboxItem.__table__).where(t.status == "dead")
+        if item_ids is not None:
+            stmt = stmt.where(t.id.in_(list(item_ids)))
+        async with self.db.write() as conn:
+            result = await conn.execute(stmt.values(status="pending", attempts=0,
+                                                    next_attempt_at=datetime.now(UTC)))
+        self.wakeup.set()
+        return int(result.rowcount or 0)
+
+    async def stats(self) -> dict[str, Any]:
+        t = InboxItem.__table__.c
+        async with self.db.read() as conn:
+            counts = dict((await conn.execute(
+                select(t.status, func.count()).group_by(t.status))).all())
+            oldest = (await conn.execute(
+                select(func.min(t.created_at)).where(t.status == "pending"))).scalar()
+        age = None
+        if oldest is not None:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            age = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        return {"pending": counts.get("pending", 0), "done": counts.get("done", 0),
+                "dead": counts.get("dead", 0), "oldest_pending_age_s": age}
+
+
+async def enqueue_outbound(conn: AsyncConnection, *, message_id: int, conversation_id: int,
+                           channel: str) -> None:
+    """Add a reply to the outbox, inside the caller's transaction."""
+    now = datetime.now(UTC)
+    await conn.execute(insert(OutboxItem.__table__).values(
+        message_id=message_id, conversation_id=conversation_id, channel=channel,
+        status="pending", attempts=0, next_attempt_at=now, created_at=now))

@@ -1,0 +1,155 @@
+"""The only place that reads configuration: environment first, then `.env`, then defaults.
+
+Every value is validated when the service starts; a bad one stops it with a message naming the
+variable, never a traceback deep inside a request. Secrets are `SecretStr`, so they never show
+up in logs or reprs.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SAMPLE_FAQ_DIR = PACKAGE_DIR.parent / "faq" / "sample"
+DEFAULT_LIFECYCLE_RULES = PACKAGE_DIR / "data" / "lifecycle.yaml"
+LANGUAGES = ("en", "it", "th")
+
+
+class Settings(BaseSettings):
+    """Service settings. Environment variable names are the field names in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- core -----------------------------------------------------------------------------
+    database_url: str = Field(
+        "sqlite+aiosqlite:///./storedesk.db",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///file.db or postgresql+asyncpg://...",
+    )
+    redis_url: str | None = Field(None, description="Redis URL; switches the queue to Redis Streams")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="URL the platforms call us on (used to check Twilio signatures)",
+    )
+    store_name: str = "Our Store"
+    default_language: Literal["en", "it", "th"] = "en"
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for /api and the dashboard; unset = admin API disabled"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+
+    # --- FAQ and rules --------------------------------------------------------------------
+    faq_dir: Path = SAMPLE_FAQ_DIR
+    faq_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    faq_semantic_model: str | None = None
+    lifecycle_rules: Path = DEFAULT_LIFECYCLE_RULES
+    repeat_window_minutes: float = Field(
+        30.0, gt=0, description="A question asked again within this time after an answer escalates"
+    )
+
+    # --- queue ----------------------------------------------------------------------------
+    workers: int = Field(2, ge=1, le=64, description="Worker tasks taking inbound messages")
+    queue_batch: int = Field(64, ge=1, le=1000)
+    max_attempts: int = Field(5, ge=1, le=100, description="Tries before a message is dead-lettered")
+    send_concurrency: int = Field(16, ge=1, le=256)
+    send_max_attempts: int = Field(8, ge=1, le=100)
+
+    # --- input limits ---------------------------------------------------------------------
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_text_chars: int = Field(4000, ge=1)
+    webchat_rate_per_minute: int = Field(30, ge=1)
+
+    # --- web chat -------------------------------------------------------------------------
+    webchat_enabled: bool = True
+
+    # --- Telegram (on when TELEGRAM_TOKEN is set) ------------------------------------------
+    telegram_token: SecretStr | None = None
+    telegram_mode: Literal["webhook", "polling"] = "webhook"
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_api_base: str = "https://api.telegram.org"
+
+    # --- WhatsApp through Twilio (on when TWILIO_ACCOUNT_SID is set) ------------------------
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_whatsapp_from: str | None = Field(None, description="e.g. whatsapp:+14155238886")
+    twilio_api_base: str = "https://api.twilio.com"
+    twilio_template_sid: str | None = Field(
+        None, description="Approved template (ContentSid) used outside the 24-hour window")
+    twilio_template_variables: str | None = Field(None, description="JSON for the template")
+
+    # --- Email (on when IMAP_HOST or SMTP_HOST is set) -------------------------------------
+    imap_host: str | None = None
+    imap_port: int = Field(993, ge=1, le=65535)
+    imap_ssl: bool = True
+    imap_user: str | None = None
+    imap_password: SecretStr | None = None
+    imap_mailbox: str = "INBOX"
+    imap_idle: bool = True
+    imap_poll_seconds: float = Field(60.0, gt=0)
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: Literal["starttls", "ssl", "none"] = "starttls"
+    email_from: str | None = Field(None, description="Support <support@shop.example>")
+    email_max_auto_replies_per_day: int = Field(5, ge=0)
+
+    # --- Slack: customer channel and staff desk (on when SLACK_BOT_TOKEN is set) -----------
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_api_base: str = "https://slack.com/api/"
+    slack_customer_channels: list[str] = Field(
+        default_factory=list, description="Channel ids whose messages are customer messages")
+    slack_staff_channel: str | None = Field(None, description="Default desk channel id")
+    desk_routing_file: Path | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// "
+                f"(got {value.split(':', 1)[0]!r})"
+            )
+        return value
+
+    @field_validator("faq_dir", "lifecycle_rules")
+    @classmethod
+    def _exists(cls, value: Path) -> Path:
+        if not value.exists():
+            raise ValueError(f"{value} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _admin_token_strength(self) -> Settings:
+        token = self.admin_token.get_secret_value() if self.admin_token else None
+        if token is not None and len(token) < 16:
+            raise ValueError("ADMIN_TOKEN must be at least 16 characters")
+        return self
+
+    @cached_property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings or raise ConfigError with one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
+            lines.append(f"  {name}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
