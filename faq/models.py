@@ -1,0 +1,70 @@
+"""The FAQ as the rest of the service sees it: entries, a loaded FAQ, and a match result."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Decision = Literal["answer", "escalate", "ambiguous"]
+STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy", "at_risk")
+
+
+@dataclass(frozen=True, slots=True)
+class FaqEntry:
+    """One canned answer and the phrasings that should reach it.
+
+    `answers` maps a language code ("en", "it", "th") to text; an entry written with a plain
+    string answer has it under "default". `stage` is the lifecycle stage the question hints at.
+    `escalate` entries are recognised but always handed to a person (e.g. "I want to speak to a
+    manager" or legal threats). `negatives` are phrasings that must NOT match this entry.
+    """
+
+    id: str
+    questions: tuple[str, ...]
+    answers: Mapping[str, str]
+    stage: str | None = None
+    tags: tuple[str, ...] = ()
+    escalate: bool = False
+    negatives: tuple[str, ...] = ()
+    source: str = ""
+    line: int = 0
+
+    def answer_for(
+        self, lang: str, default_lang: str = "en", variables: Mapping[str, str] | None = None
+    ) -> tuple[str, str]:
+        """The answer in `lang` if the entry has it, else in the default; returns (text, lang).
+
+        `$name` / `${name}` placeholders are filled from `variables`; unknown ones stay as written.
+        """
+        for candidate in (lang, default_lang, "default"):
+            if candidate in self.answers:
+                text = self.answers[candidate]
+                used = default_lang if candidate == "default" else candidate
+                break
+        else:
+            used, text = next(iter(self.answers.items()))
+        if variables:
+            text = string.Template(text).safe_substitute(variables)
+        return text, used
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    entry_id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult:
+    """Best entry (or None), its score in [0, 1], the decision, and the runners-up."""
+
+    entry: FaqEntry | None
+    score: float
+    decision: Decision
+    candidates: tuple[Candidate, ...] = field(default_factory=tuple)
+
+    @property
+    def faq_id(self) -> str | None:
+        return self.entry.id if self.entry else None
