@@ -62,6 +62,8 @@ class Service:
         if workers:
             for channel in self.channels.values():
                 await channel.start()
+            for name, channel in self.channels.items():
+                self._spawn(self._run_poller(channel), f"poll-{name}")
             self._spawn(self.workers.run(self.stop_event), "workers")
             self._spawn(self.outbox.run(self.stop_event), "outbox")
             self._spawn(self.faq.watch(self.stop_event), "faq-watch")
@@ -79,6 +81,19 @@ class Service:
                  self.settings.workers, "SQLite" if self.db.is_sqlite else "PostgreSQL")
         if http:
             log.info("web chat on http://%s:%s/", self.settings.host, self.port)
+
+    async def _run_poller(self, channel: Channel) -> None:
+        """Run a channel's pull loop; restart it with a pause if it crashes."""
+        while not self.stop_event.is_set():
+            try:
+                await channel.poll(self.stop_event)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s poller failed; restarting in 5 s", channel.name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), timeout=5)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)

@@ -9,6 +9,7 @@ never sees a platform payload.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -140,6 +141,14 @@ class Channel(abc.ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Close connections; pending work stays in the queue."""
+
+    async def poll(self, stop: asyncio.Event) -> None:  # noqa: B027 - optional hook
+        """A long-running pull loop (IMAP, Telegram long polling) until `stop` is set.
+
+        The service runs it in exactly one process (elected with a lock when several worker
+        processes run), so two replicas never poll the same mailbox. Channels without a pull
+        loop keep this default, which returns at once.
+        """
 
     @abc.abstractmethod
     async def send(self, message: OutboundMessage) -> SendResult:
