@@ -201,7 +201,26 @@ class Escalation(SQLModel, table=True):
     resolved_at: datetime | None = ts()
     reposted_at: datetime | None = ts()
     csat: int | None = None
+    csat_asked_at: datetime | None = ts()
     created_at: datetime = created()
+
+
+class DeskJob(SQLModel, table=True):
+    """A Slack post the staff desk owes (card, card update, thread message), written in the
+    same transaction as the change it reports and delivered by the desk loop with retries."""
+
+    __tablename__ = "desk_job"
+    __table_args__ = (Index("ix_desk_job_status_id", "status", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str  # card, update, post
+    escalation_id: int = Field(foreign_key="escalation.id", index=True)
+    payload: dict[str, Any] | None = json_field(None)
+    status: str = "pending"  # pending, done, failed
+    attempts: int = 0
+    next_attempt_at: datetime | None = ts()
+    last_error: str | None = None
+    created_at: datetime = created()
+    done_at: datetime | None = ts()
 
 
 class Order(SQLModel, table=True):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 23:14:14.388978
+Create Date: 2026-11-22 23:23:33.926558
 """
 from __future__ import annotations
 
@@ -142,6 +142,7 @@ def upgrade() -> None:
     sa.Column('resolved_at', bot.db.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('reposted_at', bot.db.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('csat', sa.Integer(), nullable=True),
+    sa.Column('csat_asked_at', bot.db.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('created_at', bot.db.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['conversation_id'], ['conversation.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -195,6 +196,24 @@ def upgrade() -> None:
         batch_op.create_index('ix_stage_change_created', ['created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_stage_change_customer_id'), ['customer_id'], unique=False)
 
+    op.create_table('desk_job',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('escalation_id', sa.Integer(), nullable=False),
+    sa.Column('payload', sa.JSON(), nullable=True),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('next_attempt_at', bot.db.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('created_at', bot.db.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('done_at', bot.db.models.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['escalation_id'], ['escalation.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('desk_job', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_desk_job_escalation_id'), ['escalation_id'], unique=False)
+        batch_op.create_index('ix_desk_job_status_id', ['status', 'id'], unique=False)
+
     op.create_table('outbox',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('message_id', sa.Integer(), nullable=False),
@@ -223,6 +242,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_outbox_message_id'))
 
     op.drop_table('outbox')
+    with op.batch_alter_table('desk_job', schema=None) as batch_op:
+        batch_op.drop_index('ix_desk_job_status_id')
+        batch_op.drop_index(batch_op.f('ix_desk_job_escalation_id'))
+
+    op.drop_table('desk_job')
     with op.batch_alter_table('stage_change', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_stage_change_customer_id'))
         batch_op.drop_index('ix_stage_change_created')
