@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 
 from faq.models import Candidate, FaqEntry, MatchResult
 from faq.normalize import TextFeatures, extract, normalize
@@ -41,9 +41,16 @@ BEST_PHRASING_SHARE = 0.5
 # Weight of the rapidfuzz similarity in the final re-ranking of the best few entries.
 FUZZ_SHARE = 0.1
 RERANK_DEPTH = 8
+# How many entries the centroid stage hands to exact phrasing scoring.
+CANDIDATE_DEPTH = 10
+# Features present in more entries than this share are skipped by the candidate stage only.
+CANDIDATE_MAX_DF = 0.1
+CANDIDATE_MIN_POSTINGS = 100
+GROUP_ORDER = ("w", "b", "c")
+_GROUP_SCALES = tuple(math.sqrt(GROUP_WEIGHTS[g]) for g in GROUP_ORDER)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScoredCandidate:
     """One entry's score for a question, with the parts it was made from (for `explain`)."""
 
@@ -56,37 +63,65 @@ class ScoredCandidate:
     negative_similarity: float
 
 
-class _SparseIndex:
-    """Rows of sparse vectors stored column-wise (feature -> rows), scored with one bincount."""
+class _PostingIndex:
+    """Rows of sparse vectors stored feature -> rows, scored with one `bincount` per query.
 
-    def __init__(self, rows: Sequence[dict[int, float]], n_features: int) -> None:
+    Used for the candidate stage over entry centroids: its cost follows the postings of the
+    question's features, not the FAQ's size. Features found in more than `max_df_share` of the
+    rows are left out: they barely separate entries and would dominate the cost.
+    """
+
+    def __init__(
+        self, rows: Sequence[dict[int, float]], n_features: int, max_df_share: float = 1.0
+    ) -> None:
         self.n_rows = len(rows)
         per_feature: list[list[tuple[int, float]]] = [[] for _ in range(n_features)]
         for row_id, row in enumerate(rows):
             for feature, weight in row.items():
                 per_feature[feature].append((row_id, weight))
+        cap = max(int(max_df_share * self.n_rows), CANDIDATE_MIN_POSTINGS)
+        for feature, postings in enumerate(per_feature):
+            if len(postings) > cap:
+                per_feature[feature] = []
         lengths = np.array([len(p) for p in per_feature], dtype=np.int64)
         self.indptr: IntArray = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
         flat = [pair for postings in per_feature for pair in postings]
         self.rows: IntArray = np.array([r for r, _ in flat], dtype=np.int64)
         self.weights: FloatArray = np.array([w for _, w in flat], dtype=np.float64)
 
-    def dot(self, query: dict[int, float]) -> FloatArray:
-        """Dot product of `query` with every row."""
-        if not query or self.n_rows == 0:
-            return np.zeros(self.n_rows)
-        features = np.fromiter(query.keys(), dtype=np.int64, count=len(query))
-        values = np.fromiter(query.values(), dtype=np.float64, count=len(query))
+    def dot(self, features: IntArray, values: FloatArray) -> FloatArray:
+        """Dot product of the query (`features`, `values`) with every row."""
         starts = self.indptr[features]
         lengths = self.indptr[features + 1] - starts
         total = int(lengths.sum())
         if total == 0:
             return np.zeros(self.n_rows)
         # Gather all postings of the query's features without a Python loop per posting.
-        offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+        offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         positions = offsets + np.arange(total)
         contributions = self.weights[positions] * np.repeat(values, lengths)
         return np.bincount(self.rows[positions], weights=contributions, minlength=self.n_rows)
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """The phrasings (or negatives) of one entry as a small CSR: exact scoring in 3 calls."""
+
+    features: IntArray
+    weights: FloatArray
+    row_starts: IntArray
+
+    @classmethod
+    def build(cls, rows: Sequence[dict[int, float]]) -> _Block:
+        # An empty row would break reduceat; give it a zero-weight feature instead.
+        rows = [row or {0: 0.0} for row in rows]
+        lengths = [len(row) for row in rows]
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        return cls(
+            features=np.array([f for row in rows for f in row], dtype=np.int64),
+            weights=np.array([w for row in rows for w in row.values()], dtype=np.float64),
+            row_starts=starts,
+        )
 
 
 class Matcher:
@@ -110,60 +145,53 @@ class Matcher:
         self.threshold = threshold
         self.ambiguity_margin = ambiguity_margin
         self._by_id = {entry.id: entry for entry in self.entries}
+        for entry in self.entries:
+            if not entry.questions:
+                raise ValueError(f"FAQ entry {entry.id!r} has no questions")
         phrasings: list[str] = []
         owners: list[int] = []
+        self._phrase_ranges: list[tuple[int, int]] = []
+        self._negative_ranges: list[tuple[int, int]] = []
+        negatives: list[str] = []
         for index, entry in enumerate(self.entries):
-            for question in entry.questions:
-                phrasings.append(question)
-                owners.append(index)
+            self._phrase_ranges.append((len(phrasings), len(phrasings) + len(entry.questions)))
+            phrasings.extend(entry.questions)
+            owners.extend([index] * len(entry.questions))
+            self._negative_ranges.append((len(negatives), len(negatives) + len(entry.negatives)))
+            negatives.extend(entry.negatives)
         self._phrasings = phrasings
-        self._normal_phrasings = [normalize(p) for p in phrasings]
-        self._owner: IntArray = np.array(owners, dtype=np.int64)
-        # Phrasings are grouped by entry, so per-entry maxima are one reduceat away.
-        first = np.searchsorted(self._owner, np.arange(len(self.entries)))
-        self._entry_starts: IntArray = first.astype(np.int64)
+        self._sorted_phrasings = [_token_sorted(p) for p in phrasings]
         feats = [extract(p) for p in phrasings]
-        self._vocab: dict[str, int] = {}
-        self._idf: dict[str, float] = {}
-        self._unseen_idf: dict[str, float] = {}
+        self._vocabs: tuple[dict[str, int], ...] = tuple({} for _ in GROUP_ORDER)
+        self._idf: list[float] = []
+        self._unseen_idf = math.log(1 + max(len(self.entries), 1)) + 1.0
         self._fit_idf(feats, owners)
         rows = [self._vectorize(f) for f in feats]
-        self._phrase_index = _SparseIndex(rows, len(self._vocab))
-        self._centroid_index = _SparseIndex(self._centroids(rows, owners), len(self._vocab))
-        negatives: list[dict[int, float]] = []
-        negative_owner: list[int] = []
-        for index, entry in enumerate(self.entries):
-            for negative in entry.negatives:
-                negatives.append(self._vectorize(extract(negative)))
-                negative_owner.append(index)
-        self._negative_index = _SparseIndex(negatives, len(self._vocab))
-        self._negative_owner: IntArray = np.array(negative_owner, dtype=np.int64)
+        self._entry_blocks = [_Block.build(rows[lo:hi]) for lo, hi in self._phrase_ranges]
+        self._centroid_index = _PostingIndex(
+            self._centroids(rows, owners), len(self._idf), max_df_share=CANDIDATE_MAX_DF
+        )
+        negative_rows = [self._vectorize(extract(n)) for n in negatives]
+        self._negative_blocks = [
+            _Block.build(negative_rows[lo:hi]) if hi > lo else None
+            for lo, hi in self._negative_ranges
+        ]
+        self._dense = np.zeros(len(self._idf) + 1)
 
     # ---- building -------------------------------------------------------------------------
 
     def _fit_idf(self, feats: Sequence[TextFeatures], owners: Sequence[int]) -> None:
         """IDF per feature, counting in how many *entries* (not phrasings) it appears."""
         n_entries = max(len(self.entries), 1)
-        seen: dict[str, set[int]] = {}
+        seen: list[dict[str, set[int]]] = [{} for _ in GROUP_ORDER]
         for features, owner in zip(feats, owners, strict=True):
-            for key in _keys(features):
-                seen.setdefault(key, set()).add(owner)
-        for key, owner_set in seen.items():
-            self._vocab[key] = len(self._vocab)
-            self._idf[key] = math.log((1 + n_entries) / (1 + len(owner_set))) + 1.0
-        for group in GROUP_WEIGHTS:
-            self._unseen_idf[group] = math.log(1 + n_entries) + 1.0
-
-    def _group_vectors(self, features: TextFeatures) -> dict[str, dict[str, float]]:
-        groups = {"w": features.words, "b": features.bigrams, "c": features.chars}
-        out: dict[str, dict[str, float]] = {}
-        for group, counts in groups.items():
-            out[group] = {
-                f"{group}:{k}": (1.0 + math.log(v))
-                * self._idf.get(f"{group}:{k}", self._unseen_idf[group])
-                for k, v in counts.items()
-            }
-        return out
+            for group, counts in enumerate(_groups(features)):
+                for key in counts:
+                    seen[group].setdefault(key, set()).add(owner)
+        for group, keys in enumerate(seen):
+            for key, owner_set in keys.items():
+                self._vocabs[group][key] = len(self._idf)
+                self._idf.append(math.log((1 + n_entries) / (1 + len(owner_set))) + 1.0)
 
     def _vectorize(self, features: TextFeatures) -> dict[int, float]:
         """L2-normalised TF-IDF per group, scaled so the dot product is the weighted cosine.
@@ -172,21 +200,27 @@ class Matcher:
         gets a low score, which is what keeps out-of-scope questions from being answered.
         """
         vector: dict[int, float] = {}
-        for group, weights in self._group_vectors(features).items():
-            norm = math.sqrt(sum(w * w for w in weights.values()))
-            if norm == 0.0:
+        idf, unseen = self._idf, self._unseen_idf
+        for counts, vocab, group_scale in zip(
+            _groups(features), self._vocabs, _GROUP_SCALES, strict=True
+        ):
+            if not counts:
                 continue
-            scale = math.sqrt(GROUP_WEIGHTS[group]) / norm
-            for key, weight in weights.items():
-                feature = self._vocab.get(key)
-                if feature is not None:
+            ids = [vocab.get(k, -1) for k in counts]
+            weights = [
+                (1.0 + math.log(tf) if tf > 1 else 1.0) * (idf[f] if f >= 0 else unseen)
+                for f, tf in zip(ids, counts.values(), strict=True)
+            ]
+            scale = group_scale / math.sqrt(sum(w * w for w in weights))
+            for feature, weight in zip(ids, weights, strict=True):
+                if feature >= 0:
                     vector[feature] = weight * scale
         return vector
 
     def _centroids(
         self, rows: Sequence[dict[int, float]], owners: Sequence[int]
     ) -> list[dict[int, float]]:
-        """Mean of each entry's phrasing vectors, renormalised to the same scale."""
+        """Mean of each entry's phrasing vectors, renormalised to length 1."""
         sums: list[Counter[int]] = [Counter() for _ in self.entries]
         for row, owner in zip(rows, owners, strict=True):
             sums[owner].update(row)
@@ -203,56 +237,82 @@ class Matcher:
         if not self.entries:
             return []
         query = self._vectorize(extract(text))
-        phrase_sims = self._phrase_index.dot(query)
-        best_phrase = np.maximum.reduceat(phrase_sims, self._entry_starts)
-        centroid_sims = self._centroid_index.dot(query)
-        # The centroid's norm is 1 over all groups; rescale to the phrasing scale.
-        combined = BEST_PHRASING_SHARE * best_phrase + (1 - BEST_PHRASING_SHARE) * centroid_sims
-        negative = np.zeros(len(self.entries))
-        if self._negative_index.n_rows:
-            neg_sims = self._negative_index.dot(query)
-            np.maximum.at(negative, self._negative_owner, neg_sims)
-        top = _top_indices(combined, depth)
-        normal_query = normalize(text)
-        scored = [
-            self._rerank(int(i), normal_query, phrase_sims, best_phrase, centroid_sims, negative)
-            for i in top
-        ]
-        scored.sort(key=lambda c: c.score, reverse=True)
-        return scored
+        if not query:
+            return []
+        features = np.fromiter(query.keys(), dtype=np.int64, count=len(query))
+        values = np.fromiter(query.values(), dtype=np.float64, count=len(query))
+        centroid_sims = self._centroid_index.dot(features, values)
+        shortlist = _top_indices(centroid_sims, max(CANDIDATE_DEPTH, depth))
+        dense = self._dense
+        dense[features] = values
+        try:
+            lexical = self._exact_scores(shortlist, dense, centroid_sims)
+        finally:
+            dense[features] = 0.0
+        lexical.sort(key=lambda item: item[1], reverse=True)
+        return self._rerank(text, lexical[:depth])
+
+    def _exact_scores(
+        self, shortlist: Sequence[int], dense: FloatArray, centroid_sims: FloatArray
+    ) -> list[tuple[int, float, float, int, float, float]]:
+        """(entry, lexical, best phrasing sim, its index, centroid sim, negative sim) per entry.
+
+        Each entry keeps its phrasings as one contiguous block, so scoring them is three numpy
+        calls; the per-entry bookkeeping is done on Python floats.
+        """
+        out: list[tuple[int, float, float, int, float, float]] = []
+        share = BEST_PHRASING_SHARE
+        for index, centroid_sim in zip(shortlist, centroid_sims[shortlist].tolist(), strict=True):
+            block = self._entry_blocks[index]
+            sims = np.add.reduceat(dense[block.features] * block.weights, block.row_starts)
+            best_local = int(sims.argmax())
+            best_sim = float(sims[best_local])
+            negative_sim = 0.0
+            negatives = self._negative_blocks[index]
+            if negatives is not None:
+                negative_sim = float(
+                    np.add.reduceat(
+                        dense[negatives.features] * negatives.weights, negatives.row_starts
+                    ).max()
+                )
+            lexical = share * best_sim + (1 - share) * centroid_sim
+            best_at = self._phrase_ranges[index][0] + best_local
+            out.append((index, lexical, best_sim, best_at, centroid_sim, negative_sim))
+        return out
 
     def _rerank(
-        self,
-        entry_index: int,
-        normal_query: str,
-        phrase_sims: FloatArray,
-        best_phrase: FloatArray,
-        centroid_sims: FloatArray,
-        negative: FloatArray,
-    ) -> ScoredCandidate:
-        start = int(self._entry_starts[entry_index])
-        stop = start + len(self.entries[entry_index].questions)
-        best_local = start + int(np.argmax(phrase_sims[start:stop]))
-        fuzzy = max(
-            fuzz.token_sort_ratio(normal_query, self._normal_phrasings[i]) for i in range(start, stop)
-        ) / 100.0
-        lexical = (
-            BEST_PHRASING_SHARE * float(best_phrase[entry_index])
-            + (1 - BEST_PHRASING_SHARE) * float(centroid_sims[entry_index])
-        )
-        score = (1 - FUZZ_SHARE) * lexical + FUZZ_SHARE * fuzzy
-        negative_sim = float(negative[entry_index])
-        if negative_sim > 0 and negative_sim >= float(best_phrase[entry_index]):
-            score *= 1.0 - negative_sim
-        return ScoredCandidate(
-            entry_id=self.entries[entry_index].id,
-            score=min(max(score, 0.0), 1.0),
-            best_phrasing=self._phrasings[best_local],
-            phrasing_similarity=float(best_phrase[entry_index]),
-            centroid_similarity=float(centroid_sims[entry_index]),
-            fuzzy_similarity=fuzzy,
-            negative_similarity=negative_sim,
-        )
+        self, text: str, finalists: Sequence[tuple[int, float, float, int, float, float]]
+    ) -> list[ScoredCandidate]:
+        """Blend in rapidfuzz similarity (typos, word order) and apply negatives."""
+        choices: list[str] = []
+        for index, *_ in finalists:
+            lo, hi = self._phrase_ranges[index]
+            choices.extend(self._sorted_phrasings[lo:hi])
+        fuzzy_all = process.cdist(
+            [_token_sorted(text)], choices, scorer=fuzz.ratio, dtype=np.float32, workers=1
+        )[0].tolist()
+        scored: list[ScoredCandidate] = []
+        offset = 0
+        for index, lexical, best_sim, best_at, centroid_sim, negative_sim in finalists:
+            lo, hi = self._phrase_ranges[index]
+            fuzzy = max(fuzzy_all[offset : offset + hi - lo]) / 100.0
+            offset += hi - lo
+            score = (1 - FUZZ_SHARE) * lexical + FUZZ_SHARE * fuzzy
+            if negative_sim > 0 and negative_sim >= best_sim:
+                score *= 1.0 - negative_sim
+            scored.append(
+                ScoredCandidate(
+                    entry_id=self.entries[index].id,
+                    score=min(max(score, 0.0), 1.0),
+                    best_phrasing=self._phrasings[best_at],
+                    phrasing_similarity=best_sim,
+                    centroid_similarity=centroid_sim,
+                    fuzzy_similarity=fuzzy,
+                    negative_similarity=negative_sim,
+                )
+            )
+        scored.sort(key=lambda c: c.score, reverse=True)
+        return scored
 
     def match(self, text: str, lang: str | None = None) -> MatchResult:
         """Best entry for `text` and whether to answer, escalate, or treat it as ambiguous.
@@ -271,11 +331,13 @@ class Matcher:
                 entry=None, score=best.score, decision="escalate", candidates=candidates
             )
         if entry.escalate:
-            return MatchResult(entry=entry, score=best.score, decision="escalate",
-                               candidates=candidates)
+            return MatchResult(
+                entry=entry, score=best.score, decision="escalate", candidates=candidates
+            )
         if len(scored) > 1 and best.score - scored[1].score < self.ambiguity_margin:
-            return MatchResult(entry=entry, score=best.score, decision="ambiguous",
-                               candidates=candidates)
+            return MatchResult(
+                entry=entry, score=best.score, decision="ambiguous", candidates=candidates
+            )
         return MatchResult(entry=entry, score=best.score, decision="answer", candidates=candidates)
 
     def explain(self, text: str, limit: int = 5) -> list[ScoredCandidate]:
@@ -286,10 +348,12 @@ class Matcher:
         return self._by_id.get(entry_id)
 
 
-def _keys(features: TextFeatures) -> Iterable[str]:
-    yield from (f"w:{k}" for k in features.words)
-    yield from (f"b:{k}" for k in features.bigrams)
-    yield from (f"c:{k}" for k in features.chars)
+def _token_sorted(text: str) -> str:
+    return " ".join(sorted(normalize(text).split()))
+
+
+def _groups(features: TextFeatures) -> tuple[Counter[str], Counter[str], Counter[str]]:
+    return features.words, features.bigrams, features.chars
 
 
 def _top_indices(scores: FloatArray, depth: int) -> list[int]:

@@ -12,11 +12,14 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
+CHAR_SIZES = (4,)
 ORDER_TOKEN = "qorderq"
 NUMBER_TOKEN = "qnumq"
 
 _ORDER_ID = re.compile(r"#\s?\d+|\b[a-z]{0,3}\d{5,}\b")
+_DIGIT = re.compile(r"\d")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _THAI_RUN = re.compile(r"[\u0e00-\u0e7f]+")
 _TOKEN = re.compile(r"[a-z\u00df-\u024f]+|[\u0e00-\u0e7f]+|" + ORDER_TOKEN + "|" + NUMBER_TOKEN)
@@ -45,12 +48,16 @@ _IT_SUFFIXES = ("zioni", "zione", "mente", "ando", "endo", "are", "ere", "ire", 
 
 def normalize(text: str) -> str:
     """Lowercase, strip Latin accents, map order ids and numbers to tokens, drop punctuation."""
-    text = unicodedata.normalize("NFKC", text).casefold().replace("’", "'")
-    text = _ORDER_ID.sub(f" {ORDER_TOKEN} ", text)
-    text = _NUMBER.sub(f" {NUMBER_TOKEN} ", text)
-    decomposed = unicodedata.normalize("NFD", text)
-    text = unicodedata.normalize("NFC", _LATIN_ACCENT.sub("", decomposed))
-    text = _THAI_REPEAT.sub(r"\1", text)
+    if text.isascii():
+        text = text.lower()
+    else:
+        text = unicodedata.normalize("NFKC", text).casefold().replace("’", "'")
+        decomposed = unicodedata.normalize("NFD", text)
+        text = unicodedata.normalize("NFC", _LATIN_ACCENT.sub("", decomposed))
+        text = _THAI_REPEAT.sub(r"\1", text)
+    if _DIGIT.search(text):
+        text = _ORDER_ID.sub(f" {ORDER_TOKEN} ", text)
+        text = _NUMBER.sub(f" {NUMBER_TOKEN} ", text)
     return " ".join(_NON_WORD.sub(" ", text.replace("_", " ")).split())
 
 
@@ -79,40 +86,57 @@ def thai_grams(run: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class TextFeatures:
-    """Weighted sparse features of one text, grouped by kind before weighting."""
+    """Sparse feature counts of one text, by kind: words, word pairs, char n-grams."""
 
     words: Counter[str]
     bigrams: Counter[str]
     chars: Counter[str]
-    tokens: tuple[str, ...]
 
 
-def extract(text: str, char_sizes: tuple[int, ...] = (3, 4, 5)) -> TextFeatures:
+@lru_cache(maxsize=100_000)
+def analyze_token(token: str) -> tuple[tuple[str, ...], str | None, tuple[str, ...]]:
+    """Features one token contributes: (word features, content key for pairs, char n-grams).
+
+    Pure and cached: customers reuse the same few thousand words, so after warm-up a question
+    costs one dictionary hit per word instead of building its n-grams again.
+    """
+    if _THAI_RUN.fullmatch(token):
+        return tuple(thai_grams(token)), token, ()
+    padded = f" {token} "
+    chars = tuple(
+        padded[i : i + size]
+        for size in CHAR_SIZES
+        if len(padded) >= size
+        for i in range(len(padded) - size + 1)
+    )
+    if token in STOPWORDS:
+        return (), None, chars
+    stemmed = stem(token)
+    return (stemmed,), stemmed, chars
+
+
+def tokenize(text: str) -> list[str]:
+    """Tokens of the normalised text (Latin words, Thai runs, order/number tokens)."""
+    return _TOKEN.findall(normalize(text))
+
+
+def extract(text: str) -> TextFeatures:
     """Features of `text`: stemmed words without stopwords, word pairs and char n-grams.
 
     Char n-grams are taken inside each padded word (" word "), which tolerates typos and
-    morphology; Thai runs contribute their character grams as words too.
+    morphology; Thai runs contribute their character grams as words.
     """
-    normal = normalize(text)
-    tokens = tuple(_TOKEN.findall(normal))
+    tokens = tokenize(text)
     words: Counter[str] = Counter()
     chars: Counter[str] = Counter()
     content: list[str] = []
     for token in tokens:
-        if _THAI_RUN.fullmatch(token):
-            grams = thai_grams(token)
-            words.update(grams)
-            content.append(token)
-            continue
-        if token not in STOPWORDS:
-            stemmed = stem(token)
-            words[stemmed] += 1
-            content.append(stemmed)
-        padded = f" {token} "
-        for size in char_sizes:
-            if len(padded) >= size:
-                chars.update(padded[i : i + size] for i in range(len(padded) - size + 1))
+        word_keys, content_key, char_keys = analyze_token(token)
+        words.update(word_keys)
+        chars.update(char_keys)
+        if content_key is not None:
+            content.append(content_key)
     bigrams: Counter[str] = Counter(f"{a} {b}" for a, b in zip(content, content[1:], strict=False))
     if not words and tokens:  # a question made only of stopwords ("can I?") still needs words
         words.update(tokens)
-    return TextFeatures(words=words, bigrams=bigrams, chars=chars, tokens=tokens)
+    return TextFeatures(words=words, bigrams=bigrams, chars=chars)
