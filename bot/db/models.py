@@ -111,6 +111,9 @@ class Message(SQLModel, table=True):
     __table_args__ = (
         Index("ix_message_conversation_id", "conversation_id", "id"),
         Index("ix_message_provider", "channel", "provider_id"),
+        # dashboard: covers the per-period aggregates over inbound messages (bot/metrics_queries)
+        Index("ix_message_dir_created", "direction", "created_at", "decision", "faq_id",
+              "channel", "language", "conversation_id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: int = Field(foreign_key="conversation.id")
@@ -173,7 +176,11 @@ class OutboxItem(SQLModel, table=True):
 
 class StageChange(SQLModel, table=True):
     __tablename__ = "stage_change"
-    __table_args__ = (Index("ix_stage_change_created", "created_at"),)
+    __table_args__ = (
+        Index("ix_stage_change_created", "created_at"),
+        # dashboard: replays each customer's stage history in order
+        Index("ix_stage_change_customer_created", "customer_id", "created_at", "id"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: int | None = Field(default=None, foreign_key="conversation.id", index=True)
     customer_id: int = Field(foreign_key="customer.id", index=True)
@@ -184,7 +191,10 @@ class StageChange(SQLModel, table=True):
 
 
 class Escalation(SQLModel, table=True):
-    __table_args__ = (Index("ix_escalation_status_created", "status", "created_at"),)
+    __table_args__ = (
+        Index("ix_escalation_status_created", "status", "created_at"),
+        Index("ix_escalation_created", "created_at"),  # dashboard: escalations per period
+    )
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: int = Field(foreign_key="conversation.id", index=True)
     reason: str  # no_match, ambiguous, asked_for_human, repeated_question, entry_escalates

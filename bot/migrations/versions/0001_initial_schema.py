@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 23:23:33.926558
+Create Date: 2026-11-22 23:25:44.869238
 """
 from __future__ import annotations
 
@@ -149,6 +149,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('escalation', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_escalation_conversation_id'), ['conversation_id'], unique=False)
+        batch_op.create_index('ix_escalation_created', ['created_at'], unique=False)
         batch_op.create_index('ix_escalation_status_created', ['status', 'created_at'], unique=False)
 
     op.create_table('message',
@@ -176,6 +177,7 @@ def upgrade() -> None:
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.create_index('ix_message_conversation_id', ['conversation_id', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_message_created_at'), ['created_at'], unique=False)
+        batch_op.create_index('ix_message_dir_created', ['direction', 'created_at', 'decision', 'faq_id', 'channel', 'language', 'conversation_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_message_faq_id'), ['faq_id'], unique=False)
         batch_op.create_index('ix_message_provider', ['channel', 'provider_id'], unique=False)
 
@@ -194,6 +196,7 @@ def upgrade() -> None:
     with op.batch_alter_table('stage_change', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_stage_change_conversation_id'), ['conversation_id'], unique=False)
         batch_op.create_index('ix_stage_change_created', ['created_at'], unique=False)
+        batch_op.create_index('ix_stage_change_customer_created', ['customer_id', 'created_at', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_stage_change_customer_id'), ['customer_id'], unique=False)
 
     op.create_table('desk_job',
@@ -249,6 +252,7 @@ def downgrade() -> None:
     op.drop_table('desk_job')
     with op.batch_alter_table('stage_change', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_stage_change_customer_id'))
+        batch_op.drop_index('ix_stage_change_customer_created')
         batch_op.drop_index('ix_stage_change_created')
         batch_op.drop_index(batch_op.f('ix_stage_change_conversation_id'))
 
@@ -256,12 +260,14 @@ def downgrade() -> None:
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.drop_index('ix_message_provider')
         batch_op.drop_index(batch_op.f('ix_message_faq_id'))
+        batch_op.drop_index('ix_message_dir_created')
         batch_op.drop_index(batch_op.f('ix_message_created_at'))
         batch_op.drop_index('ix_message_conversation_id')
 
     op.drop_table('message')
     with op.batch_alter_table('escalation', schema=None) as batch_op:
         batch_op.drop_index('ix_escalation_status_created')
+        batch_op.drop_index('ix_escalation_created')
         batch_op.drop_index(batch_op.f('ix_escalation_conversation_id'))
 
     op.drop_table('escalation')

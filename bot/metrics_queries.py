@@ -1,0 +1,384 @@
+"""Dashboard metrics as SQL aggregates: nothing here loads a whole table into Python.
+
+Every function takes an open connection and a `Period` and returns plain JSON-ready data.
+The same answers come out of SQLite and PostgreSQL: time buckets are UTC labels built in SQL
+("2026-11-22" or "2026-11-22 13"), and percentiles use PostgreSQL's `percentile_cont` there and
+an ordered window scan (row_number/count) on SQLite, interpolated the way `percentile_cont` does.
+
+Definitions (what an admin reads on the dashboard):
+- customers per stage at the end of each bucket: replayed from `stage_change` (+1 for the new
+  stage, -1 for the customer's previous stage), so it is exact for any past day;
+- conversations per stage: conversations opened in each bucket, by the stage they are at now;
+- answered by the bot: inbound messages with decision "answer" over all inbound messages;
+- first response / resolution: `first_response_at` / `resolved_at` minus the escalation's
+  `created_at`, in seconds; CSAT is `escalation.csat` (1-5).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Float,
+    Integer,
+    String,
+    Table,
+    and_,
+    case,
+    cast,
+    extract,
+    func,
+    literal_column,
+    or_,
+    select,
+    union_all,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import Select, Subquery
+
+from bot.db.models import Conversation, Customer, Escalation, Message, StageChange
+
+CONVERSATION: Table = Conversation.__table__  # type: ignore[attr-defined]
+CUSTOMER: Table = Customer.__table__  # type: ignore[attr-defined]
+ESCALATION: Table = Escalation.__table__  # type: ignore[attr-defined]
+MESSAGE: Table = Message.__table__  # type: ignore[attr-defined]
+STAGE_CHANGE: Table = StageChange.__table__  # type: ignore[attr-defined]
+CV, CU, ES, MS, SC = (t.c for t in (CONVERSATION, CUSTOMER, ESCALATION, MESSAGE, STAGE_CHANGE))
+STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy", "at_risk")
+DIMENSIONS = ("stage", "channel", "language")
+PERCENTILES = (0.5, 0.9)
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """[start, end) in UTC, cut into hour or day buckets."""
+
+    start: datetime
+    end: datetime
+    bucket: str = "day"
+
+    def labels(self) -> list[str]:
+        """Every bucket label in the period, so charts show empty days as zero."""
+        step = timedelta(hours=1) if self.bucket == "hour" else timedelta(days=1)
+        at = self.start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        if self.bucket == "day":
+            at = at.replace(hour=0)
+        out = []
+        while at < self.end:
+            out.append(_label(at, self.bucket))
+            at += step
+        return out
+
+    def previous(self) -> Period:
+        return Period(self.start - (self.end - self.start), self.start, self.bucket)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(),
+                "bucket": self.bucket}
+
+
+def _label(at: datetime, bucket: str) -> str:
+    return at.strftime("%Y-%m-%d %H" if bucket == "hour" else "%Y-%m-%d")
+
+
+def _is_pg(conn: AsyncConnection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def _bucket(conn: AsyncConnection, col: Any, bucket: str) -> ColumnElement[str]:
+    """The UTC bucket label of a timestamp column, computed by the database."""
+    if _is_pg(conn):
+        fmt = "YYYY-MM-DD HH24" if bucket == "hour" else "YYYY-MM-DD"
+        return func.to_char(func.timezone("UTC", col), fmt, type_=String)
+    # SQLite keeps UTC as "YYYY-MM-DD HH:MM:SS.ffffff"
+    return func.substr(col, 1, 13 if bucket == "hour" else 10, type_=String)
+
+
+def _seconds(conn: AsyncConnection, later: Any, earlier: Any) -> ColumnElement[float]:
+    if _is_pg(conn):
+        return cast(extract("epoch", later) - extract("epoch", earlier), Float)
+    return (func.julianday(later) - func.julianday(earlier)) * 86400.0
+
+
+def _in(col: Any, period: Period) -> ColumnElement[bool]:
+    return and_(col >= period.start, col < period.end)
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+async def percentiles(conn: AsyncConnection, src: Subquery,
+                      ps: Sequence[float] = PERCENTILES) -> dict[str, dict[float, float]]:
+    """Per group `src.c.g`, the continuous percentiles of `src.c.v` (NULLs ignored)."""
+    if _is_pg(conn):
+        cols = [func.percentile_cont(p).within_group(src.c.v.asc()).label(f"p{i}")
+                for i, p in enumerate(ps)]
+        rows = (await conn.execute(select(src.c.g, *cols).where(src.c.v.is_not(None))
+                                   .group_by(src.c.g))).all()
+        return {r[0]: {p: float(r[i + 1]) for i, p in enumerate(ps)} for r in rows}
+    ranked = select(
+        src.c.g, src.c.v,
+        func.row_number().over(partition_by=src.c.g, order_by=src.c.v).label("rn"),
+        func.count().over(partition_by=src.c.g).label("n"),
+    ).where(src.c.v.is_not(None)).subquery()
+    wanted = []
+    for p in ps:  # only the (at most two) rows each percentile interpolates between
+        lo = cast(p * (ranked.c.n - 1), Integer) + 1
+        wanted += [ranked.c.rn == lo, ranked.c.rn == lo + 1]
+    rows = (await conn.execute(select(ranked.c.g, ranked.c.rn, ranked.c.n, ranked.c.v)
+                               .where(or_(*wanted)))).all()
+    values: dict[str, dict[int, float]] = defaultdict(dict)
+    counts: dict[str, int] = {}
+    for g, rn, n, v in rows:
+        values[g][int(rn)] = float(v)
+        counts[g] = int(n)
+    out: dict[str, dict[float, float]] = {}
+    for g, vals in values.items():
+        out[g] = {}
+        for p in ps:
+            pos = p * (counts[g] - 1)
+            k = int(pos)
+            low = vals[k + 1]
+            high = vals.get(k + 2, low)
+            out[g][p] = low + (high - low) * (pos - k)
+    return out
+
+
+# --- stages --------------------------------------------------------------------------------
+
+async def stages_over_time(conn: AsyncConnection, period: Period) -> dict[str, Any]:
+    """Customers in each stage at the end of every bucket, and conversations opened per bucket."""
+    labels = period.labels()
+    prev = func.lag(SC.to_stage).over(partition_by=SC.customer_id,
+                                      order_by=(SC.created_at, SC.id))
+    changes = (select(SC.created_at, SC.to_stage, prev.label("prev"))
+               .where(SC.created_at < period.end).subquery())
+    b = _bucket(conn, changes.c.created_at, period.bucket)
+    when = case((changes.c.created_at < period.start, literal_column("''", String)), else_=b)
+    plus = select(when.label("b"), changes.c.to_stage.label("stage"),
+                  literal_column("1", Integer).label("d"))
+    minus = (select(when.label("b"), changes.c.prev.label("stage"),
+                    literal_column("-1", Integer).label("d"))
+             .where(changes.c.prev.is_not(None)))
+    deltas = union_all(plus, minus).subquery()
+    rows = (await conn.execute(select(deltas.c.b, deltas.c.stage, func.sum(deltas.c.d))
+                               .group_by(deltas.c.b, deltas.c.stage))).all()
+    by_bucket: dict[str, dict[str, int]] = defaultdict(dict)
+    for bkt, stage, total in rows:
+        by_bucket[bkt][stage] = int(total)
+    stages = _ordered_stages({s for d in by_bucket.values() for s in d})
+    running = dict.fromkeys(stages, 0)
+    customers: dict[str, list[int]] = {s: [] for s in stages}
+    for stage, total in by_bucket.get("", {}).items():
+        running[stage] += total
+    for label in labels:
+        for stage, total in by_bucket.get(label, {}).items():
+            running[stage] += total
+        for stage in stages:
+            customers[stage].append(running[stage])
+
+    cb = _bucket(conn, CV.created_at, period.bucket).label("b")
+    cstage = func.coalesce(CV.stage, UNKNOWN).label("stage")
+    rows = (await conn.execute(select(cb, cstage, func.count()).where(_in(CV.created_at, period))
+                               .group_by(cb, cstage))).all()
+    conv_stages = _ordered_stages({r[1] for r in rows})
+    index = {label: i for i, label in enumerate(labels)}
+    conversations = {s: [0] * len(labels) for s in conv_stages}
+    for bkt, stage, n in rows:
+        if bkt in index:
+            conversations[stage][index[bkt]] = int(n)
+    return {"period": period.as_dict(), "labels": labels,
+            "customers": [{"stage": s, "counts": customers[s]} for s in stages],
+            "conversations": [{"stage": s, "counts": conversations[s]} for s in conv_stages]}
+
+
+def _ordered_stages(found: Iterable[str]) -> list[str]:
+    found = set(found)
+    return [s for s in STAGES if s in found] + sorted(found - set(STAGES))
+
+
+async def stage_flow(conn: AsyncConnection, period: Period) -> dict[str, Any]:
+    """Stage transitions in the period: from (or "new") -> to, with conversations and customers."""
+    src = func.coalesce(SC.from_stage, "new").label("src")
+    rows = (await conn.execute(
+        select(src, SC.to_stage, func.count(), func.count(SC.customer_id.distinct()))
+        .where(_in(SC.created_at, period)).group_by(src, SC.to_stage))).all()
+    flows = [{"from": r[0], "to": r[1], "changes": int(r[2]), "customers": int(r[3])}
+             for r in rows]
+    order = {s: i for i, s in enumerate(("new", *STAGES))}
+    flows.sort(key=lambda f: (order.get(f["from"], 99), order.get(f["to"], 99)))
+    return {"period": period.as_dict(), "flows": flows,
+            "total": sum(f["changes"] for f in flows)}
+
+
+# --- bot performance -----------------------------------------------------------------------
+
+def _dim(by: str, table: str) -> Any:
+    if by not in DIMENSIONS:
+        raise ValueError(f"by must be one of {', '.join(DIMENSIONS)}")
+    col = {"stage": CV.stage, "channel": MS.channel if table == "message" else CV.channel,
+           "language": MS.language if table == "message" else CV.language}[by]
+    return func.coalesce(col, UNKNOWN)
+
+
+def _escalations(conn: AsyncConnection, period: Period, by: str | None) -> Select[Any]:
+    key = _dim(by, "escalation") if by else literal_column("'all'", String)
+    return (select(key.label("g"), ES.reason, ES.csat, ES.created_at,
+                   _seconds(conn, ES.first_response_at, ES.created_at).label("first"),
+                   _seconds(conn, ES.resolved_at, ES.created_at).label("resolve"))
+            .select_from(ESCALATION.join(CONVERSATION,
+                                                   CV.id == ES.conversation_id))
+            .where(_in(ES.created_at, period)))
+
+
+async def performance(conn: AsyncConnection, period: Period, by: str = "stage") -> dict[str, Any]:
+    """Per stage, channel or language: volume, bot share, escalations, response times, CSAT."""
+    rows: dict[str, dict[str, Any]] = {}
+    total: dict[str, Any] = {}
+
+    def row(key: str) -> dict[str, Any]:
+        return total if key == "all" else rows.setdefault(key, {"key": key})
+
+    for grouping in (by, None):
+        key = _dim(by, "message") if grouping else literal_column("'all'", String)
+        stmt = select(key.label("g"), func.count(),
+                      func.sum(case((MS.decision == "answer", 1), else_=0)))
+        stmt = stmt.where(MS.direction == "in", _in(MS.created_at, period))
+        if grouping:  # the total is one row without GROUP BY (PostgreSQL refuses a constant)
+            stmt = stmt.group_by(key)
+        if grouping == "stage":
+            stmt = stmt.select_from(MESSAGE.join(CONVERSATION,
+                                                           CV.id == MS.conversation_id))
+        for g, n, answered in (await conn.execute(stmt)).all():
+            r = row(g)
+            r["messages"] = int(n)
+            r["answered_by_bot"] = int(answered or 0)
+            r["bot_share"] = round(int(answered or 0) / int(n), 4) if n else None
+
+        esc = _escalations(conn, period, grouping).subquery()
+        for g, reason, n in (await conn.execute(select(esc.c.g, esc.c.reason, func.count())
+                                                .group_by(esc.c.g, esc.c.reason))).all():
+            r = row(g)
+            r.setdefault("reasons", {})[reason] = int(n)
+            r["escalations"] = r.get("escalations", 0) + int(n)
+        for g, avg, n in (await conn.execute(select(esc.c.g, func.avg(esc.c.csat),
+                                                    func.count(esc.c.csat))
+                                             .group_by(esc.c.g))).all():
+            row(g).update(csat_avg=_round(avg, 2), csat_count=int(n))
+        prev = _escalations(conn, period.previous(), grouping).subquery()
+        for g, avg in (await conn.execute(select(prev.c.g, func.avg(prev.c.csat))
+                                          .group_by(prev.c.g))).all():
+            row(g)["csat_prev_avg"] = _round(avg, 2)
+        for column, name in ((esc.c.first, "first_response"), (esc.c.resolve, "resolution")):
+            src = select(esc.c.g.label("g"), column.label("v")).subquery()
+            for g, pct in (await percentiles(conn, src)).items():
+                r = row(g)
+                r[f"{name}_p50_s"] = _round(pct[0.5])
+                r[f"{name}_p90_s"] = _round(pct[0.9])
+
+    esc = _escalations(conn, period, None).subquery()
+    b = _bucket(conn, esc.c.created_at, period.bucket).label("b")
+    trend = (await conn.execute(select(b, func.avg(esc.c.csat), func.count(esc.c.csat))
+                                .where(esc.c.csat.is_not(None)).group_by(b).order_by(b))).all()
+    ordered = sorted(rows.values(), key=lambda r: (
+        STAGES.index(r["key"]) if by == "stage" and r["key"] in STAGES else 99, r["key"]))
+    for r in (*ordered, total):
+        _fill_defaults(r)
+    return {"period": period.as_dict(), "by": by, "rows": ordered, "total": total,
+            "csat_trend": [{"bucket": t[0], "avg": _round(t[1], 2), "count": int(t[2])}
+                           for t in trend]}
+
+
+def _fill_defaults(r: dict[str, Any]) -> None:
+    for name in ("messages", "answered_by_bot", "escalations", "csat_count"):
+        r.setdefault(name, 0)
+    for name in ("bot_share", "csat_avg", "csat_prev_avg", "first_response_p50_s",
+                 "first_response_p90_s", "resolution_p50_s", "resolution_p90_s"):
+        r.setdefault(name, None)
+    r.setdefault("reasons", {})
+
+
+# --- FAQ -----------------------------------------------------------------------------------
+
+async def faq_hits(conn: AsyncConnection, period: Period) -> dict[str, int]:
+    """Inbound messages the bot answered, per FAQ entry."""
+    rows = (await conn.execute(
+        select(MS.faq_id, func.count())
+        .where(MS.direction == "in", _in(MS.created_at, period), MS.decision == "answer",
+               MS.faq_id.is_not(None))
+        .group_by(MS.faq_id))).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def unanswered_questions(conn: AsyncConnection, period: Period, *,
+                               limit: int = 2000) -> list[str]:
+    """The latest questions escalated because no FAQ entry matched (newest first, capped)."""
+    rows = (await conn.execute(
+        select(ES.question)
+        .where(ES.reason == "no_match", _in(ES.created_at, period), ES.question.is_not(None))
+        .order_by(ES.created_at.desc()).limit(limit))).all()
+    return [r[0] for r in rows if r[0] and r[0].strip()]
+
+
+# --- conversations -------------------------------------------------------------------------
+
+CONVERSATION_FILTERS = ("stage", "channel", "status", "language")
+
+
+async def list_conversations(conn: AsyncConnection, *, filters: Mapping[str, str],
+                             period: Period | None, limit: int = 50,
+                             offset: int = 0) -> dict[str, Any]:
+    """One page of conversations (newest first) matching the filters, and the total count."""
+    where: list[ColumnElement[bool]] = []
+    for name in CONVERSATION_FILTERS:
+        value = filters.get(name)
+        if value:
+            col = getattr(CV, name)
+            where.append(col.is_(None) if value == UNKNOWN else col == value)
+    if period is not None:
+        where.append(_in(CV.created_at, period))
+    total = (await conn.execute(select(func.count()).select_from(CONVERSATION)
+                                .where(*where))).scalar_one()
+    last_text = (select(MS.text).where(MS.conversation_id == CV.id, MS.direction == "in")
+                 .order_by(MS.id.desc()).limit(1).scalar_subquery())
+    n_messages = (select(func.count()).where(MS.conversation_id == CV.id)
+                  .scalar_subquery())
+    rows = (await conn.execute(
+        select(CV.id, CV.channel, CV.status, CV.stage, CV.language, CV.assigned_to,
+               CV.created_at, CV.updated_at, CU.id.label("cid"), CU.display_name,
+               last_text.label("last_text"), n_messages.label("n_messages"))
+        .join(CUSTOMER, CU.id == CV.customer_id)
+        .where(*where).order_by(CV.id.desc()).limit(limit).offset(offset))).all()
+    return {"total": int(total), "limit": limit, "offset": offset, "conversations": [
+        {"id": r.id, "channel": r.channel, "status": r.status, "stage": r.stage,
+         "language": r.language, "assigned_to": r.assigned_to,
+         "created_at": r.created_at.isoformat(), "updated_at": r.updated_at.isoformat(),
+         "customer": {"id": r.cid, "name": r.display_name},
+         "last_message": (r.last_text or "")[:200], "messages": int(r.n_messages)}
+        for r in rows]}
+
+
+async def escalation_details(conn: AsyncConnection, conversation_id: int) -> list[dict[str, Any]]:
+    """What `conversation_detail` leaves out: who answered, how fast, and the CSAT."""
+    rows = (await conn.execute(
+        select(ES.id, ES.reason, ES.question, ES.status, ES.team, ES.taken_by, ES.taken_at,
+               ES.first_response_at, ES.resolved_at, ES.csat, ES.created_at,
+               _seconds(conn, ES.first_response_at, ES.created_at).label("first"),
+               _seconds(conn, ES.resolved_at, ES.created_at).label("resolve"))
+        .where(ES.conversation_id == conversation_id).order_by(ES.id))).all()
+    return [{"id": r.id, "reason": r.reason, "question": r.question, "status": r.status,
+             "team": r.team, "taken_by": r.taken_by,
+             "taken_at": r.taken_at.isoformat() if r.taken_at else None,
+             "first_response_at": r.first_response_at.isoformat()
+             if r.first_response_at else None,
+             "resolved_at": r.resolved_at.isoformat() if r.resolved_at else None,
+             "created_at": r.created_at.isoformat(), "csat": r.csat,
+             "first_response_s": _round(r.first), "resolution_s": _round(r.resolve)}
+            for r in rows]
