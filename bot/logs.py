@@ -25,5 +25,5 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     for noisy in ("aiohttp.access", "sqlalchemy.engine", "aiosqlite", "watchfiles", "httpx",
-                  "alembic.runtime.migration"):
+                  "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

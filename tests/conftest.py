@@ -76,13 +76,15 @@ async def chat(client: aiohttp.ClientSession, text: str, visitor: str | None = N
                *, timeout: float = 10.0, **extra: Any) -> tuple[str, dict[str, Any]]:
     """Send a web chat message and wait for the next reply; returns (visitor_id, reply)."""
     body: dict[str, Any] = {"text": text, **extra}
+    seen = 0
     if visitor:
         body["visitor_id"] = visitor
+        seen = max((m["id"] for m in await transcript(client, visitor)), default=0)
     async with client.post("/api/webchat/messages", json=body) as resp:
         assert resp.status == 202, await resp.text()
         data = await resp.json()
     visitor = data["visitor_id"]
-    reply = await next_reply(client, visitor, timeout=timeout)
+    reply = await next_reply(client, visitor, after=seen, timeout=timeout)
     return visitor, reply
 
 
@@ -94,16 +96,19 @@ async def transcript(client: aiohttp.ClientSession, visitor: str,
         return list((await resp.json())["messages"])
 
 
-async def next_reply(client: aiohttp.ClientSession, visitor: str, *,
+async def next_reply(client: aiohttp.ClientSession, visitor: str, *, after: int = 0,
                      timeout: float = 10.0) -> dict[str, Any]:
-    """The latest bot/staff message after the visitor's latest message."""
+    """The first bot/staff message after the visitor's first message with id > `after`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        messages = await transcript(client, visitor)
-        last_in = max((m["id"] for m in messages if m["from"] == "you"), default=0)
+        messages = await transcript(client, visitor, after)
+        last_in = min((m["id"] for m in messages if m["from"] == "you"), default=None)
+        if last_in is None:
+            await asyncio.sleep(0.05)
+            continue
         replies = [m for m in messages if m["from"] != "you" and m["id"] > last_in]
         if replies:
-            return replies[-1]
+            return replies[0]
         await asyncio.sleep(0.05)
     raise AssertionError(f"no reply for visitor {visitor} within {timeout} s")

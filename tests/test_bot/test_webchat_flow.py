@@ -1,0 +1,167 @@
+"""A customer on the web chat: answers in their language, escalation, duplicates, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from sqlalchemy import func, select
+
+from bot.app import Service
+from bot.db.models import Conversation, Escalation, InboxItem, Message
+from tests.conftest import chat, transcript
+
+
+async def test_english_question_gets_the_english_faq_answer(client: aiohttp.ClientSession) -> None:
+    _, reply = await chat(client, "How much does shipping cost?")
+    assert reply["from"] == "bot"
+    assert "Shipping is free on orders over €50" in reply["text"]
+    assert reply["language"] == "en"
+
+
+async def test_italian_question_gets_the_italian_answer(client: aiohttp.ClientSession) -> None:
+    _, reply = await chat(client, "Quanto costa la spedizione?")
+    assert "La spedizione è gratuita" in reply["text"]
+    assert reply["language"] == "it"
+
+
+async def test_thai_question_gets_the_thai_answer(client: aiohttp.ClientSession) -> None:
+    _, reply = await chat(client, "ค่าส่งเท่าไหร่")
+    assert "จัดส่งฟรี" in reply["text"]
+    assert reply["language"] == "th"
+
+
+async def test_answer_fills_store_name(client: aiohttp.ClientSession) -> None:
+    _, reply = await chat(client, "Where is my order?")
+    assert "Demo Shop" in reply["text"] and "$store_name" not in reply["text"]
+
+
+async def test_unknown_question_is_escalated_with_acknowledgement(
+        client: aiohttp.ClientSession, service: Service) -> None:
+    visitor, reply = await chat(client, "Do you sell spare parts for bicycles?")
+    assert "A person will reply" in reply["text"]
+    assert reply["conversation_status"] == "waiting"
+    async with service.db.read() as conn:
+        esc = (await conn.execute(select(Escalation.reason, Escalation.question))).one()
+    assert esc.reason == "no_match"
+    assert esc.question == "Do you sell spare parts for bicycles?"
+
+
+async def test_asking_for_a_person_escalates_in_the_customer_language(
+        client: aiohttp.ClientSession, service: Service) -> None:
+    _, reply = await chat(client, "Voglio parlare con un operatore")
+    assert "ti metto in contatto con una persona" in reply["text"].lower()
+    async with service.db.read() as conn:
+        reason = (await conn.execute(select(Escalation.reason))).scalar_one()
+    assert reason == "asked_for_human"
+
+
+async def test_bot_stays_silent_while_waiting_for_a_person(
+        client: aiohttp.ClientSession, service: Service) -> None:
+    visitor, _ = await chat(client, "I want to talk to a person")
+    async with client.post("/api/webchat/messages", json={
+            "visitor_id": visitor, "text": "How much does shipping cost?"}) as resp:
+        assert resp.status == 202
+    await asyncio.sleep(1.0)
+    messages = await transcript(client, visitor)
+    assert [m["from"] for m in messages] == ["you", "bot", "you"]
+    async with service.db.read() as conn:
+        decision = (await conn.execute(select(Message.decision).order_by(Message.id.desc())
+                                       .limit(1))).scalar_one()
+    assert decision == "silent"
+
+
+async def test_same_question_again_after_an_answer_escalates(
+        client: aiohttp.ClientSession, service: Service) -> None:
+    visitor, first = await chat(client, "How do I return an item?")
+    assert "30 days" in first["text"]
+    _, second = await chat(client, "how can I return an item??", visitor)
+    assert "A person will reply" in second["text"]
+    async with service.db.read() as conn:
+        reason = (await conn.execute(select(Escalation.reason))).scalar_one()
+    assert reason == "repeated_question"
+
+
+async def test_duplicate_message_is_handled_once(client: aiohttp.ClientSession,
+                                                 service: Service) -> None:
+    body = {"text": "How much does shipping cost?", "client_message_id": "a" * 32}
+    async with client.post("/api/webchat/messages", json=body) as resp:
+        first = await resp.json()
+    body["visitor_id"] = first["visitor_id"]
+    results = []
+    for _ in range(3):
+        async with client.post("/api/webchat/messages", json=body) as resp:
+            assert resp.status == 202
+            results.append((await resp.json())["duplicate"])
+    assert results == [True, True, True]
+    await asyncio.sleep(0.8)
+    messages = await transcript(client, first["visitor_id"])
+    assert [m["from"] for m in messages] == ["you", "bot"]
+    async with service.db.read() as conn:
+        assert (await conn.execute(select(func.count()).select_from(InboxItem))).scalar() == 1
+
+
+async def test_conversation_is_tagged_with_a_lifecycle_stage(
+        client: aiohttp.ClientSession, service: Service) -> None:
+    visitor, _ = await chat(client, "How much does shipping cost?")
+    _, reply = await chat(client, "How long does delivery take?", visitor)
+    assert reply["stage"] == "consideration"
+    async with service.db.read() as conn:
+        stage = (await conn.execute(select(Conversation.stage))).scalar_one()
+    assert stage == "consideration"
+
+
+async def test_malformed_requests_get_clear_4xx(client: aiohttp.ClientSession) -> None:
+    cases = [
+        ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
+        ({"data": b"text=hi", "headers": {"Content-Type": "text/plain"}}, 415, "JSON"),
+        ({"json": {"text": ""}}, 400, "text"),
+        ({"json": {"text": 42}}, 400, "text"),
+        ({"json": {"text": "hi", "visitor_id": "short"}}, 400, "visitor_id"),
+        ({"json": {"text": "x" * 4001}}, 413, "longer than"),
+        ({"json": ["not", "an", "object"]}, 400, "object"),
+    ]
+    for kwargs, status, words in cases:
+        async with client.post("/api/webchat/messages", **kwargs) as resp:
+            assert resp.status == status, kwargs
+            assert words in (await resp.json())["error"]
+    async with client.get("/api/webchat/messages", params={"visitor_id": "x"}) as resp:
+        assert resp.status == 400
+
+
+async def test_oversized_body_is_rejected(client: aiohttp.ClientSession,
+                                          service: Service) -> None:
+    body = b'{"text": "' + b"a" * (service.settings.max_body_bytes + 10) + b'"}'
+    async with client.post("/api/webchat/messages", data=body,
+                           headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 413
+
+
+async def test_visitor_over_the_rate_limit_gets_429(make_settings) -> None:
+    service = Service(make_settings(webchat_rate_per_minute=6))
+    await service.start()
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{service.port}") as client:
+            statuses = []
+            visitor = None
+            for i in range(6):
+                body = {"text": f"hello {i}"}
+                if visitor:
+                    body["visitor_id"] = visitor
+                async with client.post("/api/webchat/messages", json=body) as resp:
+                    statuses.append(resp.status)
+                    if resp.status == 202:
+                        visitor = (await resp.json())["visitor_id"]
+                    else:
+                        assert int(resp.headers["Retry-After"]) >= 1
+        assert statuses[:2] == [202, 202]
+        assert 429 in statuses
+    finally:
+        await service.stop()
+
+
+async def test_chat_page_is_served(client: aiohttp.ClientSession) -> None:
+    async with client.get("/") as resp:
+        assert resp.status == 200
+        html = await resp.text()
+    assert "<textarea" in html and "/api/webchat/messages" in html
