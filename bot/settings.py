@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     telegram_mode: Literal["webhook", "polling"] = "webhook"
     telegram_webhook_secret: SecretStr | None = None
     telegram_api_base: str = "https://api.telegram.org"
+    telegram_set_webhook: bool = Field(
+        False, description="Call setWebhook(PUBLIC_URL/webhooks/telegram) on start")
 
     # --- WhatsApp through Twilio (on when TWILIO_ACCOUNT_SID is set) ------------------------
     twilio_account_sid: str | None = None
@@ -103,7 +105,12 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_tls: Literal["starttls", "ssl", "none"] = "starttls"
     email_from: str | None = Field(None, description="Support <support@shop.example>")
-    email_max_auto_replies_per_day: int = Field(5, ge=0)
+    email_max_auto_replies_per_day: int = Field(
+        5, ge=0, description="Bot answers per sender per UTC day; 0 = the bot never answers mail")
+    email_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Larger mails are skipped (logged), not fetched")
+    imap_first_sync_days: float = Field(
+        3.0, ge=0, description="On first start (or a UIDVALIDITY change) take mail this recent")
 
     # --- Slack: customer channel and staff desk (on when SLACK_BOT_TOKEN is set) -----------
     slack_bot_token: SecretStr | None = None

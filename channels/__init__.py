@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from channels.base import Channel
+from channels.telegram import TelegramChannel
 from channels.webchat import WebChatChannel
+from channels.whatsapp import WhatsAppChannel
 
-CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (WebChatChannel,)}
+CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (
+    WebChatChannel,
+    TelegramChannel,
+    WhatsAppChannel,
+)}

@@ -1,0 +1,431 @@
+"""WhatsApp through Twilio: signed webhooks in, the async REST client out.
+
+POST /webhooks/twilio/whatsapp   inbound message (form) -> 200 empty TwiML once committed
+POST /webhooks/twilio/status     delivery status callback for a message we sent -> 200
+
+Both are signed with `X-Twilio-Signature` over PUBLIC_URL + path + query (not the URL this
+process sees, which differs behind a TLS proxy). The dedup key is `MessageSid`. The address
+is the customer's phone in E.164 (`whatsapp:` stripped) and is also passed as the customer's
+phone, so a WhatsApp customer is the same customer as the one the store knows by phone.
+
+Replies: free text inside WhatsApp's 24-hour customer-service window (measured from the last
+inbound message of that number); outside it, the approved template `TWILIO_TEMPLATE_SID`.
+Twilio reports what happened later by status callback; we keep the furthest status by rank
+(callbacks arrive out of order) and record failures such as 63016 on the message row.
+
+Messages.create is not idempotent. After a timeout or a dropped connection we cannot know
+whether Twilio created the message, so the reply is marked failed with "outcome unknown"
+instead of being sent again; only errors before the request left (connection refused) and
+Twilio's 429/5xx answers are retried. Vendor errors become ours in `_translate` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import MultiDict
+from sqlalchemy import Table, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
+from bot.customers import normalise_phone
+from bot.db.engine import Database
+from bot.db.models import ChannelState, Conversation, Message, OutboxItem
+from bot.errors import (
+    ChannelAuthError,
+    ChannelError,
+    ChannelPermanentError,
+    ChannelRateLimited,
+    ChannelTemporaryError,
+    ConfigError,
+    InputError,
+    PayloadTooLarge,
+    SignatureError,
+)
+from channels.base import (
+    Attachment,
+    Channel,
+    ChannelContext,
+    InboundMessage,
+    Intake,
+    OutboundMessage,
+    SendResult,
+)
+
+log = logging.getLogger(__name__)
+INBOUND_PATH = "/webhooks/twilio/whatsapp"
+STATUS_PATH = "/webhooks/twilio/status"
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+WINDOW = timedelta(hours=24)
+MAX_BODY = 1600  # Twilio refuses longer WhatsApp bodies (21617)
+TWILIO_HOSTS = ("https://api.twilio.com", "https://messaging.twilio.com",
+                "https://content.twilio.com")
+#: Twilio status -> our Message.status, and how far along each of ours is.
+STATUS_MAP = {"accepted": "sent", "scheduled": "sent", "queued": "sent", "sending": "sent",
+              "sent": "sent", "delivered": "delivered", "read": "read", "failed": "failed",
+              "undelivered": "failed", "canceled": "failed"}
+RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
+KNOWN_ERRORS = {"63016": "outside the 24-hour window: only an approved template can be sent",
+                "63018": "WhatsApp sender rate limit", "63003": "not a WhatsApp number",
+                "21211": "invalid 'To' phone number", "63024": "invalid message recipient"}
+_SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_RETRY_AFTER: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "twilio_retry_after", default=None)
+MESSAGE: Table = Message.__table__  # type: ignore[attr-defined]
+STATE: Table = ChannelState.__table__  # type: ignore[attr-defined]
+MS = MESSAGE.c
+CV = Conversation.__table__.c  # type: ignore[attr-defined]
+OB = OutboxItem.__table__.c  # type: ignore[attr-defined]
+CS = STATE.c
+
+
+class _TwilioHttp(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """Twilio's async HTTP client with the API host replaced by TWILIO_API_BASE (a regional
+    proxy, the tests' fake) and a 429's Retry-After kept for the caller in this task."""
+
+    def __init__(self, base: str, *, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.base = base.rstrip("/")
+
+    async def request(  # the parent's signature
+            self, method: str, url: str, params: Any = None, data: Any = None,
+            headers: Any = None, auth: Any = None,
+            timeout: float | None = None,  # noqa: ASYNC109
+            allow_redirects: bool = False) -> Response:
+        for real in TWILIO_HOSTS:
+            if url.startswith(real):
+                url = self.base + url[len(real):]
+        response: Response = await super().request(
+            method, url, params=params, data=data, headers=headers, auth=auth,
+            timeout=timeout, allow_redirects=allow_redirects)
+        if response.status_code == 429:
+            try:
+                _RETRY_AFTER.set(float((response.headers or {}).get("Retry-After", "")))
+            except ValueError:
+                _RETRY_AFTER.set(None)
+        return response
+
+
+class WhatsAppChannel(Channel):
+    """WhatsApp customers through a Twilio sender.
+
+    Args:
+        intake: where inbound messages are committed.
+        db: for the 24-hour window and delivery statuses.
+        account_sid, auth_token: the Twilio account (the token also signs webhooks).
+        sender: our WhatsApp number, `whatsapp:+...`; None = reply from the number written to.
+        api_base: Twilio REST base URL.
+        public_url: the URL Twilio calls us on; signatures are checked against it.
+        template_sid, template_variables: the approved template for outside the window.
+        max_body: largest webhook body accepted, in bytes.
+        max_text: longer customer texts are cut to this many characters.
+    """
+
+    name = "whatsapp"
+
+    def __init__(self, intake: Intake, db: Database, *, account_sid: str, auth_token: str,
+                 sender: str | None, api_base: str, public_url: str, template_sid: str | None,
+                 template_variables: str | None, max_body: int, max_text: int) -> None:
+        super().__init__(intake)
+        self.db = db
+        self.account_sid = account_sid
+        self._token = auth_token
+        self.sender = sender
+        self.api_base = api_base
+        self.public_url = public_url.rstrip("/")
+        self.template_sid = template_sid
+        self.template_variables = template_variables
+        self.max_body = max_body
+        self.max_text = max_text
+        self.validator = RequestValidator(auth_token)
+        self._client: Client | None = None
+        self._followups: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_context(cls, ctx: ChannelContext) -> WhatsAppChannel | None:
+        s = ctx.settings
+        if not s.twilio_account_sid:
+            return None
+        if s.twilio_auth_token is None:
+            raise ConfigError("TWILIO_AUTH_TOKEN is required with TWILIO_ACCOUNT_SID")
+        sender = s.twilio_whatsapp_from
+        if sender is not None:
+            phone = normalise_phone(sender)
+            if phone is None:
+                raise ConfigError("TWILIO_WHATSAPP_FROM must be a phone number, "
+                                  "e.g. whatsapp:+14155238886")
+            sender = f"whatsapp:{phone}"
+        variables = s.twilio_template_variables
+        if variables is not None:
+            try:
+                if not isinstance(json.loads(variables), dict):
+                    raise ValueError
+            except ValueError:
+                raise ConfigError('TWILIO_TEMPLATE_VARIABLES must be a JSON object, '
+                                  'e.g. {"1": "Demo Shop"}') from None
+        return cls(ctx.intake, ctx.db, account_sid=s.twilio_account_sid,
+                   auth_token=s.twilio_auth_token.get_secret_value(), sender=sender,
+                   api_base=s.twilio_api_base, public_url=s.public_url,
+                   template_sid=s.twilio_template_sid, template_variables=variables,
+                   max_body=s.max_body_bytes, max_text=s.max_text_chars)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post(INBOUND_PATH, self.inbound)
+        app.router.add_post(STATUS_PATH, self.status)
+
+    def client(self) -> Client:
+        """The REST client, made on first use (its HTTP session needs the running loop)."""
+        if self._client is None:
+            self._client = Client(self.account_sid, self._token,
+                                  http_client=_TwilioHttp(self.api_base, timeout=30))
+        return self._client
+
+    async def stop(self) -> None:
+        for task in self._followups:
+            task.cancel()
+        if self._client is not None:
+            http = self._client.http_client
+            if isinstance(http, AsyncTwilioHttpClient):
+                await http.close()
+            self._client = None
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        sender = self.sender or message.meta.get("to")
+        if not sender:
+            raise ChannelPermanentError("no WhatsApp sender: set TWILIO_WHATSAPP_FROM")
+        params: dict[str, Any] = {"from_": sender, "to": f"whatsapp:{message.address}",
+                                  "status_callback": self.public_url + STATUS_PATH}
+        template = None
+        if await self._window_open(message.address):
+            params["body"] = message.text[:MAX_BODY]
+        elif self.template_sid:
+            template = self.template_sid
+            params["content_sid"] = template
+            if self.template_variables:
+                params["content_variables"] = self.template_variables
+        else:
+            raise ChannelPermanentError(
+                "outside the 24-hour WhatsApp window and TWILIO_TEMPLATE_SID is not set",
+                code="63016")
+        _RETRY_AFTER.set(None)
+        try:
+            created = await self.client().messages.create_async(**params)
+        except (TwilioException, aiohttp.ClientError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+        sid = str(created.sid)
+        status = await self._record_sent(message.message_id, sid, str(created.status or "queued"),
+                                         template)
+        return SendResult(provider_id=sid, status=status)
+
+    async def _window_open(self, address: str) -> bool:
+        stmt = (select(CV.last_inbound_at)
+                .where(CV.channel == self.name, CV.address == address,
+                       CV.last_inbound_at.is_not(None))
+                .order_by(CV.last_inbound_at.desc()).limit(1))
+        async with self.db.read() as conn:
+            last = (await conn.execute(stmt)).scalar()
+        return last is not None and datetime.now(UTC) - last < WINDOW
+
+    async def _record_sent(self, message_id: int, sid: str, twilio_status: str,
+                           template: str | None) -> str:
+        """Tie the SM sid to the row at once, so a callback that beats the outbox's own
+        bookkeeping finds it; apply any callback that came even earlier."""
+        async with self.db.write() as conn:
+            meta = (await conn.execute(select(MS.meta).where(MS.id == message_id))).scalar()
+            meta = dict(meta or {})
+            meta["twilio_status"] = twilio_status
+            if template:
+                meta["whatsapp_template"] = template
+            await conn.execute(update(MESSAGE).where(MS.id == message_id)
+                               .values(provider_id=sid, meta=meta))
+            key = f"whatsapp:status:{sid}"
+            early = (await conn.execute(select(CS.value).where(CS.key == key))).scalar()
+            if early:
+                await conn.execute(delete(STATE).where(CS.key == key))
+                await _merge_status(conn, message_id, early["status"], early.get("code"),
+                                    early.get("error"))
+                self._reconcile_later(message_id)
+        return STATUS_MAP.get(twilio_status, "sent")
+
+    # --- inbound ---------------------------------------------------------------------------
+
+    async def _signed_form(self, request: web.Request) -> MultiDict[str]:
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise PayloadTooLarge(f"body over {self.max_body} bytes")
+        raw = await request.post()
+        form: MultiDict[str] = MultiDict((k, v) for k, v in raw.items() if isinstance(v, str))
+        url = self.public_url + request.path_qs
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not signature or not self.validator.validate(url, form, signature):
+            raise SignatureError(f"missing or wrong X-Twilio-Signature for {url}", status=403)
+        return form
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        form = await self._signed_form(request)
+        message = self.normalise(form)
+        if message is not None:
+            await self.intake.put(message)
+        return web.Response(text=TWIML_EMPTY, content_type="text/xml")
+
+    def normalise(self, form: MultiDict[str]) -> InboundMessage | None:
+        sid = form.get("MessageSid") or form.get("SmsMessageSid") or ""
+        if not _SID.match(sid):
+            raise InputError("MessageSid is missing or malformed")
+        sender = form.get("From", "")
+        if not sender.startswith("whatsapp:"):
+            log.info("twilio: ignoring non-WhatsApp message %s", sid)
+            return None
+        phone = normalise_phone(sender)
+        if phone is None:
+            raise InputError("From is not a phone number")
+        text = (form.get("Body") or form.get("ButtonText") or "").strip()
+        attachments = _attachments(form)
+        if not text and not attachments:
+            return None
+        if len(text) > self.max_text:
+            log.warning("twilio: message %s text cut to %d characters", sid, self.max_text)
+            text = text[:self.max_text]
+        meta = {k: v for k, v in (("to", form.get("To")), ("wa_id", form.get("WaId")),
+                                  ("message_type", form.get("MessageType"))) if v}
+        name = form.get("ProfileName")
+        return InboundMessage(channel=self.name, external_id=sid, address=phone, text=text,
+                              display_name=name[:200] if name else None,
+                              attachments=attachments, raw_ref=sid, phone=phone, meta=meta)
+
+    async def status(self, request: web.Request) -> web.Response:
+        form = await self._signed_form(request)
+        sid, raw = form.get("MessageSid", ""), form.get("MessageStatus", "")
+        if not _SID.match(sid) or raw not in STATUS_MAP:
+            raise InputError("MessageSid or MessageStatus is missing or unknown")
+        code, error = form.get("ErrorCode") or None, form.get("ErrorMessage") or None
+        async with self.db.write() as conn:
+            row = (await conn.execute(select(MS.id).where(
+                MS.channel == self.name, MS.provider_id == sid))).first()
+            if row is None:  # the send has not recorded its sid yet: keep it for then
+                await _stash_status(conn, sid, raw, code, error)
+                return web.Response(text="")
+            await _merge_status(conn, row.id, raw, code, error)
+            pending = (await conn.execute(select(OB.id).where(
+                OB.message_id == row.id, OB.status == "pending"))).first()
+        if pending is not None:
+            self._reconcile_later(row.id)
+        return web.Response(text="")
+
+    def _reconcile_later(self, message_id: int) -> None:
+        """The outbox marks a reply "sent" after `send` returns; a callback applied before
+        that is re-applied once it has."""
+        task = asyncio.create_task(self._reconcile(message_id))
+        self._followups.add(task)
+        task.add_done_callback(self._followups.discard)
+
+    async def _reconcile(self, message_id: int) -> None:
+        for _ in range(300):
+            await asyncio.sleep(0.1)
+            async with self.db.read() as conn:
+                pending = (await conn.execute(select(OB.id).where(
+                    OB.message_id == message_id, OB.status == "pending"))).first()
+            if pending is None:
+                break
+        with contextlib.suppress(Exception):
+            async with self.db.write() as conn:
+                await _merge_status(conn, message_id, None, None, None)
+
+
+async def _stash_status(conn: AsyncConnection, sid: str, raw: str, code: str | None,
+                        error: str | None) -> None:
+    key = f"whatsapp:status:{sid}"
+    old = (await conn.execute(select(CS.value).where(CS.key == key))).scalar()
+    if old and RANK[STATUS_MAP[old["status"]]] >= RANK[STATUS_MAP[raw]]:
+        return
+    value = {"status": raw, "code": code, "error": error}
+    await conn.execute(delete(STATE).where(CS.key == key))
+    await conn.execute(STATE.insert().values(
+        key=key, value=value, updated_at=datetime.now(UTC)))
+
+
+async def _merge_status(conn: AsyncConnection, message_id: int, raw: str | None,
+                        code: str | None, error: str | None) -> None:
+    """Keep the furthest Twilio status in the message meta and mirror it on the row
+    (`raw=None` just re-applies what the meta holds)."""
+    row = (await conn.execute(select(MS.status, MS.error, MS.meta)
+                              .where(MS.id == message_id))).one()
+    meta = dict(row.meta or {})
+    best = meta.get("twilio_status")
+    if raw is not None and (best not in STATUS_MAP
+                            or RANK[STATUS_MAP[raw]] > RANK[STATUS_MAP[best]]):
+        best = raw
+        meta["twilio_status"] = raw
+        if code:
+            meta["twilio_error"] = {"code": code, "message": error}
+    if best not in STATUS_MAP:
+        return
+    status = STATUS_MAP[best]
+    new_error = row.error
+    if status == "failed":
+        failure = meta.get("twilio_error") or {}
+        c = failure.get("code")
+        detail = failure.get("message") or KNOWN_ERRORS.get(str(c), "")
+        new_error = f"{best} {c}: {detail}".strip() if c else best
+    if RANK[status] < RANK.get(row.status, 0):
+        status, new_error = row.status, row.error  # never step back from what is recorded
+    if (status, new_error, meta) != (row.status, row.error, dict(row.meta or {})):
+        await conn.execute(update(MESSAGE).where(MS.id == message_id)
+                           .values(status=status, error=new_error, meta=meta))
+
+
+def _attachments(form: MultiDict[str]) -> tuple[Attachment, ...]:
+    """Media metadata; the URL needs the account's credentials to download."""
+    try:
+        count = max(0, min(int(form.get("NumMedia") or 0), 10))
+    except ValueError:
+        count = 0
+    found = []
+    for i in range(count):
+        url, mime = form.get(f"MediaUrl{i}"), form.get(f"MediaContentType{i}")
+        if url:
+            kind = (mime or "").split("/", 1)[0]
+            found.append(Attachment(kind if kind in ("image", "audio", "video") else "document",
+                                    mime_type=mime, ref=url))
+    lat, lon = form.get("Latitude"), form.get("Longitude")
+    if lat and lon:
+        found.append(Attachment("location", name=form.get("Label") or form.get("Address"),
+                                ref=f"{lat},{lon}"))
+    return tuple(found)
+
+
+def _translate(exc: BaseException) -> ChannelError:
+    """The one place Twilio and transport errors become ours (see the module docstring)."""
+    if isinstance(exc, TwilioRestException | TwilioServiceException):
+        status, code = int(exc.status or 0), exc.code
+        text = getattr(exc, "msg", None) or getattr(exc, "detail", None) or ""
+        if status == 429 or code == 20429:
+            return ChannelRateLimited(f"twilio {code}: {text}",
+                                      retry_after=_RETRY_AFTER.get() or 1.0)
+        if status == 401 or code == 20003:
+            return ChannelAuthError(f"twilio refused the credentials ({code})")
+        if status >= 500:
+            return ChannelTemporaryError(f"twilio {status}: {text}")
+        detail = text or KNOWN_ERRORS.get(str(code), "")
+        return ChannelPermanentError(f"twilio {code}: {detail}", code=str(code))
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ChannelTemporaryError(f"cannot reach the Twilio API: {exc}")
+    if isinstance(exc, aiohttp.ClientError | TimeoutError):
+        return ChannelPermanentError(
+            f"outcome unknown (Twilio may have created the message): {type(exc).__name__}; "
+            "check the Twilio console before resending", code="unknown")
+    return ChannelPermanentError(f"twilio: {exc}")
