@@ -1,136 +1,314 @@
-"""Read FAQ YAML files into entries, with errors that name the file, the line and the problem.
+"""Read and check FAQ files: a directory of YAML lists of entries.
 
-Files are composed to YAML nodes first, so every entry and field still knows its line number
-when we validate it.
+Files are composed to YAML *nodes* before being turned into Python values, so every entry and
+every field still knows its line: a shop owner who breaks a file is told
+`faq/returns.yaml:42: entry 'refunds': unknown key 'anwser' (did you mean 'answer'?)`,
+not a traceback.
+
+`load_faq_dir` stops at the first error (what the service needs); `lint_faq_dir` reports every
+error plus warnings (near-duplicate phrasings across entries, missing languages).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from rapidfuzz import fuzz, process
 
 from bot.errors import FaqLoadError
+from faq.language import detect_language
 from faq.models import STAGES, FaqEntry
+from faq.normalize import normalize
 
-ENTRY_KEYS = {"id", "questions", "answer", "stage", "tags", "escalate", "negatives"}
+KNOWN_KEYS = ("id", "questions", "answer", "stage", "tags", "escalate", "negatives")
+REQUIRED_LANGUAGES = ("en", "it", "th")
+NEAR_DUPLICATE_RATIO = 90.0
+_ID = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+_LANG = re.compile(r"^(default|[a-z]{2,3}(-[A-Za-z]{2,4})?)$")
 
 
-def faq_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir()
-                  if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith("."))
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding in an FAQ directory; errors stop a load, warnings do not."""
+
+    path: str
+    line: int | None
+    message: str
+    level: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.level}: {self.message}"
 
 
-def load_faq_dir(directory: Path) -> list[FaqEntry]:
-    """All entries of all YAML files in `directory` (sorted by file name)."""
-    if not directory.is_dir():
-        raise FaqLoadError(str(directory), None, "not a directory")
-    entries: list[FaqEntry] = []
-    seen: dict[str, FaqEntry] = {}
-    files = faq_files(directory)
-    if not files:
-        raise FaqLoadError(str(directory), None, "no .yaml files in the FAQ directory")
-    for path in files:
-        for entry in load_faq_file(path):
-            if entry.id in seen:
-                first = seen[entry.id]
-                raise FaqLoadError(str(path), entry.line, f"duplicate id {entry.id!r} "
-                                   f"(first defined at {first.source}:{first.line})")
-            seen[entry.id] = entry
-            entries.append(entry)
+@dataclass(slots=True)
+class _FileResult:
+    entries: list[FaqEntry] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def faq_files(path: Path) -> list[Path]:
+    """The FAQ files of a directory, sorted so that loading is deterministic."""
+    return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def load_faq_dir(path: Path) -> list[FaqEntry]:
+    """Every entry of every `*.yaml`/`*.yml` file in `path`; raises FaqLoadError on the first error."""
+    entries, problems = _load(Path(path))
+    for problem in problems:
+        if problem.level == "error":
+            raise FaqLoadError(problem.path, problem.line, problem.message)
     return entries
 
 
-def load_faq_file(path: Path) -> list[FaqEntry]:
+def lint_faq_dir(path: Path) -> list[Problem]:
+    """All errors and warnings of an FAQ directory, in file order."""
+    entries, problems = _load(Path(path))
+    problems.extend(_near_duplicates(entries))
+    problems.extend(_missing_languages(entries))
+    return problems
+
+
+def _load(path: Path) -> tuple[list[FaqEntry], list[Problem]]:
+    if not path.is_dir():
+        return [], [Problem(str(path), None, "FAQ directory not found")]
+    files = faq_files(path)
+    if not files:
+        return [], [Problem(str(path), None, "no *.yaml or *.yml files in the FAQ directory")]
+    entries: list[FaqEntry] = []
+    problems: list[Problem] = []
+    first_seen: dict[str, FaqEntry] = {}
+    for file in files:
+        result = _parse_file(file)
+        problems.extend(result.problems)
+        for entry in result.entries:
+            earlier = first_seen.get(entry.id)
+            if earlier is not None:
+                problems.append(
+                    Problem(
+                        entry.source,
+                        entry.line,
+                        f"duplicate id {entry.id!r}: first defined at "
+                        f"{earlier.source}:{earlier.line}",
+                    )
+                )
+                continue
+            first_seen[entry.id] = entry
+            entries.append(entry)
+    return entries, problems
+
+
+def _parse_file(file: Path) -> _FileResult:
+    result = _FileResult()
+    name = str(file)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FaqLoadError(str(path), None, f"cannot read file: {exc}") from None
-    try:
-        root = yaml.compose(text)
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise FaqLoadError(str(path), line, f"YAML syntax error: {exc.problem}") from None
+        root = yaml.compose(file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else None
+        result.problems.append(Problem(name, line, f"YAML syntax error: {error.problem}"))
+        return result
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        result.problems.append(Problem(name, None, f"cannot read file: {error}"))
+        return result
     if root is None:
-        return []
+        return result  # an empty file is an empty FAQ
     if not isinstance(root, yaml.SequenceNode):
-        raise FaqLoadError(str(path), _line(root), "the file must be a list of entries")
-    return [_entry(path, node) for node in root.value]
+        result.problems.append(
+            Problem(name, _line(root), "the file must be a YAML list of entries ('- id: ...')")
+        )
+        return result
+    for item in root.value:
+        entry = _parse_entry(name, item, result.problems)
+        if entry is not None:
+            result.entries.append(entry)
+    return result
 
 
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-def _scalar(path: Path, node: yaml.Node, what: str) -> str:
-    if not isinstance(node, yaml.ScalarNode) or not str(node.value).strip():
-        raise FaqLoadError(str(path), _line(node), f"{what} must be a non-empty string")
-    return str(node.value).strip()
-
-
-def _string_list(path: Path, node: yaml.Node, what: str, *, required: bool) -> tuple[str, ...]:
-    if not isinstance(node, yaml.SequenceNode):
-        raise FaqLoadError(str(path), _line(node), f"{what} must be a list of strings")
-    items = tuple(_scalar(path, item, f"each of {what}") for item in node.value)
-    if required and not items:
-        raise FaqLoadError(str(path), _line(node), f"{what} must not be empty")
-    return items
-
-
-def _entry(path: Path, node: yaml.Node) -> FaqEntry:
+def _parse_entry(name: str, node: yaml.Node, problems: list[Problem]) -> FaqEntry | None:
+    """One entry from its mapping node; appends problems and returns None if it is unusable."""
+    line = _line(node)
     if not isinstance(node, yaml.MappingNode):
-        raise FaqLoadError(str(path), _line(node), "each entry must be a mapping with id, "
-                                                    "questions and answer")
+        problems.append(Problem(name, line, "each entry must be a mapping with id/questions/answer"))
+        return None
     fields: dict[str, yaml.Node] = {}
     for key_node, value_node in node.value:
-        key = str(key_node.value)
-        if key not in ENTRY_KEYS:
-            raise FaqLoadError(str(path), _line(key_node), f"unknown key {key!r} "
-                               f"(allowed: {', '.join(sorted(ENTRY_KEYS))})")
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        if key not in KNOWN_KEYS:
+            hint = process.extractOne(str(key), KNOWN_KEYS, score_cutoff=70)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            problems.append(
+                Problem(name, _line(key_node), f"unknown key {key!r}{suggestion}; "
+                        f"allowed: {', '.join(KNOWN_KEYS)}")
+            )
+            continue
         fields[key] = value_node
-    for required in ("id", "questions", "answer"):
-        if required not in fields:
-            raise FaqLoadError(str(path), _line(node), f"entry is missing {required!r}")
-    entry_id = _scalar(path, fields["id"], "id")
-    answers = _answers(path, fields["answer"])
-    stage: str | None = None
-    if "stage" in fields:
-        stage_value = yaml.safe_load(yaml.serialize(fields["stage"]))
-        if stage_value is not None:
-            if stage_value not in STAGES:
-                raise FaqLoadError(str(path), _line(fields["stage"]),
-                                   f"stage must be one of {', '.join(STAGES)}, got {stage_value!r}")
-            stage = str(stage_value)
-    escalate = False
-    if "escalate" in fields:
-        value: Any = yaml.safe_load(yaml.serialize(fields["escalate"]))
-        if not isinstance(value, bool):
-            raise FaqLoadError(str(path), _line(fields["escalate"]), "escalate must be true/false")
-        escalate = value
+    before = len(problems)
+    entry_id = _scalar_str(name, fields.get("id"), "id", line, problems)
+    label = f"entry {entry_id!r}" if entry_id else "entry"
+    if entry_id and not _ID.match(entry_id):
+        problems.append(Problem(name, _line(fields["id"]),
+                                f"{label}: id must be lowercase letters, digits, '_' or '-'"))
+    questions = _string_list(name, fields.get("questions"), f"{label}: questions", line,
+                             problems, required=True)
+    answers = _answers(name, fields.get("answer"), label, line, problems)
+    stage = _stage(name, fields.get("stage"), label, problems)
+    tags = _string_list(name, fields.get("tags"), f"{label}: tags", line, problems)
+    negatives = _string_list(name, fields.get("negatives"), f"{label}: negatives", line, problems)
+    escalate = _bool(name, fields.get("escalate"), f"{label}: escalate", problems)
+    if len(problems) > before or entry_id is None:
+        return None
     return FaqEntry(
         id=entry_id,
-        questions=_string_list(path, fields["questions"], "questions", required=True),
-        answers=answers, stage=stage,
-        tags=_string_list(path, fields["tags"], "tags", required=False) if "tags" in fields
-        else (),
+        questions=tuple(questions),
+        answers=answers,
+        stage=stage,
+        tags=tuple(tags),
         escalate=escalate,
-        negatives=_string_list(path, fields["negatives"], "negatives", required=False)
-        if "negatives" in fields else (),
-        source=str(path), line=_line(node),
+        negatives=tuple(negatives),
+        source=name,
+        line=line or 0,
     )
 
 
-def _answers(path: Path, node: yaml.Node) -> dict[str, str]:
+def _line(node: yaml.Node | None) -> int | None:
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _scalar_str(
+    name: str, node: yaml.Node | None, what: str, entry_line: int | None, problems: list[Problem]
+) -> str | None:
+    if node is None:
+        problems.append(Problem(name, entry_line, f"entry without {what!r}"))
+        return None
+    if not isinstance(node, yaml.ScalarNode) or not str(node.value).strip():
+        problems.append(Problem(name, _line(node), f"{what!r} must be a non-empty text"))
+        return None
+    return str(node.value).strip()
+
+
+def _string_list(
+    name: str,
+    node: yaml.Node | None,
+    what: str,
+    entry_line: int | None,
+    problems: list[Problem],
+    *,
+    required: bool = False,
+) -> list[str]:
+    if node is None:
+        if required:
+            problems.append(Problem(name, entry_line, f"{what}: missing (a list of texts)"))
+        return []
+    if not isinstance(node, yaml.SequenceNode):
+        problems.append(Problem(name, _line(node), f"{what}: must be a list of texts"))
+        return []
+    values: list[str] = []
+    for item in node.value:
+        if not isinstance(item, yaml.ScalarNode) or not str(item.value).strip():
+            problems.append(Problem(name, _line(item), f"{what}: each item must be a non-empty text"))
+            continue
+        values.append(str(item.value).strip())
+    if required and not values and isinstance(node, yaml.SequenceNode) and not node.value:
+        problems.append(Problem(name, _line(node), f"{what}: the list is empty"))
+    return values
+
+
+def _answers(
+    name: str, node: yaml.Node | None, label: str, entry_line: int | None, problems: list[Problem]
+) -> dict[str, str]:
+    if node is None:
+        problems.append(Problem(name, entry_line, f"{label}: missing 'answer'"))
+        return {}
     if isinstance(node, yaml.ScalarNode):
-        return {"default": _scalar(path, node, "answer")}
-    if not isinstance(node, yaml.MappingNode) or not node.value:
-        raise FaqLoadError(str(path), _line(node),
-                           "answer must be a string or a mapping language -> string")
+        if not str(node.value).strip():
+            problems.append(Problem(name, _line(node), f"{label}: 'answer' is empty"))
+            return {}
+        return {"default": str(node.value).strip()}
+    if not isinstance(node, yaml.MappingNode):
+        problems.append(Problem(name, _line(node),
+                                f"{label}: 'answer' must be a text or a mapping language: text"))
+        return {}
     answers: dict[str, str] = {}
     for key_node, value_node in node.value:
-        lang = str(key_node.value).strip()
-        if not lang or len(lang) > 8:
-            raise FaqLoadError(str(path), _line(key_node), f"bad language code {lang!r}")
-        answers[lang] = _scalar(path, value_node, f"answer in {lang!r}")
+        lang = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else ""
+        if not _LANG.match(lang):
+            problems.append(Problem(name, _line(key_node),
+                                    f"{label}: answer language {lang!r} is not a code like en/it/th"))
+            continue
+        if not isinstance(value_node, yaml.ScalarNode) or not str(value_node.value).strip():
+            problems.append(Problem(name, _line(value_node),
+                                    f"{label}: answer in {lang!r} must be a non-empty text"))
+            continue
+        answers[lang] = str(value_node.value).strip()
+    if not answers and not node.value:
+        problems.append(Problem(name, _line(node), f"{label}: 'answer' has no language"))
     return answers
+
+
+def _stage(name: str, node: yaml.Node | None, label: str, problems: list[Problem]) -> str | None:
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
+        return None
+    value = node.value if isinstance(node, yaml.ScalarNode) else None
+    if value not in STAGES:
+        problems.append(Problem(name, _line(node),
+                                f"{label}: stage {value!r} is not one of {', '.join(STAGES)}"))
+        return None
+    return str(value)
+
+
+def _bool(name: str, node: yaml.Node | None, what: str, problems: list[Problem]) -> bool:
+    if node is None:
+        return False
+    if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":bool"):
+        return bool(yaml.safe_load(node.value))
+    problems.append(Problem(name, _line(node), f"{what}: must be true or false"))
+    return False
+
+
+def _near_duplicates(entries: list[FaqEntry]) -> Iterator[Problem]:
+    """The same or nearly the same phrasing under two entries makes matching a coin toss."""
+    phrasings = [(entry, q, normalize(q)) for entry in entries for q in entry.questions]
+    if len(phrasings) < 2:
+        return
+    texts = [normal for _, _, normal in phrasings]
+    scores = process.cdist(texts, texts, scorer=fuzz.ratio, score_cutoff=NEAR_DUPLICATE_RATIO,
+                           dtype="uint8", workers=-1)
+    for i, j in combinations(range(len(phrasings)), 2):
+        if scores[i, j] == 0 or phrasings[i][0].id == phrasings[j][0].id:
+            continue
+        (first, first_q, _), (second, second_q, _) = phrasings[i], phrasings[j]
+        yield Problem(
+            second.source, second.line,
+            f"entry {second.id!r}: phrasing {second_q!r} is {int(scores[i, j])}% like "
+            f"{first_q!r} of entry {first.id!r} ({first.source}:{first.line})",
+            "warning",
+        )
+
+
+def _missing_languages(entries: list[FaqEntry]) -> Iterator[Problem]:
+    """Entries whose answer or phrasings lack one of the FAQ's languages."""
+    for entry in entries:
+        if "default" not in entry.answers:
+            missing = [lang for lang in REQUIRED_LANGUAGES if lang not in entry.answers]
+            if missing:
+                yield Problem(entry.source, entry.line,
+                              f"entry {entry.id!r}: answer has no {'/'.join(missing)} text",
+                              "warning")
+        asked = {detect_language(q) for q in entry.questions}
+        missing_q = [lang for lang in REQUIRED_LANGUAGES if lang not in asked]
+        if missing_q:
+            yield Problem(entry.source, entry.line,
+                          f"entry {entry.id!r}: no phrasing in {'/'.join(missing_q)}", "warning")
+
+
+def iter_entries_with_files(path: Path) -> Iterator[tuple[Path, Any]]:
+    """(file, raw YAML value) pairs, for tools that want the plain data."""
+    for file in faq_files(path):
+        yield file, yaml.safe_load(file.read_text(encoding="utf-8"))

@@ -25,13 +25,14 @@ import numpy as np
 import numpy.typing as npt
 from rapidfuzz import fuzz, process
 
+from faq.language import detect_language
 from faq.models import Candidate, FaqEntry, MatchResult
 from faq.normalize import TextFeatures, extract, normalize
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-DEFAULT_THRESHOLD = 0.45
+DEFAULT_THRESHOLD = 0.30
 DEFAULT_AMBIGUITY_MARGIN = 0.02
 
 # Share of each feature group in the cosine (they sum to 1 so scores stay in [0, 1]).
@@ -168,9 +169,14 @@ class Matcher:
         self._fit_idf(feats, owners)
         rows = [self._vectorize(f) for f in feats]
         self._entry_blocks = [_Block.build(rows[lo:hi]) for lo, hi in self._phrase_ranges]
+        centroids, centroid_owners = self._centroids(rows, owners, phrasings)
         self._centroid_index = _PostingIndex(
-            self._centroids(rows, owners), len(self._idf), max_df_share=CANDIDATE_MAX_DF
+            centroids, len(self._idf), max_df_share=CANDIDATE_MAX_DF
         )
+        # Centroid rows are grouped by entry: an entry's centroid score is its best language's.
+        self._centroid_starts: IntArray = np.searchsorted(
+            np.asarray(centroid_owners, dtype=np.int64), np.arange(len(self.entries))
+        ).astype(np.int64)
         negative_rows = [self._vectorize(extract(n)) for n in negatives]
         self._negative_blocks = [
             _Block.build(negative_rows[lo:hi]) if hi > lo else None
@@ -218,17 +224,23 @@ class Matcher:
         return vector
 
     def _centroids(
-        self, rows: Sequence[dict[int, float]], owners: Sequence[int]
-    ) -> list[dict[int, float]]:
-        """Mean of each entry's phrasing vectors, renormalised to length 1."""
-        sums: list[Counter[int]] = [Counter() for _ in self.entries]
-        for row, owner in zip(rows, owners, strict=True):
-            sums[owner].update(row)
+        self, rows: Sequence[dict[int, float]], owners: Sequence[int], phrasings: Sequence[str]
+    ) -> tuple[list[dict[int, float]], list[int]]:
+        """Mean phrasing vector per (entry, language), renormalised to length 1.
+
+        One centroid per language: an English question should not be compared with the
+        average of an entry's English, Italian and Thai phrasings.
+        """
+        sums: dict[tuple[int, str], Counter[int]] = {}
+        for row, owner, phrasing in zip(rows, owners, phrasings, strict=True):
+            sums.setdefault((owner, detect_language(phrasing)), Counter()).update(row)
         centroids: list[dict[int, float]] = []
-        for total in sums:
+        centroid_owners: list[int] = []
+        for (owner, _), total in sorted(sums.items()):
             norm = math.sqrt(sum(v * v for v in total.values())) or 1.0
             centroids.append({k: v / norm for k, v in total.items()})
-        return centroids
+            centroid_owners.append(owner)
+        return centroids, centroid_owners
 
     # ---- matching -------------------------------------------------------------------------
 
@@ -241,7 +253,9 @@ class Matcher:
             return []
         features = np.fromiter(query.keys(), dtype=np.int64, count=len(query))
         values = np.fromiter(query.values(), dtype=np.float64, count=len(query))
-        centroid_sims = self._centroid_index.dot(features, values)
+        centroid_sims = np.maximum.reduceat(
+            self._centroid_index.dot(features, values), self._centroid_starts
+        )
         shortlist = _top_indices(centroid_sims, max(CANDIDATE_DEPTH, depth))
         dense = self._dense
         dense[features] = values

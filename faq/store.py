@@ -1,7 +1,9 @@
-"""The FAQ the service answers from: loaded at start, reloaded when files change.
+"""The FAQ the service answers from: loaded at start, reloaded when its files change.
 
-A broken file never takes the bot down: the last good FAQ keeps serving and the problem is
-reported with file and line (in the log and at /api/faq).
+A broken file never takes the bot down: the last good FAQ keeps serving, the problem is kept in
+`last_error` (file, line, problem) and logged once. Building a matcher takes a few
+milliseconds for a shop FAQ but seconds for a very large one, so the watcher builds it in a
+thread and swaps it in whole: readers always see a consistent (entries, matcher) pair.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import asyncio
 import logging
 from pathlib import Path
 
+from watchfiles import awatch
+
 from bot.errors import FaqLoadError
 from faq.loader import load_faq_dir
 from faq.matcher import DEFAULT_THRESHOLD, Matcher
@@ -17,56 +21,93 @@ from faq.models import FaqEntry
 
 log = logging.getLogger(__name__)
 
+WATCH_DEBOUNCE_MS = 300
+
 
 class FaqStore:
-    def __init__(self, path: Path, *, threshold: float | None = None,
-                 semantic_model: str | None = None) -> None:
-        self.path = path
+    """The current FAQ entries and their matcher, with hot reload.
+
+    Args:
+        path: directory of FAQ `*.yaml` files.
+        threshold: matcher threshold; None uses the matcher's default.
+        semantic_model: name or path of a sentence-transformers model to blend in, if the
+            `semantic` extra is installed; None keeps the matcher purely lexical.
+
+    Raises:
+        FaqLoadError: if the initial load fails (the service should not start without an FAQ).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        threshold: float | None = None,
+        semantic_model: str | None = None,
+    ) -> None:
+        self.path = Path(path)
         self.threshold = DEFAULT_THRESHOLD if threshold is None else threshold
         self.semantic_model = semantic_model
         self.last_error: FaqLoadError | None = None
         self.version = 0
-        self.entries, self.matcher = self._build()
-        self.version = 1
+        entries, matcher = self._build()
+        self._install(entries, matcher)
 
-    def _build(self) -> tuple[list[FaqEntry], Matcher]:
-        entries = load_faq_dir(self.path)
-        return entries, Matcher(entries, threshold=self.threshold)
+    @property
+    def entries(self) -> list[FaqEntry]:
+        return self._entries
+
+    @property
+    def matcher(self) -> Matcher:
+        return self._matcher
 
     def get(self, entry_id: str) -> FaqEntry | None:
-        return next((e for e in self.entries if e.id == entry_id), None)
+        """The entry with this id in the current FAQ, or None."""
+        return self._by_id.get(entry_id)
 
     def reload(self) -> bool:
+        """Load the directory again; on error keep serving the last good FAQ and return False."""
         try:
             entries, matcher = self._build()
-        except FaqLoadError as exc:
-            return self._keep_last_good(exc)
-        self._swap(entries, matcher)
+        except FaqLoadError as error:
+            return self._keep_last_good(error)
+        self._install(entries, matcher)
         return True
 
     async def reload_async(self) -> bool:
-        """Build the new matcher in a thread so the event loop keeps serving."""
+        """`reload` with the parsing and index building done in a worker thread."""
         try:
             entries, matcher = await asyncio.to_thread(self._build)
-        except FaqLoadError as exc:
-            return self._keep_last_good(exc)
-        self._swap(entries, matcher)
+        except FaqLoadError as error:
+            return self._keep_last_good(error)
+        self._install(entries, matcher)
         return True
 
-    def _keep_last_good(self, exc: FaqLoadError) -> bool:
-        self.last_error = exc
-        log.warning("FAQ not reloaded, still serving version %d: %s", self.version, exc)
-        return False
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Reload whenever a file in the directory changes, until `stop` is set."""
+        async for changes in awatch(
+            self.path, stop_event=stop, debounce=WATCH_DEBOUNCE_MS, recursive=False
+        ):
+            if any(Path(name).suffix in (".yaml", ".yml") for _, name in changes):
+                await self.reload_async()
 
-    def _swap(self, entries: list[FaqEntry], matcher: Matcher) -> None:
-        self.entries, self.matcher = entries, matcher
+    def _build(self) -> tuple[list[FaqEntry], Matcher]:
+        entries = load_faq_dir(self.path)
+        matcher = Matcher(entries, threshold=self.threshold)
+        if self.semantic_model:
+            from faq.semantic import with_semantic  # optional extra, imported only when asked
+
+            matcher = with_semantic(matcher, self.semantic_model)
+        return entries, matcher
+
+    def _install(self, entries: list[FaqEntry], matcher: Matcher) -> None:
+        self._entries, self._matcher = entries, matcher
+        self._by_id = {entry.id: entry for entry in entries}
         self.last_error = None
         self.version += 1
-        log.info("FAQ reloaded from %s: %d entries (version %d)", self.path, len(entries),
+        log.info("FAQ loaded from %s: %d entries (version %d)", self.path, len(entries),
                  self.version)
 
-    async def watch(self, stop: asyncio.Event) -> None:
-        from watchfiles import awatch
-
-        async for _changes in awatch(self.path, stop_event=stop, debounce=300):
-            await self.reload_async()
+    def _keep_last_good(self, error: FaqLoadError) -> bool:
+        self.last_error = error
+        log.warning("FAQ not reloaded, still serving version %d: %s", self.version, error)
+        return False
