@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import re
 
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
 _THAI_CHAR = re.compile(r"[\u0e00-\u0e7f]")
 _LATIN_LETTER = re.compile(r"[a-zà-ÿ]")
 _WORD = re.compile(r"[a-zà-ÿ]+(?:'[a-zà-ÿ]+)?")
 
 _ITALIAN_WORDS = frozenset(
+    _words(
     """
     a ad al alla alle allo ai agli all anche ancora avete avere c che chi ci come con cosa cui
     da dal dalla dai dei del della delle dello devo di dove dovrei e è ed gli ha hai ho i il in io
@@ -25,10 +31,12 @@ _ITALIAN_WORDS = frozenset(
     taglia taglie prezzo prezzi negozio acquisto account parola conto fattura fatture sconto
     codice buono regalo punti cambio cambiare annullare cancellare arrivato arrivo pacco
     disponibile operatore persona parlare recensione amico
-    """.split()
+    """
+    )
 )
 
 _ENGLISH_WORDS = frozenset(
+    _words(
     """
     a about am an and are at be can could did do does for from have hello hi how i if in is it
     me my no not of on or please should so that the there this to want was what when where which
@@ -36,7 +44,8 @@ _ENGLISH_WORDS = frozenset(
     order orders shipping delivery refund return returns payment pay card size sizes price store
     account password invoice discount code gift points exchange cancel arrived parcel package
     available agent human person talk speak review friend track tracking
-    """.split()
+    """
+    )
 )
 
 # Endings that are common in Italian words and rare in English ones.

@@ -59,7 +59,11 @@ def faq_files(path: Path) -> list[Path]:
 
 
 def load_faq_dir(path: Path) -> list[FaqEntry]:
-    """Every entry of every `*.yaml`/`*.yml` file in `path`; raises FaqLoadError on the first error."""
+    """Every entry of every `*.yaml`/`*.yml` file in `path`.
+
+    Raises:
+        FaqLoadError: for the first error found (file, line, problem).
+    """
     entries, problems = _load(Path(path))
     for problem in problems:
         if problem.level == "error":
@@ -135,7 +139,7 @@ def _parse_entry(name: str, node: yaml.Node, problems: list[Problem]) -> FaqEntr
     """One entry from its mapping node; appends problems and returns None if it is unusable."""
     line = _line(node)
     if not isinstance(node, yaml.MappingNode):
-        problems.append(Problem(name, line, "each entry must be a mapping with id/questions/answer"))
+        problems.append(Problem(name, line, "each entry must be a mapping (id, questions, ...)"))
         return None
     fields: dict[str, yaml.Node] = {}
     for key_node, value_node in node.value:
@@ -212,7 +216,7 @@ def _string_list(
     values: list[str] = []
     for item in node.value:
         if not isinstance(item, yaml.ScalarNode) or not str(item.value).strip():
-            problems.append(Problem(name, _line(item), f"{what}: each item must be a non-empty text"))
+            problems.append(Problem(name, _line(item), f"{what}: items must be non-empty texts"))
             continue
         values.append(str(item.value).strip())
     if required and not values and isinstance(node, yaml.SequenceNode) and not node.value:
@@ -240,7 +244,7 @@ def _answers(
         lang = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else ""
         if not _LANG.match(lang):
             problems.append(Problem(name, _line(key_node),
-                                    f"{label}: answer language {lang!r} is not a code like en/it/th"))
+                                    f"{label}: answer language {lang!r} is not a code (en/it/th)"))
             continue
         if not isinstance(value_node, yaml.ScalarNode) or not str(value_node.value).strip():
             problems.append(Problem(name, _line(value_node),

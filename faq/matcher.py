@@ -101,7 +101,8 @@ class _PostingIndex:
         offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         positions = offsets + np.arange(total)
         contributions = self.weights[positions] * np.repeat(values, lengths)
-        return np.bincount(self.rows[positions], weights=contributions, minlength=self.n_rows)
+        sums = np.bincount(self.rows[positions], weights=contributions, minlength=self.n_rows)
+        return np.asarray(sums, dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,12 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
 
 CHAR_SIZES = (4,)
 ORDER_TOKEN = "qorderq"
@@ -31,6 +37,7 @@ _THAI_REPEAT = re.compile(r"([\u0e00-\u0e7f])\1{2,}")
 # Words that carry almost no meaning in a support question. Kept short on purpose: IDF
 # weighting already discounts common words, this list only removes the noisiest ones.
 STOPWORDS = frozenset(
+    _words(
     """
     a an the i me my we our you your it its is are am be been was were do does did to of in on
     at for with and or but so this that these those there here please hi hello hey can could
@@ -38,7 +45,8 @@ STOPWORDS = frozenset(
     il lo la i gli le un una uno di da del della dello dei degli delle al alla allo ai agli alle
     dal dalla dall dell nel nella nell sul sulla e ed o ma che mi ti ci si vi ne per con su
     l un c d
-    """.split()
+    """
+    )
 )
 
 _EN_SUFFIXES = ("ing", "edly", "ed", "ies", "es", "s", "ly")
@@ -136,7 +144,7 @@ def extract(text: str) -> TextFeatures:
         chars.update(char_keys)
         if content_key is not None:
             content.append(content_key)
-    bigrams: Counter[str] = Counter(f"{a} {b}" for a, b in zip(content, content[1:], strict=False))
+    bigrams: Counter[str] = Counter(f"{a} {b}" for a, b in pairwise(content))
     if not words and tokens:  # a question made only of stopwords ("can I?") still needs words
         words.update(tokens)
     return TextFeatures(words=words, bigrams=bigrams, chars=chars)

@@ -1,0 +1,322 @@
+"""`faq` command line: match, lint, eval, explain, suggest (mounted as `python -m bot faq`).
+
+User mistakes (missing file, broken FAQ, bad input line) print one clear `error:` line and exit
+with code 2; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import importlib
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from bot.errors import FaqLoadError
+from faq.loader import lint_faq_dir, load_faq_dir
+from faq.matcher import DEFAULT_THRESHOLD, Matcher
+from faq.models import MatchResult
+from faq.suggest import group_questions, render_yaml
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+
+app = typer.Typer(
+    help="FAQ tools: match questions, check FAQ files, measure and explain the matcher.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+FaqDirOption = Annotated[
+    Path, typer.Option("--faq-dir", help="Directory of FAQ *.yaml files.", show_default=True)
+]
+ThresholdOption = Annotated[
+    float | None,
+    typer.Option("--threshold", min=0.0, max=1.0, help="Answer threshold (default: matcher's)."),
+]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _matcher(faq_dir: Path, threshold: float | None) -> Matcher:
+    try:
+        entries = load_faq_dir(faq_dir)
+    except FaqLoadError as error:
+        _fail(str(error))
+    return Matcher(entries, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+
+
+def _contract(result: MatchResult) -> dict[str, Any]:
+    """The stable one-line JSON answer; "ambiguous" is reported as "escalate".
+
+    `faq_id` is the entry to answer with (or the escalation entry that was recognised), null
+    when nothing fits; `best_id` is the top candidate whatever the decision, for evaluation.
+    """
+    decision = "answer" if result.decision == "answer" else "escalate"
+    return {
+        "faq_id": result.faq_id,
+        "score": round(result.score, 4),
+        "decision": decision,
+        "best_id": result.candidates[0].entry_id if result.candidates else None,
+        "detail": result.decision,
+    }
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@app.command()
+def match(
+    question: Annotated[str | None, typer.Argument(help="The question to match.")] = None,
+    faq_dir: FaqDirOption = SAMPLE_DIR,
+    jsonl: Annotated[
+        bool,
+        typer.Option("--jsonl", help='Read {"text": ...} lines on stdin, write one JSON each.'),
+    ] = False,
+    threshold: ThresholdOption = None,
+) -> None:
+    """Match one question, or a stream of JSON lines with --jsonl."""
+    matcher = _matcher(faq_dir, threshold)
+    if jsonl:
+        _match_stream(matcher)
+        return
+    if question is None:
+        _fail('give a question, e.g. faq match "where is my order?", or use --jsonl')
+    result = matcher.match(question)
+    rows = [(c.entry_id, f"{c.score:.3f}") for c in result.candidates[:5]]
+    typer.echo(f"decision: {result.decision}   faq_id: {result.faq_id}   "
+               f"score: {result.score:.3f}   threshold: {matcher.threshold:.2f}")
+    if rows:
+        typer.echo(_table(rows, ("candidate", "score")))
+    if result.entry is not None:
+        text, lang = result.entry.answer_for("en")
+        typer.echo(f"\nanswer ({lang}): {text}")
+
+
+def _match_stream(matcher: Matcher) -> None:
+    """One output line per input line, in order, flushed, so callers can pipe interactively."""
+    out = sys.stdout
+    for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            payload = json.loads(line)
+            text = payload["text"]
+            if not isinstance(text, str):
+                raise TypeError("'text' must be a string")
+        except (ValueError, KeyError, TypeError) as error:
+            typer.echo(f"error: stdin line {number}: {error!s}", err=True)
+            record: dict[str, Any] = {"faq_id": None, "score": 0.0, "decision": "escalate",
+                                      "error": f"line {number}: bad input"}
+        else:
+            record = _contract(matcher.match(text))
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.flush()
+
+
+@app.command()
+def lint(
+    directory: Annotated[Path, typer.Argument(help="FAQ directory to check.")] = SAMPLE_DIR,
+) -> None:
+    """Check FAQ files: every error and warning with file and line; exit 2 on errors."""
+    problems = lint_faq_dir(directory)
+    for problem in problems:
+        typer.echo(str(problem))
+    errors = sum(1 for p in problems if p.level == "error")
+    warnings = len(problems) - errors
+    typer.echo(f"{errors} error(s), {warnings} warning(s)")
+    if errors:
+        raise typer.Exit(2)
+
+
+@dataclass(frozen=True, slots=True)
+class _Case:
+    text: str
+    expected: str | None
+
+
+def _read_cases(path: Path) -> list[_Case]:
+    """Cases from JSONL ({"text", "expected"}) or CSV (text,expected); empty/none = no answer."""
+    if not path.is_file():
+        _fail(f"{path}: file not found")
+    cases: list[_Case] = []
+    text_keys, expected_keys = ("text", "question"), ("expected", "faq_id", "intent", "id")
+
+    def pick(record: dict[str, Any], keys: Sequence[str], where: str) -> Any:
+        for key in keys:
+            if key in record:
+                return record[key]
+        _fail(f"{where}: needs one of {', '.join(keys)}")
+
+    def expected_id(value: Any) -> str | None:
+        text = "" if value is None else str(value).strip()
+        return None if text.lower() in ("", "none", "null", "oos") else text
+
+    with path.open(encoding="utf-8") as handle:
+        if path.suffix == ".csv":
+            for number, row in enumerate(csv.DictReader(handle), start=2):
+                where = f"{path}:{number}"
+                cases.append(_Case(str(pick(row, text_keys, where)),
+                                   expected_id(pick(row, expected_keys, where))))
+            return cases
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                _fail(f"{path}:{number}: not JSON ({error})")
+            if not isinstance(record, dict):
+                _fail(f"{path}:{number}: expected a JSON object")
+            where = f"{path}:{number}"
+            cases.append(_Case(str(pick(record, text_keys, where)),
+                               expected_id(pick(record, expected_keys, where))))
+    return cases
+
+
+def _best_threshold(scored: Sequence[tuple[float, str | None, str | None]]) -> tuple[float, float]:
+    """Threshold with the most right decisions: right answer, or escalation of a no-answer."""
+    best = (0.0, -1.0)
+    for candidate in sorted({round(s, 3) for s, _, _ in scored} | {0.0}):
+        right = sum(
+            1 for s, best_id, expected in scored
+            if (s >= candidate and best_id == expected and expected is not None)
+            or (s < candidate and expected is None)
+        )
+        rate = right / len(scored)
+        if rate > best[1]:
+            best = (candidate, rate)
+    return best
+
+
+@app.command("eval")
+def evaluate(
+    file: Annotated[Path, typer.Argument(help="JSONL or CSV of question -> expected id or none.")],
+    faq_dir: FaqDirOption = SAMPLE_DIR,
+    threshold: ThresholdOption = None,
+) -> None:
+    """Measure the matcher on labelled questions: accuracy, wrong answers, confusions."""
+    cases = _read_cases(file)
+    if not cases:
+        _fail(f"{file}: no questions")
+    matcher = _matcher(faq_dir, threshold)
+    known = {entry.id for entry in matcher.entries}
+    unknown = sorted({c.expected for c in cases if c.expected and c.expected not in known})
+    if unknown:
+        _fail(f"{file}: expected ids not in the FAQ: {', '.join(unknown[:5])}")
+    started = time.perf_counter()
+    results = [(case, matcher.match(case.text)) for case in cases]
+    elapsed = time.perf_counter() - started
+    in_scope = [(c, r) for c, r in results if c.expected is not None]
+    top1 = sum(1 for c, r in in_scope if r.candidates and r.candidates[0].entry_id == c.expected)
+    answered = [(c, r) for c, r in results if r.decision == "answer"]
+    right = sum(1 for c, r in answered if r.faq_id == c.expected)
+    wrong = [(c, r) for c, r in answered if r.faq_id != c.expected]
+    confusions = Counter((c.expected or "(none)", r.faq_id or "") for c, r in wrong)
+    scored = [(r.score, r.candidates[0].entry_id if r.candidates else None, c.expected)
+              for c, r in results]
+    best_threshold, best_rate = _best_threshold(scored)
+    rows = [
+        ("questions", len(cases)),
+        ("top-1 accuracy (questions with an answer)",
+         f"{top1 / len(in_scope):.3f}" if in_scope else "n/a"),
+        (f"answered correctly at threshold {matcher.threshold:.2f}", f"{right} / {len(cases)}"),
+        ("wrong answers", len(wrong)),
+        ("escalated", len(cases) - len(answered)),
+        ("best threshold (most right decisions)", f"{best_threshold:.3f} ({best_rate:.3f})"),
+        ("queries/s", f"{len(cases) / elapsed:.0f}" if elapsed else "n/a"),
+    ]
+    typer.echo(_table(rows, ("measure", "value")))
+    if confusions:
+        typer.echo("")
+        typer.echo(_table([(e, g, n) for (e, g), n in confusions.most_common(10)],
+                          ("expected", "answered instead", "times")))
+
+
+@app.command()
+def explain(
+    question: Annotated[str, typer.Argument(help="The question to explain.")],
+    faq_dir: FaqDirOption = SAMPLE_DIR,
+    limit: Annotated[int, typer.Option(min=1, max=50, help="Candidates to show.")] = 5,
+) -> None:
+    """Show the best candidates and the scores they were built from."""
+    matcher = _matcher(faq_dir, None)
+    rows = [
+        (c.entry_id, f"{c.score:.3f}", f"{c.phrasing_similarity:.3f}",
+         f"{c.centroid_similarity:.3f}", f"{c.fuzzy_similarity:.3f}",
+         f"{c.negative_similarity:.3f}", c.best_phrasing)
+        for c in matcher.explain(question, limit=limit)
+    ]
+    result = matcher.match(question)
+    typer.echo(f"decision: {result.decision} (threshold {matcher.threshold:.2f}, "
+               f"ambiguity margin {matcher.ambiguity_margin:.2f})")
+    typer.echo(_table(rows, ("entry", "score", "phrasing", "centroid", "fuzzy", "negative",
+                             "closest phrasing")))
+
+
+def _read_lines(path: Path) -> Iterator[str]:
+    if not path.is_file():
+        _fail(f"{path}: file not found")
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield line.strip()
+
+
+@app.command()
+def suggest(
+    from_file: Annotated[
+        Path | None, typer.Option("--from-file", help="Text file, one question per line.")
+    ] = None,
+    from_db: Annotated[
+        bool, typer.Option("--from-db", help="Read escalated questions from the database.")
+    ] = False,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", envvar="DATABASE_URL",
+                                 help="Database for --from-db (default: $DATABASE_URL).")
+    ] = None,
+    since_days: Annotated[int, typer.Option(min=1, help="With --from-db: look back days.")] = 30,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the YAML here.")] = None,
+    top: Annotated[int, typer.Option(min=1, help="At most this many entries.")] = 20,
+) -> None:
+    """Group unanswered questions into draft FAQ entries (YAML with TODO answers)."""
+    if (from_file is None) == (not from_db):
+        _fail("give exactly one of --from-file FILE or --from-db")
+    if from_file is not None:
+        questions = list(_read_lines(from_file))
+    else:
+        if not database_url:
+            _fail("--from-db needs --database-url or $DATABASE_URL")
+        # The service's DB layer, imported only when asked (the FAQ tools work without it).
+        reports = importlib.import_module("bot.reports")
+        questions = list(asyncio.run(reports.unanswered_questions(database_url, since_days)))
+    groups = group_questions(questions)[:top]
+    if not groups:
+        _fail("no questions to group")
+    text = render_yaml(groups)
+    if out is None:
+        typer.echo(text)
+        return
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"{len(groups)} draft entries from {len(questions)} questions written to {out}",
+               err=True)
+
+
+if __name__ == "__main__":
+    app()
