@@ -178,8 +178,9 @@ class StageChange(SQLModel, table=True):
     __tablename__ = "stage_change"
     __table_args__ = (
         Index("ix_stage_change_created", "created_at"),
-        # dashboard: replays each customer's stage history in order
-        Index("ix_stage_change_customer_created", "customer_id", "created_at", "id"),
+        # dashboard (bot/metrics_queries): covering indexes for the stage flow and history
+        Index("ix_stage_change_customer_created", "customer_id", "created_at", "id", "to_stage"),
+        Index("ix_stage_change_created_customer", "created_at", "customer_id", "to_stage", "id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: int | None = Field(default=None, foreign_key="conversation.id", index=True)

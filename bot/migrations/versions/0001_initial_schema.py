@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 23:25:44.869238
+Create Date: 2026-11-22 23:29:29.748623
 """
 from __future__ import annotations
 
@@ -196,7 +196,8 @@ def upgrade() -> None:
     with op.batch_alter_table('stage_change', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_stage_change_conversation_id'), ['conversation_id'], unique=False)
         batch_op.create_index('ix_stage_change_created', ['created_at'], unique=False)
-        batch_op.create_index('ix_stage_change_customer_created', ['customer_id', 'created_at', 'id'], unique=False)
+        batch_op.create_index('ix_stage_change_created_customer', ['created_at', 'customer_id', 'to_stage', 'id'], unique=False)
+        batch_op.create_index('ix_stage_change_customer_created', ['customer_id', 'created_at', 'id', 'to_stage'], unique=False)
         batch_op.create_index(batch_op.f('ix_stage_change_customer_id'), ['customer_id'], unique=False)
 
     op.create_table('desk_job',
@@ -253,6 +254,7 @@ def downgrade() -> None:
     with op.batch_alter_table('stage_change', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_stage_change_customer_id'))
         batch_op.drop_index('ix_stage_change_customer_created')
+        batch_op.drop_index('ix_stage_change_created_customer')
         batch_op.drop_index('ix_stage_change_created')
         batch_op.drop_index(batch_op.f('ix_stage_change_conversation_id'))
 
