@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from channels.base import Channel
+from channels.email import EmailChannel
 from channels.telegram import TelegramChannel
 from channels.webchat import WebChatChannel
 from channels.whatsapp import WhatsAppChannel
@@ -11,4 +12,5 @@ CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (
     WebChatChannel,
     TelegramChannel,
     WhatsAppChannel,
+    EmailChannel,
 )}
