@@ -1,0 +1,45 @@
+"""Fixtures for the FAQ tests: the shipped sample FAQ, a matcher on it, temporary FAQ dirs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from faq.loader import load_faq_dir
+from faq.matcher import Matcher
+from faq.models import FaqEntry
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_DIR = REPO_ROOT / "faq" / "sample"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def sample_entries() -> list[FaqEntry]:
+    return load_faq_dir(SAMPLE_DIR)
+
+
+@pytest.fixture(scope="session")
+def sample_matcher(sample_entries: list[FaqEntry]) -> Matcher:
+    return Matcher(sample_entries)
+
+
+@pytest.fixture
+def write_faq(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write one FAQ file into a fresh directory and return the directory."""
+
+    def write(name: str, text: str) -> Path:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        return tmp_path
+
+    return write
+
+
+def shared_data(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test when the datasets are not checked out."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared datasets not available ({path} is missing)")
+    return path
