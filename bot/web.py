@@ -80,6 +80,9 @@ def build_http_app(service: Service) -> web.Application:
     app.router.add_get("/api/faq", admin_only(get_faq))
     for channel in service.channels.values():
         channel.routes(app)
+    from bot.dashboard import add_routes as add_dashboard_routes  # it imports this module
+
+    add_dashboard_routes(app)
     return app
 
 
