@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Coroutine
 from datetime import timedelta
@@ -14,8 +15,11 @@ from aiohttp import web
 
 from bot.db.engine import Database
 from bot.handler import HandlerConfig, MessageHandler
+from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
+from bot.metrics import Metrics, metrics_view
 from bot.queue import Inbox
+from bot.redis_queue import RedisInbox
 from bot.settings import Settings
 from bot.web import build_http_app
 from bot.worker import OutboxSender, WorkerPool
@@ -32,7 +36,15 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = Database(settings.database_url)
-        self.inbox = Inbox(self.db, max_attempts=settings.max_attempts)
+        self.inbox: Inbox = Inbox(self.db, max_attempts=settings.max_attempts)
+        if settings.redis_url:  # several worker processes: Redis Streams spread the work
+            self.inbox = RedisInbox(
+                self.db, settings.redis_url, max_attempts=settings.max_attempts,
+                prefix=settings.redis_prefix, reclaim_seconds=settings.redis_reclaim_seconds,
+                max_deliveries=settings.redis_max_deliveries)
+        self.leader = make_leader(redis_url=settings.redis_url, db=self.db,
+                                  prefix=settings.redis_prefix, ttl=settings.leader_ttl_seconds)
+        self.metrics = Metrics()
         self.faq = FaqStore(settings.faq_dir, threshold=settings.faq_threshold,
                             semantic_model=settings.faq_semantic_model)
         self.lifecycle = LifecycleStore(settings.lifecycle_rules)
@@ -45,11 +57,12 @@ class Service:
             channel = cls.from_context(ctx)
             if channel is not None:
                 self.channels[name] = channel
-        self.outbox = OutboxSender(self.db, self.channels,
+        self.outbox = OutboxSender(self.db, self.metrics.instrument(self.channels),
                                    concurrency=settings.send_concurrency,
                                    max_attempts=settings.send_max_attempts)
         self.workers = WorkerPool(self.db, self.inbox, self.handler, workers=settings.workers,
                                   batch=settings.queue_batch, on_committed=self.outbox.wake)
+        self.workers.listeners.append(self.metrics.on_outcome)
         self.http = build_http_app(self)
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -63,7 +76,13 @@ class Service:
             for channel in self.channels.values():
                 await channel.start()
             for name, channel in self.channels.items():
-                self._spawn(self._run_poller(channel), f"poll-{name}")
+                if type(channel).poll is not Channel.poll:
+                    poller = functools.partial(self._run_poller, channel)
+                    self._spawn(self.leader.run(f"poll:{name}", self.stop_event, poller),
+                                f"poll-{name}")
+            if isinstance(self.inbox, RedisInbox):
+                self._spawn(self.leader.run("inbox-sweeper", self.stop_event, self.inbox.sweep),
+                            "inbox-sweeper")
             self._spawn(self.workers.run(self.stop_event), "workers")
             self._spawn(self.outbox.run(self.stop_event), "outbox")
             self._spawn(self.faq.watch(self.stop_event), "faq-watch")
@@ -81,19 +100,36 @@ class Service:
                  self.settings.workers, "SQLite" if self.db.is_sqlite else "PostgreSQL")
         if http:
             log.info("web chat on http://%s:%s/", self.settings.host, self.port)
+        elif self.settings.metrics_port is not None:
+            await self._start_metrics_site(self.settings.metrics_port)
 
-    async def _run_poller(self, channel: Channel) -> None:
-        """Run a channel's pull loop; restart it with a pause if it crashes."""
-        while not self.stop_event.is_set():
+    async def _start_metrics_site(self, port: int) -> None:
+        """Worker processes have no web app; they still answer probes and scrapes."""
+        from bot.web import SERVICE, healthz, readyz
+
+        app = web.Application()
+        app[SERVICE] = self
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics_view)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.settings.host, port).start()
+
+    async def _run_poller(self, channel: Channel, stop: asyncio.Event | None = None) -> None:
+        """Run a channel's pull loop; restart it with a pause if it crashes. `stop` is set
+        when the service stops or this process loses the poller's lock."""
+        stop = stop or self.stop_event
+        while not stop.is_set():
             try:
-                await channel.poll(self.stop_event)
+                await channel.poll(stop)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("%s poller failed; restarting in 5 s", channel.name)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), timeout=5)
+                    await asyncio.wait_for(stop.wait(), timeout=5)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -108,16 +144,23 @@ class Service:
             log.error("background task %s stopped: %r", task.get_name(), exc)
 
     async def stop(self) -> None:
+        """Graceful (SIGTERM): take no new work, let workers finish their batch and the outbox
+        its sends, then close. Work still running after 10 s is cancelled: its transaction
+        rolls back and the message stays queued for another worker."""
         self.stop_event.set()
         if self._runner is not None:
             await self._runner.cleanup()
-        for channel in self.channels.values():
-            with contextlib.suppress(Exception):
-                await channel.stop()
-        done, pending = await asyncio.wait(self._tasks, timeout=10) if self._tasks else (
+        _done, pending = await asyncio.wait(self._tasks, timeout=10) if self._tasks else (
             set(), set())
         for task in pending:
             task.cancel()
+        for channel in self.channels.values():
+            with contextlib.suppress(Exception):
+                await channel.stop()
+        with contextlib.suppress(Exception):
+            await self.inbox.close()
+        with contextlib.suppress(Exception):
+            await self.leader.close()
         await self.db.close()
         log.info("storedesk stopped")
 

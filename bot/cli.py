@@ -128,6 +128,36 @@ def escalations(
                    f"{e['created_at'][:19]:<20} {question[:60]}")
 
 
+@app.command()
+def queue(
+    requeue_dead: Annotated[bool, typer.Option("--requeue-dead",
+                                               help="Give dead-lettered messages another round")
+                            ] = False,
+) -> None:
+    """Queue depth, age, Redis stream state and the latest dead letters (JSON)."""
+    settings = _settings()
+    from bot.db.engine import Database
+    from bot.queue import Inbox
+    from bot.redis_queue import RedisInbox
+
+    async def main() -> dict[str, Any]:
+        db = Database(settings.database_url)
+        inbox = Inbox(db) if not settings.redis_url else RedisInbox(
+            db, settings.redis_url, prefix=settings.redis_prefix, consumer="cli")
+        try:
+            await db.upgrade()
+            requeued = await inbox.requeue_dead() if requeue_dead else None
+            stats = await inbox.stats()
+            if requeued is not None:
+                stats["requeued"] = requeued
+            return stats
+        finally:
+            await inbox.close()
+            await db.close()
+
+    typer.echo(json.dumps(asyncio.run(main()), ensure_ascii=False, indent=2, default=str))
+
+
 @app.command("import-orders")
 def import_orders(
     file: Annotated[Path, typer.Argument(help="CSV with email or phone, order_id, total, "

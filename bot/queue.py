@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import String, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -34,6 +34,10 @@ from channels.base import Attachment, InboundMessage
 
 log = logging.getLogger(__name__)
 SHARDS = 1024
+# One transaction-scoped advisory lock per conversation (class 0x5D35 = "storedesk").
+_TRY_LOCK = text("SELECT k FROM unnest(:keys) AS k "
+                 "WHERE pg_try_advisory_xact_lock(23861, hashtext(k))").bindparams(
+    bindparam("keys", type_=postgresql.ARRAY(String)))
 
 
 def shard_of(conversation_key: str) -> int:
@@ -189,6 +193,53 @@ class Inbox:
         async with self.db.write() as conn:
             await conn.execute(update(InboxItem.__table__).where(t.id == item_id)
                                .values(status="dead", last_error=error[:2000]))
+
+    async def lock(self, conn: AsyncConnection, items: list[QueuedItem]) -> list[QueuedItem]:
+        """Called first inside the worker's transaction: returns what this transaction may
+        handle, in order.
+
+        On PostgreSQL several worker processes may claim the same conversation. Each
+        conversation takes a transaction-scoped advisory lock (skipped when another worker
+        holds it: that worker handles those messages), then its pending rows are re-read, so
+        nothing is handled twice and nothing overtakes an earlier message. SQLite has one
+        writer process whose write lock already serialises this.
+        """
+        if conn.dialect.name != "postgresql" or not items:
+            return items
+        keys = sorted({i.conversation_key for i in items})
+        locked = [r[0] for r in (await conn.execute(_TRY_LOCK, {"keys": keys})).all()]
+        if not locked:
+            return []
+        t = InboxItem.__table__.c
+        rows = (await conn.execute(
+            select(t.id, t.attempts, t.conversation_key, t.payload, t.next_attempt_at)
+            .where(t.status == "pending", t.conversation_key.in_(locked))
+            .order_by(t.id).limit(max(len(items), 1) * 4))).all()
+        now = datetime.now(UTC)
+        blocked: set[str] = set()
+        fresh: list[QueuedItem] = []
+        for row in rows:
+            if row.conversation_key in blocked:
+                continue
+            if row.next_attempt_at is not None and row.next_attempt_at > now:
+                blocked.add(row.conversation_key)
+                continue
+            try:
+                message = decode_message(row.payload)
+            except (TypeError, ValueError, KeyError):
+                blocked.add(row.conversation_key)  # claim() parks it
+                continue
+            fresh.append(QueuedItem(row.id, row.attempts, row.conversation_key, message))
+        return fresh
+
+    async def settle(self, items: Sequence[QueuedItem]) -> None:
+        """Called after a batch committed (or failed): the Redis backend acknowledges here."""
+
+    async def ping(self) -> None:
+        """Raise if the queue backend is unreachable (the database is checked separately)."""
+
+    async def close(self) -> None:
+        """Release backend connections."""
 
     async def requeue_dead(self, item_ids: Sequence[int] | None = None) -> int:
         """Give dead-lettered messages another round (admin action)."""

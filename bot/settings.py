@@ -65,6 +65,19 @@ class Settings(BaseSettings):
     send_concurrency: int = Field(16, ge=1, le=256)
     send_max_attempts: int = Field(8, ge=1, le=100)
 
+    # --- scale-out (PostgreSQL + Redis, several processes) ----------------------------------
+    redis_prefix: str = Field("storedesk", description="Key prefix in Redis")
+    redis_reclaim_seconds: float = Field(
+        30.0, gt=0, description="Idle time after which a live worker takes over a dead one's work")
+    redis_max_deliveries: int = Field(
+        5, ge=1, description="Deliveries of one queue entry before it is dead-lettered")
+    leader_ttl_seconds: float = Field(
+        15.0, ge=1, description="Lock TTL for singletons (pollers); a dead leader is replaced "
+        "after this")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Worker processes serve /metrics, /healthz, /readyz "
+        "here (the web process uses PORT)")
+
     # --- input limits ---------------------------------------------------------------------
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     max_text_chars: int = Field(4000, ge=1)

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from bot.customers import OrderIn, find_or_create_by_contact
 from bot.db.models import OutboxItem
 from bot.errors import InputError, RateLimited
+from bot.metrics import metrics_view
 from bot.orders import push_orders
 from bot.reports import conversation_detail, list_escalations
 
@@ -71,6 +72,7 @@ def build_http_app(service: Service) -> web.Application:
     app[SERVICE] = service
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/api/escalations", admin_only(get_escalations))
     app.router.add_get("/api/conversations/{id:\\d+}", admin_only(get_conversation))
     app.router.add_post("/api/customers/{id:\\d+}/orders", admin_only(post_customer_orders))
@@ -96,7 +98,12 @@ async def readyz(request: web.Request) -> web.Response:
         await service.db.ping()
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return web.json_response({"status": "unavailable", "database": str(exc)}, status=503)
-    return web.json_response({"status": "ready", "database": "ok"})
+    try:
+        await service.inbox.ping()
+    except Exception as exc:  # reported, not raised
+        return web.json_response({"status": "unavailable", "database": "ok",
+                                  "queue": f"{type(exc).__name__}: {exc}"}, status=503)
+    return web.json_response({"status": "ready", "database": "ok", "queue": "ok"})
 
 
 async def get_escalations(request: web.Request) -> web.Response:

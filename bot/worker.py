@@ -84,7 +84,9 @@ class WorkerPool:
         failed: list[tuple[QueuedItem, str]] = []
         done: list[tuple[QueuedItem, Outcome]] = []
         blocked: set[str] = set()
+        claimed = items
         async with self.db.write() as conn:
+            items = await self.inbox.lock(conn, items)
             for item in items:
                 if item.conversation_key in blocked:  # keep order behind a failed message
                     continue
@@ -116,6 +118,7 @@ class WorkerPool:
             if await self.inbox.retry_later(item, error):
                 log.error("message %d dead-lettered after %d attempts: %s", item.id,
                           item.attempts + 1, error)
+        await self.inbox.settle(claimed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ from bot.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 ADMIN_TOKEN = "test-admin-token-0123456789"
+PG_HOST = os.environ.get("STOREDESK_TEST_PG_HOST", "postgres@127.0.0.1:5432")
+PG_ADMIN_DSN = f"postgresql://{PG_HOST}/postgres"
+REDIS_TEST_URL = os.environ.get("STOREDESK_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,11 +38,88 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.asynccontextmanager
+async def throwaway_pg_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards; skips when the server is
+    unreachable."""
+    import asyncpg
+
+    name = f"storedesk_test_{uuid.uuid4().hex[:12]}"
+    try:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_DSN}: {exc}")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield f"postgresql+asyncpg://{PG_HOST}/{name}"
+    finally:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path):
+async def pg_database_url() -> AsyncIterator[str]:
+    async with throwaway_pg_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Request this fixture (or `usefixtures("database_url")`) to run a test on both SQLite and
+    PostgreSQL: `make_settings` then uses it."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'storedesk.db'}"
+        return
+    async with throwaway_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """The local Redis; skips when it is unreachable."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(REDIS_TEST_URL)
+    try:
+        await client.ping()
+    except Exception as exc:
+        pytest.skip(f"Redis is not reachable at {REDIS_TEST_URL}: {exc}")
+    finally:
+        await client.aclose()
+    yield REDIS_TEST_URL
+
+
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A per-test key prefix (REDIS_PREFIX); its keys are deleted afterwards."""
+    from redis.asyncio import Redis
+
+    prefix = f"sdtest-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, request: pytest.FixtureRequest):
+    default_url = f"sqlite+aiosqlite:///{tmp_path / 'storedesk.db'}"
+    if "database_url" in request.fixturenames:
+        default_url = request.getfixturevalue("database_url")
+
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'storedesk.db'}",
+            "database_url": default_url,
             "host": "127.0.0.1", "port": 0, "admin_token": ADMIN_TOKEN,
             "public_url": "http://127.0.0.1:8080", "store_name": "Demo Shop",
         }

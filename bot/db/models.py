@@ -41,7 +41,7 @@ def ts(*, index: bool = False, nullable: bool = True) -> Any:
 
 def created(*, index: bool = False) -> Any:
     return Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), index=index,
-                                                          nullable=False))
+                                                          nullable=False, default=utcnow))
 
 
 def json_field(default: Any = None) -> Any:

@@ -1,0 +1,218 @@
+"""The Redis Streams backend and several worker processes on PostgreSQL, in one interpreter.
+
+Each `Service` has its own database pool and Redis connections, so two of them behave like two
+processes towards PostgreSQL (advisory locks are per connection) and Redis (distinct consumers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+
+from bot.app import Service
+from bot.db.engine import Database
+from bot.db.models import Conversation, InboxItem, Message
+from bot.redis_queue import GROUP, RedisInbox
+from channels.base import InboundMessage
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+QUESTION = "How much does shipping cost?"
+
+
+async def _post(client: aiohttp.ClientSession, visitor: str, seq: int) -> None:
+    async with client.post("/api/webchat/messages", json={
+            "visitor_id": visitor, "text": QUESTION,
+            "client_message_id": f"m{seq:05d}-{uuid.uuid4().hex[:12]}"}) as resp:
+        assert resp.status == 202, await resp.text()
+
+
+async def _wait_done(db: Database, expected: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    done = 0
+    while time.monotonic() < deadline:
+        async with db.read() as conn:
+            done = (await conn.execute(select(func.count()).select_from(InboxItem)
+                                       .where(InboxItem.status == "done"))).scalar_one()
+        if done >= expected:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"only {done} of {expected} messages handled")
+
+
+async def _check_exactly_once_in_order(db: Database, visitors: list[str], per: int) -> None:
+    """Every inbound message stored once, in posting order, each with exactly one reply."""
+    async with db.read() as conn:
+        rows = (await conn.execute(
+            select(Conversation.address, Message.id, Message.direction, Message.external_id,
+                   Message.meta)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .order_by(Message.id))).all()
+    inbound: dict[str, list[str]] = {v: [] for v in visitors}
+    replies: dict[int, int] = {}
+    in_ids: set[int] = set()
+    for r in rows:
+        if r.direction == "in":
+            inbound[r.address].append(r.external_id.split(":", 1)[1][:6])
+            in_ids.add(r.id)
+        else:
+            key = int((r.meta or {})["in_reply_to"])
+            replies[key] = replies.get(key, 0) + 1
+    for visitor in visitors:
+        assert inbound[visitor] == [f"m{i:05d}" for i in range(per)], visitor
+    assert replies == {i: 1 for i in in_ids}
+
+
+async def _run_split(make_settings: Any, database_url: str, *, workers: int, redis: bool,
+                     prefix: str | None, conversations: int, per: int) -> None:
+    extra: dict[str, Any] = {"webchat_rate_per_minute": 1_000_000,
+                             "repeat_window_minutes": 1e-6, "workers": 2, "queue_batch": 16}
+    if redis:
+        extra.update(redis_url="redis://127.0.0.1:6379/0", redis_prefix=prefix)
+    web = Service(make_settings(database_url=database_url, **extra))
+    procs = [Service(make_settings(database_url=database_url, **extra)) for _ in range(workers)]
+    await web.start(http=True, workers=False)
+    for p in procs:
+        await p.start(http=False, workers=True)
+    try:
+        visitors = [f"visitor-{uuid.uuid4().hex[:16]}" for _ in range(conversations)]
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{web.port}") as client:
+
+            async def converse(v: str) -> None:
+                for i in range(per):
+                    await _post(client, v, i)
+
+            await asyncio.gather(*(converse(v) for v in visitors))
+        await _wait_done(web.db, conversations * per)
+        await asyncio.sleep(0.5)  # let the outboxes mark replies sent
+        await _check_exactly_once_in_order(web.db, visitors, per)
+        handled = [p.workers.handled for p in procs]
+        assert sum(handled) == conversations * per
+        if redis:
+            r = Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+            try:
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    pending = (await r.xpending(f"{prefix}:inbox", GROUP))["pending"]
+                    length = await r.xlen(f"{prefix}:inbox")
+                    if pending == 0 and length == 0:
+                        break
+                    await asyncio.sleep(0.1)
+                assert (pending, length) == (0, 0)
+            finally:
+                await r.aclose()
+    finally:
+        for p in procs:
+            await p.stop()
+        await web.stop()
+
+
+async def test_two_worker_processes_on_postgres_without_redis_handle_each_message_once_in_order(
+        make_settings: Any, pg_database_url: str) -> None:
+    await _run_split(make_settings, pg_database_url, workers=2, redis=False, prefix=None,
+                     conversations=12, per=15)
+
+
+async def test_two_worker_processes_on_redis_streams_handle_each_message_once_in_order(
+        make_settings: Any, pg_database_url: str, redis_prefix: str) -> None:
+    await _run_split(make_settings, pg_database_url, workers=2, redis=True, prefix=redis_prefix,
+                     conversations=12, per=15)
+
+
+async def test_redis_backend_on_sqlite_single_process(
+        make_settings: Any, tmp_path: Any, redis_prefix: str) -> None:
+    await _run_split(make_settings, f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", workers=1,
+                     redis=True, prefix=redis_prefix, conversations=5, per=6)
+
+
+def _msg(i: int, key: str = "alice") -> InboundMessage:
+    return InboundMessage(channel="webchat", external_id=f"{key}:{i}", address=key,
+                          text=QUESTION)
+
+
+async def test_entries_of_a_dead_worker_are_taken_over_and_acknowledged(
+        database_url: str, redis_url: str, redis_prefix: str) -> None:
+    db = Database(database_url)
+    await db.upgrade()
+    dead = RedisInbox(db, redis_url, prefix=redis_prefix, reclaim_seconds=0.3)
+    alive = RedisInbox(db, redis_url, prefix=redis_prefix, reclaim_seconds=0.3)
+    try:
+        assert await dead.put(_msg(1)) and await dead.put(_msg(2))
+        assert not await dead.put(_msg(1))  # duplicate: no second entry
+        taken = await dead.claim(0, 1, 10)
+        assert [i.message.external_id for i in taken] == ["alice:1", "alice:2"]
+        # `dead` never settles: its process "died" holding both entries.
+        alive.block_ms = 50
+        assert await alive.claim(0, 1, 10) == []  # not idle long enough yet
+        await asyncio.sleep(0.4)
+        alive._next_reclaim = 0.0
+        items = await alive.claim(0, 1, 10)
+        assert [i.message.external_id for i in items] == ["alice:1", "alice:2"]
+        async with db.write() as conn:
+            for item in await alive.lock(conn, items):
+                await alive.complete(conn, item.id)
+        await alive.settle(items)
+        stats = await alive.stats()
+        assert stats["done"] == 2 and stats["pending"] == 0
+        assert stats["redis"]["pending"] == 0 and stats["redis"]["length"] == 0
+    finally:
+        await dead.close()
+        await alive.close()
+        await db.close()
+
+
+async def test_entry_that_keeps_killing_workers_goes_to_the_dead_letter_stream(
+        database_url: str, redis_url: str, redis_prefix: str) -> None:
+    db = Database(database_url)
+    await db.upgrade()
+    inboxes = [RedisInbox(db, redis_url, prefix=redis_prefix, reclaim_seconds=0.1,
+                          max_deliveries=2) for _ in range(4)]
+    try:
+        await inboxes[0].put(_msg(1, "bob"))
+        assert len(await inboxes[0].claim(0, 1, 10)) == 1  # delivery 1, then "crash"
+        for inbox in inboxes[1:]:
+            await asyncio.sleep(0.15)
+            inbox.block_ms = 10
+            await inbox.claim(0, 1, 10)  # deliveries 2, 3: over the limit on the third
+        stats = await inboxes[-1].stats()
+        assert stats["dead"] == 1 and stats["pending"] == 0
+        dead = stats["redis"]["dead_letter"]
+        assert dead["length"] == 1 and dead["latest"][0]["x"] == "bob:1"
+        assert "stopped 2 times" in dead["latest"][0]["error"]
+        assert stats["redis"]["pending"] == 0
+        # An admin gives it another round: it is announced again.
+        fresh = RedisInbox(db, redis_url, prefix=redis_prefix)
+        inboxes.append(fresh)
+        assert await fresh.requeue_dead() == 1
+        fresh.block_ms = 10
+        items = await fresh.claim(0, 1, 10)
+        assert [i.message.external_id for i in items] == ["bob:1"]
+    finally:
+        for inbox in inboxes:
+            await inbox.close()
+        await db.close()
+
+
+async def test_sweeper_announces_rows_committed_while_redis_was_down(
+        database_url: str, redis_url: str, redis_prefix: str) -> None:
+    db = Database(database_url)
+    await db.upgrade()
+    broken = RedisInbox(db, "redis://127.0.0.1:1/0", prefix=redis_prefix)
+    inbox = RedisInbox(db, redis_url, prefix=redis_prefix, sweep_age=0.0)
+    try:
+        assert await broken.put(_msg(1, "carol"))  # committed; the XADD failed
+        inbox.block_ms = 10
+        assert await inbox.claim(0, 1, 10) == []
+        assert await inbox.sweep_once() == 1
+        items = await inbox.claim(0, 1, 10)
+        assert [i.message.external_id for i in items] == ["carol:1"]
+    finally:
+        await broken.close()
+        await inbox.close()
+        await db.close()
