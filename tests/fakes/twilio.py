@@ -1,7 +1,8 @@
 """A fake Twilio REST API on 127.0.0.1, plus signed webhooks towards the service.
 
 `POST /2010-04-01/Accounts/{sid}/Messages.json` (form, Basic auth checked) -> 201 JSON as
-Twilio answers. Scripted failures: 429 code 20429 with Retry-After, 400 code 21211, 500.
+Twilio answers. Scripted failures: 429 code 20429 with Retry-After, 400 code 21211, 500,
+and a dropped connection after the request was read.
 `emit_status` plays Twilio's status callback (signed with RequestValidator against the URL
 the service gave as StatusCallback), e.g. `failed` with ErrorCode 63016.
 """
@@ -39,6 +40,8 @@ class FakeTwilio:
     accepted: list[dict[str, str]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     url: str = ""
+    #: (service, status): call back with `status` before answering the create (Twilio can)
+    early_callback: tuple[Service, str] | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def fail_next(self, kind: str, count: int = 1) -> None:
@@ -61,6 +64,10 @@ class FakeTwilio:
             kind = self.failures.pop(0)
             if kind == "rate_limited":
                 return _error(429, 20429, "Too Many Requests", headers={"Retry-After": "1"})
+            if kind == "drop":  # the request arrived; the answer never does
+                assert request.transport is not None
+                request.transport.close()
+                return web.Response(status=201)
             if kind == "permanent":
                 return _error(400, 21211, f"The 'To' number {form.get('To')} is not a valid "
                                           "phone number.")
@@ -68,6 +75,9 @@ class FakeTwilio:
         sid = f"SM{next(self._ids):032x}"
         form["_sid"] = sid
         self.accepted.append(form)
+        if self.early_callback is not None:
+            service, status = self.early_callback
+            assert await self.emit_status(service, sid, status) == 200
         return web.json_response({
             "sid": sid, "account_sid": self.account_sid, "from": form.get("From"),
             "to": form.get("To"), "body": form.get("Body", ""), "status": "queued",
