@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.db.engine import Database
+from bot.desk import Desk
 from bot.handler import HandlerConfig, MessageHandler
 from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
@@ -48,21 +49,24 @@ class Service:
         self.faq = FaqStore(settings.faq_dir, threshold=settings.faq_threshold,
                             semantic_model=settings.faq_semantic_model)
         self.lifecycle = LifecycleStore(settings.lifecycle_rules)
-        self.handler = MessageHandler(self.faq, self.lifecycle, HandlerConfig(
-            store_name=settings.store_name, default_language=settings.default_language,
-            repeat_window=timedelta(minutes=settings.repeat_window_minutes)))
         ctx = ChannelContext(settings=settings, intake=self.inbox, db=self.db)
         self.channels: dict[str, Channel] = {}
         for name, cls in CHANNELS.items():
             channel = cls.from_context(ctx)
             if channel is not None:
                 self.channels[name] = channel
+        self.desk = Desk.from_service(settings, self.db, self.channels, self.faq)
+        self.handler = MessageHandler(self.faq, self.lifecycle, HandlerConfig(
+            store_name=settings.store_name, default_language=settings.default_language,
+            repeat_window=timedelta(minutes=settings.repeat_window_minutes)), desk=self.desk)
         self.outbox = OutboxSender(self.db, self.metrics.instrument(self.channels),
                                    concurrency=settings.send_concurrency,
                                    max_attempts=settings.send_max_attempts)
         self.workers = WorkerPool(self.db, self.inbox, self.handler, workers=settings.workers,
                                   batch=settings.queue_batch, on_committed=self.outbox.wake)
         self.workers.listeners.append(self.metrics.on_outcome)
+        if self.desk is not None:
+            self.desk.attach(self.outbox, self.workers)
         self.http = build_http_app(self)
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -85,6 +89,8 @@ class Service:
                             "inbox-sweeper")
             self._spawn(self.workers.run(self.stop_event), "workers")
             self._spawn(self.outbox.run(self.stop_event), "outbox")
+            if self.desk is not None:
+                self._spawn(self.desk.run(self.stop_event), "desk")
             self._spawn(self.faq.watch(self.stop_event), "faq-watch")
             self._spawn(self.lifecycle.watch(self.stop_event), "rules-watch")
         if http:

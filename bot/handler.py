@@ -61,6 +61,12 @@ class DeskHook(Protocol):
     async def on_customer_message(self, conn: AsyncConnection, *, conversation_id: int,
                                   message_id: int) -> None: ...
 
+    async def on_survey_answer(self, conn: AsyncConnection, msg: InboundMessage, *,
+                               identity_id: int) -> int | None:
+        """Take the message as the answer to a satisfaction question we asked; return the
+        conversation id it was recorded in, or None to handle the message normally."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -92,6 +98,10 @@ class MessageHandler:
         customer_id, identity_id = await resolve_customer(
             conn, channel=msg.channel, address=msg.address, display_name=msg.display_name,
             email=msg.email, phone=msg.phone)
+        if self.desk is not None:
+            survey_conv = await self.desk.on_survey_answer(conn, msg, identity_id=identity_id)
+            if survey_conv is not None:
+                return Outcome(survey_conv, "survey")
         conv = await self._conversation(conn, msg, customer_id, identity_id, now)
         lang = msg.language_hint or detect_language(
             msg.text, default=conv["language"] or self.config.default_language)

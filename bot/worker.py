@@ -142,6 +142,10 @@ class OutboxSender:
         self.sent = 0
         self.failed = 0
         self.on_sent: list[Callable[[OutboundMessage, SendResult], Awaitable[None]]] = []
+        #: called inside the transaction that records a permanent failure (outbox id, message,
+        #: error), so e.g. the desk's notice is as durable as the failure itself
+        self.on_failed: list[Callable[[AsyncConnection, int, OutboundMessage, str],
+                                      Awaitable[None]]] = []
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -269,6 +273,8 @@ class OutboxSender:
                 status="failed", attempts=job.attempts + 1, last_error=error[:2000]))
             await conn.execute(update(Message.__table__).where(MS.id == job.message.message_id)
                                .values(status="failed", error=error[:2000]))
+            for hook in self.on_failed:
+                await hook(conn, job.outbox_id, job.message, error)
         return apply
 
 

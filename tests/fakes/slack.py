@@ -42,6 +42,7 @@ class Call:
     method: str
     params: dict[str, Any]
     accepted: bool = True
+    result: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,6 +62,12 @@ class FakeSlack:
         return [c.params for c in self.calls if c.method == method
                 and (c.accepted or not accepted)
                 and all(c.params.get(k) == v for k, v in match.items())]
+
+    def posts(self, channel: str, *, thread: str | None = None) -> list[Call]:
+        """Accepted chat.postMessage calls to `channel` (in `thread` if given)."""
+        return [c for c in self.calls if c.method == "chat.postMessage" and c.accepted
+                and c.params.get("channel") == channel
+                and (thread is None or c.params.get("thread_ts") == thread)]
 
     def new_ts(self) -> str:
         return f"1700001000.{next(self._ts):06d}"
@@ -90,7 +97,8 @@ class FakeSlack:
                 if kind == "server_error":
                     return web.Response(status=503, text="upstream down")
                 return web.json_response({"ok": False, "error": kind})
-        return web.json_response(self.answer(method, params))
+        call.result = self.answer(method, params)
+        return web.json_response(call.result)
 
     def answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":

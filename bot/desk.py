@@ -1,0 +1,646 @@
+"""The Slack staff desk: escalation cards, replies from threads, handoff, `/inbox`, re-posts.
+
+Durability: the handler calls the desk inside the message transaction; the desk only writes
+`desk_job` rows there (post the card, mirror a message, update the card). `run()` delivers them
+to Slack afterwards, in order per escalation, retrying while Slack is down, so a card is never
+lost and never blocks the customer's reply. Staff actions (buttons, thread replies, `/inbox`)
+change the database in one transaction that also queues the customer message (outbox) and the
+card update (desk job). Business time comes from `clock`, so tests control it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot import desk_cards as cards
+from bot.db.engine import Database
+from bot.db.models import (
+    ChannelState,
+    Conversation,
+    ConversationStatus,
+    Customer,
+    DeskJob,
+    Escalation,
+    Message,
+    OutboxItem,
+)
+from bot.errors import ChannelError, ChannelPermanentError, ChannelRateLimited, InputError
+from bot.queue import backoff, enqueue_outbound
+from bot.routing import RoutingStore
+from bot.settings import Settings
+from channels.base import Attachment, Channel, InboundMessage, OutboundMessage
+from channels.slack import Profiles, SlackChannel, call_slack, files_of, is_human_message
+from faq.models import FaqEntry
+
+log = logging.getLogger(__name__)
+ES, CV, CU = Escalation.__table__.c, Conversation.__table__.c, Customer.__table__.c
+MS, DJ, OB = Message.__table__.c, DeskJob.__table__.c, OutboxItem.__table__.c
+OPEN, TAKEN, RESOLVED, RETURNED = "open", "taken", "resolved", "returned"
+_RATING = re.compile(r"^\s*([1-5])\s*(?:/\s*5)?\s*[.!]?\s*$")
+_USER = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
+_CONFIG_ERRORS = {"not_in_channel", "channel_not_found"}  # fixable by inviting the app
+SURVEY = {
+    "en": "Your request has been resolved. How happy are you with our help? Reply with a number "
+          "from 1 (not at all) to 5 (very).",
+    "it": "La tua richiesta è stata risolta. Quanto sei soddisfatto del nostro aiuto? Rispondi "
+          "con un numero da 1 (per niente) a 5 (molto).",
+    "th": "คำขอของคุณได้รับการแก้ไขแล้ว คุณพึงพอใจกับการช่วยเหลือของเรามากแค่ไหน "
+          "ตอบกลับด้วยตัวเลข 1 (ไม่พอใจ) ถึง 5 (พอใจมาก)",
+}
+THANKS = {"en": "Thank you for your feedback!", "it": "Grazie per il tuo feedback!",
+          "th": "ขอบคุณสำหรับความคิดเห็นของคุณค่ะ"}
+HELP = ("`/inbox` lists waiting conversations and today's counts. "
+        "`/inbox take 12`, `/inbox resolve 12`, `/inbox back 12` (back to the bot), "
+        "`/inbox assign 12 @user`.")
+
+
+class DeskRefused(InputError):
+    """A staff action that cannot be done (unknown id, already resolved...); shown to them."""
+
+
+class FaqLookup(Protocol):
+    def get(self, entry_id: str) -> FaqEntry | None: ...
+
+
+def _insert_ignore(conn: AsyncConnection, table: Any) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+class Desk:
+    """Implements the handler's DeskHook and the OutboxSender failure hook."""
+
+    def __init__(self, db: Database, client: AsyncWebClient, routing: RoutingStore, *,
+                 default_channel: str, faq: FaqLookup | None = None,
+                 profiles: Profiles | None = None, store_name: str = "Our Store",
+                 default_language: str = "en", max_attempts: int = 50,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.db = db
+        self.client = client
+        self.routing = routing
+        self.default_channel = default_channel
+        self.faq = faq
+        self.profiles = profiles or Profiles(client)
+        self.store_name = store_name
+        self.default_language = default_language
+        self.max_attempts = max_attempts
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.wakeup = asyncio.Event()
+        self.wake_outbox: Callable[[], None] = lambda: None
+        self.check_every = 30.0
+        self.delivered = 0
+
+    @classmethod
+    def from_service(cls, settings: Settings, db: Database, channels: Mapping[str, Channel],
+                     faq: FaqLookup | None) -> Desk | None:
+        """The desk when Slack is configured with a staff channel, else None."""
+        slack = channels.get("slack")
+        if not isinstance(slack, SlackChannel) or not settings.slack_staff_channel:
+            return None
+        desk = cls(db, slack.client, RoutingStore(settings.desk_routing_file),
+                   default_channel=settings.slack_staff_channel, faq=faq,
+                   profiles=slack.profiles, store_name=settings.store_name,
+                   default_language=settings.default_language)
+        slack.desk = desk
+        slack.app.action(re.compile(r"^desk_"))(desk._on_action)
+        slack.app.command("/inbox")(desk._on_command)
+        return desk
+
+    def attach(self, outbox: Any, workers: Any) -> None:
+        """Hook into the outbox (delivery failures) and the workers (wake after commit)."""
+        outbox.on_failed.append(self.on_delivery_failed)
+        workers.listeners.append(lambda _item, _outcome: self.wake())
+        self.wake_outbox = outbox.wake
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+    def is_staff_channel(self, channel: str) -> bool:
+        return channel == self.default_channel or channel in self.routing.routing.channels()
+
+    # --- DeskHook: called inside the handler's transaction ---------------------------------
+
+    async def on_escalation(self, conn: AsyncConnection, *, escalation_id: int,
+                            conversation_id: int) -> None:
+        row = (await conn.execute(select(ES.reason, ES.candidates, CV.channel, CV.language,
+                                         CV.stage).join(Conversation.__table__,
+                                                        CV.id == ES.conversation_id)
+                                  .where(ES.id == escalation_id))).one()
+        tags = {t for c in row.candidates or () for t in self._entry_tags(c.get("faq_id"))}
+        routing = self.routing.routing
+        team = routing.route({"language": row.language, "stage": row.stage,
+                              "channel": row.channel, "reason": row.reason,
+                              "faq_tag": sorted(tags)})
+        await conn.execute(update(Escalation.__table__).where(ES.id == escalation_id).values(
+            team=team.name, staff_channel=team.channel or self.default_channel))
+        await self._job(conn, "card", escalation_id)
+        now = self.clock()
+        if not team.is_open(now):
+            lang = row.language or self.default_language
+            text = team.out_of_hours_text(now, lang)
+            await self._to_customer(conn, conversation_id, text, lang, "bot",
+                                    {"out_of_hours": team.name})
+            await conn.execute(update(Escalation.__table__).where(ES.id == escalation_id)
+                               .values(detail=f"out of hours: {text}"[:2000]))
+
+    async def on_customer_message(self, conn: AsyncConnection, *, conversation_id: int,
+                                  message_id: int) -> None:
+        esc = (await conn.execute(select(ES.id).where(
+            ES.conversation_id == conversation_id, ES.status.in_((OPEN, TAKEN)))
+            .order_by(ES.id.desc()).limit(1))).first()
+        if esc is not None:
+            await self._job(conn, "post", esc.id, {"message_id": message_id})
+
+    async def on_survey_answer(self, conn: AsyncConnection, msg: InboundMessage, *,
+                               identity_id: int) -> int | None:
+        """A "1".."5" reply to our satisfaction question; returns its conversation id."""
+        m = _RATING.match(msg.text)
+        routing = self.routing.routing
+        if not m or not routing.survey:
+            return None
+        latest = (await conn.execute(select(CV.id, CV.status, CV.language).where(
+            CV.identity_id == identity_id).order_by(CV.id.desc()).limit(1))).first()
+        if latest is None or latest.status != ConversationStatus.RESOLVED:
+            return None
+        since = self.clock() - timedelta(hours=routing.survey_hours)
+        esc = (await conn.execute(select(ES.id).where(
+            ES.conversation_id == latest.id, ES.csat.is_(None), ES.csat_asked_at.is_not(None),
+            ES.csat_asked_at >= since).order_by(ES.id.desc()).limit(1))).first()
+        if esc is None:
+            return None
+        rating = int(m.group(1))
+        lang = latest.language or self.default_language
+        await conn.execute(insert(Message.__table__).values(
+            conversation_id=latest.id, direction="in", channel=msg.channel,
+            external_id=msg.external_id, author="customer", text=msg.text, language=lang,
+            decision="survey", status="received", created_at=msg.timestamp))
+        await conn.execute(update(Escalation.__table__).where(ES.id == esc.id)
+                           .values(csat=rating))
+        await self._to_customer(conn, latest.id, THANKS.get(lang, THANKS["en"]), lang, "bot",
+                                {"csat_for": esc.id})
+        await self._job(conn, "post", esc.id, {"text": f"⭐ The customer rated this {rating}/5."})
+        await self._job(conn, "update", esc.id)
+        return int(latest.id)
+
+    # --- OutboxSender hook: inside the transaction that records the failure -----------------
+
+    async def on_delivery_failed(self, conn: AsyncConnection, outbox_id: int,
+                                 message: OutboundMessage, error: str) -> None:
+        esc = (await conn.execute(select(ES.id).where(
+            ES.conversation_id == message.conversation_id).order_by(ES.id.desc())
+            .limit(1))).first()
+        if esc is not None:
+            await self._job(conn, "post", esc.id, {"failed_outbox": outbox_id, "error": error,
+                                                   "preview": message.text[:300]})
+
+    # --- staff actions (buttons, /inbox, thread replies) ----------------------------------
+
+    async def take(self, conn: AsyncConnection, esc_id: int, user: str,
+                   by: str | None = None) -> str:
+        e = await self._open_escalation(conn, esc_id)
+        now = self.clock()
+        await conn.execute(update(Escalation.__table__).where(ES.id == esc_id).values(
+            status=TAKEN, taken_by=user, taken_at=e.taken_at or now))
+        await conn.execute(update(Conversation.__table__).where(CV.id == e.conversation_id)
+                           .values(status=ConversationStatus.HUMAN, assigned_to=user,
+                                   updated_at=now))
+        note = f"👤 <@{by}> assigned this to <@{user}>." if by and by != user \
+            else f"👤 <@{user}> took this."
+        await self._job(conn, "post", esc_id, {"text": note})
+        await self._job(conn, "update", esc_id)
+        return f"#{esc_id} is now with <@{user}>."
+
+    async def resolve(self, conn: AsyncConnection, esc_id: int, user: str) -> str:
+        e = await self._open_escalation(conn, esc_id)
+        now = self.clock()
+        survey = self.routing.routing.survey
+        await conn.execute(update(Escalation.__table__).where(ES.id == esc_id).values(
+            status=RESOLVED, resolved_at=now, taken_by=e.taken_by or user,
+            csat_asked_at=now if survey else None))
+        await conn.execute(update(Conversation.__table__).where(CV.id == e.conversation_id)
+                           .values(status=ConversationStatus.RESOLVED, resolved_at=now,
+                                   updated_at=now))
+        if survey:
+            lang = e.language or self.default_language
+            await self._to_customer(conn, e.conversation_id, SURVEY.get(lang, SURVEY["en"]),
+                                    lang, "bot", {"survey_for": esc_id})
+        await self._job(conn, "post", esc_id, {"text": f"✅ <@{user}> resolved this."})
+        await self._job(conn, "update", esc_id)
+        return f"#{esc_id} resolved."
+
+    async def back_to_bot(self, conn: AsyncConnection, esc_id: int, user: str) -> str:
+        e = await self._open_escalation(conn, esc_id)
+        now = self.clock()
+        await conn.execute(update(Escalation.__table__).where(ES.id == esc_id)
+                           .values(status=RETURNED, resolved_at=now))
+        await conn.execute(update(Conversation.__table__).where(CV.id == e.conversation_id)
+                           .values(status=ConversationStatus.BOT, assigned_to=None,
+                                   updated_at=now))
+        await self._job(conn, "post", esc_id,
+                        {"text": f"🤖 <@{user}> handed this back to the bot."})
+        await self._job(conn, "update", esc_id)
+        return f"#{esc_id} is back with the bot."
+
+    async def suggest(self, conn: AsyncConnection, esc_id: int, user: str) -> str:
+        e = await self._open_escalation(conn, esc_id)
+        best = (e.candidates or [{}])[0].get("faq_id")
+        entry = self.faq.get(best) if self.faq and best else None
+        if entry is None:
+            raise DeskRefused(f"#{esc_id} has no FAQ answer to suggest.")
+        text, lang = entry.answer_for(e.language or self.default_language,
+                                      self.default_language, {"store_name": self.store_name})
+        await self._staff_send(conn, e, user, text, (), {"faq_id": entry.id, "suggested": True},
+                               lang=lang)
+        await self._job(conn, "post", esc_id, {
+            "text": f"📨 <@{user}> sent the suggested answer `{entry.id}`:\n"
+                    f"> {cards.escape(cards.short(text))}"})
+        return f"Suggested answer sent for #{esc_id}."
+
+    async def retry(self, conn: AsyncConnection, outbox_id: int, esc_id: int, user: str) -> str:
+        row = (await conn.execute(select(OB.status, OB.message_id)
+                                  .where(OB.id == outbox_id))).first()
+        if row is None or row.status != "failed":
+            raise DeskRefused("That reply is not failed any more (already retried or sent).")
+        await conn.execute(update(OutboxItem.__table__).where(OB.id == outbox_id).values(
+            status="pending", attempts=0, next_attempt_at=datetime.now(UTC), last_error=None))
+        await conn.execute(update(Message.__table__).where(MS.id == row.message_id)
+                           .values(status="pending", error=None))
+        await self._job(conn, "post", esc_id, {"text": f"🔁 <@{user}> retried the delivery."})
+        return "Delivery queued again."
+
+    async def on_staff_message(self, event: Mapping[str, Any], *,
+                               event_id: str | None) -> None:
+        """A message in a desk channel: a thread reply to a card goes to the customer."""
+        thread, ts = event.get("thread_ts"), str(event.get("ts") or "")
+        if not thread or thread == ts or not is_human_message(event):
+            return
+        user, channel = str(event["user"]), str(event.get("channel"))
+        text = str(event.get("text") or "")
+        name = (await self.profiles.get(user)).get("name")
+        async with self.db.write() as conn:
+            e = await self._escalation(conn, staff=(channel, str(thread)))
+            if e is None or not await self._first_time(conn, f"slack:{channel}:{ts}", event_id):
+                return
+            if text.strip().lower().startswith("note:"):
+                await conn.execute(insert(Message.__table__).values(
+                    conversation_id=e.conversation_id, direction="note", channel="slack",
+                    external_id=f"{channel}:{ts}", author=f"staff:{user}", text=text,
+                    status="internal", meta={"staff_name": name}, created_at=datetime.now(UTC)))
+                return
+            await self._staff_send(conn, e, user, text, files_of(event),
+                                   {"staff_name": name, "slack_ts": ts})
+        self._changed()
+
+    # --- Slack listeners -------------------------------------------------------------------
+
+    async def _on_action(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any],
+                         action: dict[str, Any]) -> None:
+        await ack()
+        user = str(body.get("user", {}).get("id", ""))
+        kind, value = action.get("action_id", ""), str(action.get("value", ""))
+        try:
+            ids = [int(v) for v in value.split(":")]
+            async with self.db.write() as conn:
+                if kind == cards.ACTIONS["retry"] and len(ids) == 2:
+                    await self.retry(conn, ids[0], ids[1], user)
+                else:
+                    await self._do(conn, kind.removeprefix("desk_"), ids[0], user)
+        except (DeskRefused, ValueError, IndexError) as exc:
+            channel = (body.get("channel") or {}).get("id")
+            log.info("desk action %s %s refused: %s", kind, value, exc)
+            if channel:
+                try:
+                    await call_slack(self.client.chat_postEphemeral(
+                        channel=channel, user=user, text=str(exc)))
+                except ChannelError as err:
+                    log.warning("could not tell %s why: %s", user, err)
+            return
+        self._changed()
+
+    async def _do(self, conn: AsyncConnection, verb: str, esc_id: int, user: str) -> str:
+        actions: dict[str, Callable[[AsyncConnection, int, str], Awaitable[str]]] = {
+            "take": self.take, "resolve": self.resolve, "back": self.back_to_bot,
+            "suggest": self.suggest}
+        if verb not in actions:
+            raise DeskRefused(f"Unknown action {verb!r}. {HELP}")
+        return await actions[verb](conn, esc_id, user)
+
+    async def _on_command(self, ack: Callable[..., Awaitable[Any]],
+                          command: dict[str, Any]) -> None:
+        await ack(text=await self.command(str(command.get("text") or ""),
+                                          str(command.get("user_id") or "")))
+
+    async def command(self, text: str, user: str) -> str:
+        """`/inbox [list | take N | resolve N | back N | assign N @user | help]`."""
+        parts = text.split()
+        if not parts or parts[0] in ("list", "ls"):
+            return await self.summary()
+        verb, args = parts[0].lower(), parts[1:]
+        try:
+            esc_id = int(args[0].lstrip("#")) if args else None
+        except ValueError:
+            esc_id = None
+        if esc_id is None or verb not in ("take", "resolve", "back", "assign"):
+            return HELP
+        try:
+            async with self.db.write() as conn:
+                if verb == "assign":
+                    m = _USER.match(args[1]) if len(args) == 2 else None
+                    if m is None:
+                        return "Usage: `/inbox assign 12 @user` (pick the user from the list)."
+                    reply = await self.take(conn, esc_id, m.group(1), by=user)
+                else:
+                    reply = await self._do(conn, verb, esc_id, user)
+        except DeskRefused as exc:
+            return str(exc)
+        self._changed()
+        return reply
+
+    async def summary(self) -> str:
+        now = self.clock()
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(
+                select(ES.id, ES.status, ES.reason, ES.created_at, ES.taken_by, CV.channel,
+                       CV.language, CU.display_name)
+                .join(Conversation.__table__, CV.id == ES.conversation_id)
+                .join(Customer.__table__, CU.id == CV.customer_id)
+                .where(ES.status.in_((OPEN, TAKEN))).order_by(ES.id).limit(25))).all()
+            counts = {k: int((await conn.execute(select(func.count()).select_from(
+                Escalation.__table__).where(cond))).scalar_one()) for k, cond in (
+                ("new", ES.created_at >= day), ("resolved", ES.resolved_at >= day),
+                ("answered", ES.first_response_at >= day))}
+            csat = (await conn.execute(select(func.avg(ES.csat)).where(
+                ES.resolved_at >= day, ES.csat.is_not(None)))).scalar()
+        lines = [f"*Waiting or in progress* ({len(rows)}):" if rows else "Nobody is waiting. 🎉"]
+        for r in rows:
+            state = f"with <@{r.taken_by}>" if r.status == TAKEN else \
+                f"waiting {cards.minutes((now - r.created_at).total_seconds())}"
+            lines.append(f"• *#{r.id}* {cards.escape(r.display_name or 'customer')} "
+                         f"({cards.CHANNEL_NAMES.get(r.channel, r.channel)}, {r.language or '?'})"
+                         f" · {cards.REASONS.get(r.reason, r.reason)} · {state}")
+        lines.append(f"*Today:* {counts['new']} escalated · {counts['answered']} answered · "
+                     f"{counts['resolved']} resolved"
+                     + (f" · satisfaction {float(csat):.1f}/5" if csat is not None else ""))
+        return "\n".join(lines)
+
+    # --- delivery loop ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        last_check = 0.0
+        while not stop.is_set():
+            delivered = 0
+            try:
+                delivered = await self.deliver_due()
+                if loop.time() - last_check >= self.check_every:
+                    last_check = loop.time()
+                    await self.check_untaken()
+            except Exception:
+                log.exception("desk: delivery loop failed; retrying in 1 s")
+                await asyncio.sleep(1)
+            if not delivered:
+                self.wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), timeout=0.5)
+
+    async def deliver_due(self) -> int:
+        """Deliver pending desk jobs in id order; one escalation's jobs never overtake."""
+        now = datetime.now(UTC)
+        async with self.db.read() as conn:
+            jobs = (await conn.execute(select(DJ.id, DJ.kind, DJ.escalation_id, DJ.payload,
+                                              DJ.attempts, DJ.next_attempt_at)
+                                       .where(DJ.status == "pending").order_by(DJ.id)
+                                       .limit(100))).all()
+        blocked: set[int] = set()
+        done = 0
+        for job in jobs:
+            if job.escalation_id in blocked:
+                continue
+            if job.next_attempt_at is not None and job.next_attempt_at > now:
+                blocked.add(job.escalation_id)
+                continue
+            try:
+                extra = await self._perform(job)
+            except ChannelError as exc:
+                if not await self._job_failed(job, exc):
+                    blocked.add(job.escalation_id)
+                continue
+            except Exception as exc:  # a bug must not lose the job
+                log.exception("desk job %d (%s) crashed", job.id, job.kind)
+                await self._job_failed(job, exc)
+                blocked.add(job.escalation_id)
+                continue
+            async with self.db.write() as conn:
+                if extra:
+                    await conn.execute(update(Escalation.__table__)
+                                       .where(ES.id == job.escalation_id).values(extra))
+                await conn.execute(update(DeskJob.__table__).where(DJ.id == job.id).values(
+                    status="done", done_at=datetime.now(UTC), attempts=job.attempts + 1))
+            done += 1
+            self.delivered += 1
+        return done
+
+    async def _job_failed(self, job: Row[Any], exc: Exception) -> bool:
+        """Schedule a retry, or give up; True if the job is finished (given up)."""
+        attempts = job.attempts + 1
+        code = getattr(exc, "code", None)
+        give_up = attempts >= self.max_attempts or (
+            isinstance(exc, ChannelPermanentError) and code not in _CONFIG_ERRORS)
+        wait = exc.retry_after if isinstance(exc, ChannelRateLimited) else backoff(attempts)
+        then = "; giving up" if give_up else f", retry in {wait:.0f} s"
+        log.log(logging.ERROR if give_up else logging.WARNING,
+                "desk job %d (%s, escalation %d) attempt %d failed%s: %s", job.id, job.kind,
+                job.escalation_id, attempts, then, exc)
+        async with self.db.write() as conn:
+            await conn.execute(update(DeskJob.__table__).where(DJ.id == job.id).values(
+                attempts=attempts, last_error=f"{type(exc).__name__}: {exc}"[:2000],
+                status="failed" if give_up else "pending",
+                next_attempt_at=datetime.now(UTC) + timedelta(seconds=wait)))
+        return give_up
+
+    async def _perform(self, job: Row[Any]) -> dict[str, Any] | None:
+        """One Slack call for one job; returns escalation columns to store (the card ts)."""
+        data = await self._card_data(job.escalation_id)
+        if data is None:
+            return None
+        d, channel, thread = data
+        if job.kind == "card" and thread is None:
+            text, blocks = cards.card(d)
+            resp = await call_slack(self.client.chat_postMessage(channel=channel, text=text,
+                                                                 blocks=blocks))
+            return {"staff_channel": resp.get("channel") or channel,
+                    "staff_thread": resp.get("ts")}
+        if thread is None:  # the card was never posted (given up): nothing to attach to
+            log.warning("desk job %d: escalation %d has no card; skipped", job.id,
+                        job.escalation_id)
+            return None
+        if job.kind in ("card", "update"):
+            text, blocks = cards.card(d)
+            await call_slack(self.client.chat_update(channel=channel, ts=thread, text=text,
+                                                     blocks=blocks))
+            return None
+        payload = job.payload or {}
+        kwargs: dict[str, Any] = {"channel": channel, "thread_ts": thread}
+        if "message_id" in payload:
+            async with self.db.read() as conn:
+                m = (await conn.execute(select(MS.text, MS.attachments)
+                                        .where(MS.id == payload["message_id"]))).one()
+            kwargs["text"] = cards.mirror(d.customer, m.text, m.attachments or [])
+        elif "failed_outbox" in payload:
+            kwargs["text"], kwargs["blocks"] = cards.failure(
+                payload["failed_outbox"], job.escalation_id, str(payload.get("error")),
+                str(payload.get("preview") or ""))
+        else:
+            kwargs["text"] = str(payload.get("text") or "")
+            if payload.get("broadcast"):
+                kwargs["reply_broadcast"] = True
+        await call_slack(self.client.chat_postMessage(**kwargs))
+        return None
+
+    async def check_untaken(self) -> int:
+        """Re-post escalations nobody took within their team's time, mentioning on-call."""
+        now = self.clock()
+        routing = self.routing.routing
+        count = 0
+        async with self.db.write() as conn:
+            rows = (await conn.execute(select(ES.id, ES.team, ES.created_at).where(
+                ES.status == OPEN, ES.reposted_at.is_(None)))).all()
+            for r in rows:
+                team = routing.team(r.team)
+                due = team.next_open(r.created_at) + team.repost_after
+                if now < due:
+                    continue
+                waited = cards.minutes((now - r.created_at).total_seconds())
+                mention = f"<!subteam^{team.oncall}>" if team.oncall else "<!here>"
+                await self._job(conn, "post", r.id, {
+                    "text": f"⏰ {mention} nobody has taken escalation #{r.id} for {waited}.",
+                    "broadcast": True})
+                await conn.execute(update(Escalation.__table__).where(ES.id == r.id)
+                                   .values(reposted_at=now))
+                await self._job(conn, "update", r.id)
+                count += 1
+        if count:
+            self.wake()
+        return count
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self.wake()
+        self.wake_outbox()
+
+    def _entry_tags(self, faq_id: Any) -> tuple[str, ...]:
+        entry = self.faq.get(str(faq_id)) if self.faq and faq_id else None
+        return entry.tags if entry else ()
+
+    async def _job(self, conn: AsyncConnection, kind: str, esc_id: int,
+                   payload: dict[str, Any] | None = None) -> None:
+        now = datetime.now(UTC)
+        await conn.execute(insert(DeskJob.__table__).values(
+            kind=kind, escalation_id=esc_id, payload=payload, status="pending", attempts=0,
+            next_attempt_at=now, created_at=now))
+
+    async def _first_time(self, conn: AsyncConnection, key: str, event_id: str | None) -> bool:
+        """Record a Slack message as handled; False if it already was (Slack retry)."""
+        stmt = _insert_ignore(conn, ChannelState.__table__).returning(ChannelState.__table__.c.key)
+        row = (await conn.execute(stmt, {"key": key, "value": {"event_id": event_id},
+                                         "updated_at": datetime.now(UTC)})).first()
+        return row is not None
+
+    async def _escalation(self, conn: AsyncConnection, *, esc_id: int | None = None,
+                          staff: tuple[str, str] | None = None) -> Row[Any] | None:
+        stmt = (select(ES.id, ES.status, ES.conversation_id, ES.taken_by, ES.taken_at,
+                       ES.first_response_at, ES.candidates, CV.language, CV.channel)
+                .join(Conversation.__table__, CV.id == ES.conversation_id))
+        if esc_id is not None:
+            stmt = stmt.where(ES.id == esc_id)
+        if staff is not None:
+            stmt = stmt.where(ES.staff_channel == staff[0], ES.staff_thread == staff[1])
+        return (await conn.execute(stmt.order_by(ES.id.desc()).limit(1))).first()
+
+    async def _open_escalation(self, conn: AsyncConnection, esc_id: int) -> Row[Any]:
+        e = await self._escalation(conn, esc_id=esc_id)
+        if e is None:
+            raise DeskRefused(f"There is no escalation #{esc_id}.")
+        if e.status not in (OPEN, TAKEN):
+            raise DeskRefused(f"#{esc_id} is already closed ({e.status}).")
+        return e
+
+    async def _staff_send(self, conn: AsyncConnection, e: Row[Any], user: str, text: str,
+                          attachments: tuple[Attachment, ...], meta: dict[str, Any], *,
+                          lang: str | None = None) -> None:
+        """A staff message to the customer, on their channel, in their conversation."""
+        now = self.clock()
+        await self._to_customer(conn, e.conversation_id, text, lang or e.language,
+                                f"staff:{user}", meta, attachments)
+        values: dict[str, Any] = {}
+        if e.first_response_at is None:
+            values["first_response_at"] = now
+        if e.status == OPEN:
+            values.update(status=TAKEN, taken_by=user, taken_at=now)
+            await conn.execute(update(Conversation.__table__).where(CV.id == e.conversation_id)
+                               .values(status=ConversationStatus.HUMAN, assigned_to=user))
+        if values:
+            await conn.execute(update(Escalation.__table__).where(ES.id == e.id).values(values))
+            await self._job(conn, "update", e.id)
+
+    async def _to_customer(self, conn: AsyncConnection, conversation_id: int, text: str,
+                           lang: str | None, author: str, meta: dict[str, Any],
+                           attachments: tuple[Attachment, ...] = ()) -> None:
+        conv = (await conn.execute(select(CV.channel).where(CV.id == conversation_id))).one()
+        last_in = (await conn.execute(select(func.max(MS.id)).where(
+            MS.conversation_id == conversation_id, MS.direction == "in"))).scalar()
+        out_id = (await conn.execute(insert(Message.__table__).values(
+            conversation_id=conversation_id, direction="out", channel=conv.channel,
+            author=author, text=text, language=lang, status="pending",
+            attachments=[a.as_dict() for a in attachments] or None,
+            meta={"in_reply_to": last_in, **meta}, created_at=datetime.now(UTC),
+        ).returning(MS.id))).scalar_one()
+        await enqueue_outbound(conn, message_id=out_id, conversation_id=conversation_id,
+                               channel=conv.channel)
+
+    async def _card_data(self, esc_id: int) -> tuple[cards.CardData, str, str | None] | None:
+        async with self.db.read() as conn:
+            r = (await conn.execute(
+                select(Escalation.__table__, CV.channel, CV.language, CV.stage,
+                       CU.display_name, CV.address)
+                .join(Conversation.__table__, CV.id == ES.conversation_id)
+                .join(Customer.__table__, CU.id == CV.customer_id)
+                .where(ES.id == esc_id))).first()
+            if r is None:
+                return None
+            msgs = (await conn.execute(select(MS.author, MS.text, MS.attachments).where(
+                MS.conversation_id == r.conversation_id, MS.direction.in_(("in", "out")))
+                .order_by(MS.id.desc()).limit(6))).all()
+        candidates = []
+        for c in r.candidates or ():
+            entry = self.faq.get(str(c.get("faq_id"))) if self.faq else None
+            question = entry.questions[0] if entry and entry.questions else ""
+            candidates.append((str(c.get("faq_id")), question, float(c.get("score") or 0)))
+        detail = r.detail or ""
+        data = cards.CardData(
+            escalation_id=r.id, status=r.status, reason=r.reason,
+            customer=r.display_name or r.address, channel=r.channel, language=r.language,
+            stage=r.stage, team=r.team, created_at=r.created_at, now=self.clock(),
+            taken_by=r.taken_by, taken_at=r.taken_at, first_response_at=r.first_response_at,
+            resolved_at=r.resolved_at, reposted_at=r.reposted_at, csat=r.csat,
+            out_of_hours=detail.removeprefix("out of hours: ") if detail.startswith(
+                "out of hours: ") else None,
+            messages=[cards.CardMessage(m.author, m.text, len(m.attachments or ()))
+                      for m in reversed(msgs)],
+            candidates=candidates)
+        return data, r.staff_channel or self.default_channel, r.staff_thread

@@ -1,0 +1,128 @@
+"""A real service with the Slack desk on, pointed at the fake Slack Web API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot.app import Service
+from bot.db.models import Escalation
+from tests.fakes.slack import FakeSlack, fake_slack, slack_settings
+
+STAFF = "CSTAFF"
+
+
+class Clock:
+    """The desk's clock: real time shifted by what the test says."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+        self.fixed: datetime | None = None
+
+    def __call__(self) -> datetime:
+        return self.fixed if self.fixed is not None else datetime.now(UTC) + self.offset
+
+    def advance(self, **delta: float) -> None:
+        self.offset += timedelta(**delta)
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    async with fake_slack() as fake:
+        yield fake
+
+
+@pytest.fixture
+def desk_settings(make_settings: Any, slack: FakeSlack, tmp_path: Path) -> Callable[..., Any]:
+    def build(routing: str | None = None, **extra: Any) -> Any:
+        if routing is not None:
+            path = tmp_path / "routing.yaml"
+            path.write_text(routing, encoding="utf-8")
+            extra["desk_routing_file"] = path
+        return make_settings(**slack_settings(slack, slack_staff_channel=STAFF, **extra))
+    return build
+
+
+@pytest.fixture
+async def start_desk(desk_settings: Callable[..., Any]
+                     ) -> AsyncIterator[Callable[..., Awaitable[tuple[Service, Clock]]]]:
+    """Start a service with the desk; its clock is a `Clock` the test moves."""
+    services: list[Service] = []
+
+    async def start(routing: str | None = None, **extra: Any) -> tuple[Service, Clock]:
+        service = Service(desk_settings(routing, **extra))
+        clock = Clock()
+        assert service.desk is not None
+        service.desk.clock = clock
+        await service.start()
+        services.append(service)
+        return service, clock
+
+    yield start
+    for s in services:
+        await s.stop()
+
+
+async def wait_for(predicate: Callable[[], Any], limit: float = 10.0,
+                   what: str = "condition") -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} not met within {limit} s")
+
+
+async def card_of(slack: FakeSlack, channel: str = STAFF, index: int = 0) -> tuple[str, Any]:
+    """Wait for the `index`-th escalation card in `channel`; returns (ts, call)."""
+    def cards() -> list[Any]:
+        return [c for c in slack.posts(channel) if "thread_ts" not in c.params
+                and c.params.get("blocks")]
+    found = await wait_for(lambda: len(cards()) > index and cards(), what="escalation card")
+    call = found[index]
+    return str(call.result["ts"]), call
+
+
+async def escalation(service: Service, esc_id: int | None = None) -> Any:
+    async with service.db.read() as conn:
+        stmt = select(Escalation.__table__)
+        stmt = stmt.where(Escalation.__table__.c.id == esc_id) if esc_id else \
+            stmt.order_by(Escalation.__table__.c.id.desc())
+        return (await conn.execute(stmt.limit(1))).first()
+
+
+def updates(slack: FakeSlack, ts: str) -> list[str]:
+    return [str(c["text"]) for c in slack.calls_to("chat.update", ts=ts)]
+
+
+def blocks_text(blocks: list[dict[str, Any]]) -> str:
+    """All text of a Block Kit message, to assert on what staff see."""
+    out: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "text" and isinstance(value, str):
+                    out.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+    walk(blocks)
+    return "\n".join(out)
+
+
+def action_ids(blocks: list[dict[str, Any]]) -> list[str]:
+    return [e["action_id"] for b in blocks if b.get("type") == "actions"
+            for e in b["elements"]]
