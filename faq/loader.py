@@ -116,7 +116,10 @@ def _parse_file(file: Path) -> _FileResult:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else None
-        result.problems.append(Problem(name, line, f"YAML syntax error: {error.problem}"))
+        message = f"YAML syntax error: {error.problem}"
+        if error.context and error.context_mark and error.context_mark.line + 1 != line:
+            message += f" ({error.context} started at line {error.context_mark.line + 1})"
+        result.problems.append(Problem(name, line, message))
         return result
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         result.problems.append(Problem(name, None, f"cannot read file: {error}"))
