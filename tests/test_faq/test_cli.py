@@ -77,7 +77,8 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
 
 def test_eval_reports_accuracy_and_confusions(tmp_path: Path) -> None:
     cases = tmp_path / "cases.jsonl"
-    rows = [("Where is my order?", "order_tracking"), ("quanto costa la spedizione", "shipping_costs"),
+    rows = [("Where is my order?", "order_tracking"),
+            ("quanto costa la spedizione", "shipping_costs"),
             ("how do I cancel my order", "cancel_order"), ("weather in Rome?", None)]
     cases.write_text("".join(json.dumps({"text": t, "expected": e}) + "\n" for t, e in rows))
     done = run_cli("eval", str(cases))

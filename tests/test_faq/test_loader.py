@@ -88,7 +88,7 @@ def test_duplicate_id_points_at_the_first(write_faq: Callable[[str, str], Path])
 def test_missing_directory_and_empty_directory(tmp_path: Path) -> None:
     with pytest.raises(FaqLoadError, match="not found"):
         load_faq_dir(tmp_path / "nope")
-    with pytest.raises(FaqLoadError, match="no \\*.yaml"):
+    with pytest.raises(FaqLoadError, match=r"no \*\.yaml"):
         load_faq_dir(tmp_path)
 
 

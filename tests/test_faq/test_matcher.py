@@ -87,14 +87,15 @@ def test_two_equally_good_entries_are_ambiguous() -> None:
 
 def test_threshold_decides_between_answer_and_escalate(sample_entries: list[FaqEntry]) -> None:
     question = "do you ship to japan"
-    strict, lenient = Matcher(sample_entries, threshold=0.99), Matcher(sample_entries, threshold=0.1)
+    strict = Matcher(sample_entries, threshold=0.99)
+    lenient = Matcher(sample_entries, threshold=0.1)
     assert strict.match(question).decision == "escalate"
     assert lenient.match(question).faq_id == "international_shipping"
 
 
 def test_explain_shows_the_parts_of_each_score(sample_matcher: Matcher) -> None:
     top = sample_matcher.explain("Posso pagare con PayPal?", limit=3)
-    assert [c.entry_id for c in top][0] == "payment_methods"
+    assert top[0].entry_id == "payment_methods"
     assert len(top) == 3
     best = top[0]
     assert best.best_phrasing == "Posso pagare con PayPal?"
