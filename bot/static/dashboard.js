@@ -127,7 +127,7 @@ async function loadPerformance(params) {
     type: "line",
     data: { labels: data.csat_trend.map((t) => t.bucket), datasets: [{
       label: "average CSAT", data: data.csat_trend.map((t) => t.avg), borderColor: "#10b981",
-      backgroundColor: "#10b98133", fill: true, tension: 0.3 }] },
+      backgroundColor: "#10b98133", fill: true, cubicInterpolationMode: "monotone" }] },
     options: { scales: { y: { min: 1, max: 5 } }, plugins: { legend: { display: false } } },
   });
   const body = $("#performance-table tbody");
