@@ -53,11 +53,11 @@ _OUTLOOK = re.compile(
     r"(?:[^\n]*\n){0,3}?[ \t]*\**(?:Sent|Date|Inviato|Data|Envoyé|Gesendet|Enviado|Verzonden"
     r"|Skickat|Отправлено|Кому|To|A|À|An|Subject|Oggetto)\**[ \t]*:",
     re.MULTILINE | re.IGNORECASE)
-_SIG_DELIM = re.compile(r"^(?:-- ?|--|__)[ \t]*$", re.MULTILINE)
+_SIG_DELIM = re.compile(r"^(?:-- ?|--|__|-{10,})[ \t]*$", re.MULTILINE)
 _MOBILE = re.compile(
     r"^[ \t]*(?:Sent from my [\w \-]{1,40}|Sent from (?:Mail|Outlook|Yahoo Mail|Gmail)[\w \-]{0,40}"
     r"|Get Outlook for \w+|Inviato da(?:l mio)? [\w \-]{1,40}|Inviato dall'app [\w \-]{1,40}"
-    r"|Envoyé de mon [\w \-]{1,40}|Von meinem [\w \-]{1,40} gesendet|ส่งจาก [\w \-]{1,40})"
+    r"|Envoyé de mon [\w \-]{1,40}|Von meinem [\w \-]{1,40} gesendet|ส่งจาก [^\n]{1,40})"
     r"[ \t]*\.?[ \t]*$",
     re.MULTILINE | re.IGNORECASE)
 
@@ -86,10 +86,12 @@ def strip_reply(text: str) -> str:
     reply = _drop_sign_off(_MOBILE.sub("", text).strip())
     if not reply:
         return ""
-    # email-reply-parser as a second opinion for what our rules missed; never let it eat
-    # most of the text (it takes any line starting with "-word" for a signature: bullets).
+    # email-reply-parser as a second opinion for a short sign-off our rules missed ("-Ann");
+    # it takes any line starting with "--" or "-word" for a signature, so a cut that would
+    # remove more than a few short lines (a list of "-- items") is ignored.
     parsed = EmailReplyParser.parse_reply(reply).strip()
-    if parsed and len(parsed) >= len(reply) * 0.5:
+    rest = reply[len(parsed):] if parsed and reply.startswith(parsed) else ""
+    if rest and _lines(rest) <= 3 and all(len(ln.strip()) <= 30 for ln in rest.split("\n")):
         reply = parsed
     reply = "\n".join(ln.rstrip() for ln in reply.split("\n"))
     return re.sub(r"\n{3,}", "\n\n", reply).strip()
@@ -99,6 +101,10 @@ _SIGN_OFF = re.compile(
     r"^(?:thanks?(?: you| a lot| in advance)?|many thanks|thx|regards|best(?: regards| wishes)?"
     r"|kind regards|cheers|sincerely|grazie(?: mille)?|saluti|cordiali saluti|distinti saluti"
     r"|un saluto|a presto|ขอบคุณ(?:ครับ|ค่ะ|คะ)?)[ \t]*[,.!]*$", re.IGNORECASE)
+
+
+def _lines(text: str) -> int:
+    return sum(1 for ln in text.split("\n") if ln.strip())
 
 
 def _drop_sign_off(text: str) -> str:
