@@ -1,0 +1,158 @@
+"""FAQ matching quality on public intent datasets, through the `faq match --jsonl` contract.
+
+    python bench/faq_quality.py [--only banking77,clinc150] [--threshold 0.3]
+
+For each dataset (protocol in bench/faq_data.py and /work/shared/data/README.md) the FAQ is
+written as YAML files, `python -m faq.cli match --jsonl` is started on it, and every query goes
+through its stdin/stdout exactly as the service's callers use it. Printed per dataset:
+
+- top-1 accuracy (in-scope queries, `best_id`),
+- CLINC150: in-scope answered correctly with at most 10% of out-of-scope queries answered
+  (threshold chosen on the scores), and the same at the default threshold,
+- queries/s once the process is ready (FAQ loaded, index built) and the ready time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import faq_data  # noqa: E402
+
+from faq.matcher import DEFAULT_THRESHOLD  # noqa: E402
+
+
+def _safe_id(intent: str) -> str:
+    return re.sub(r"[^a-z0-9_\-]", "_", intent.lower())
+
+
+def _write_faq(dataset: faq_data.Dataset, directory: Path) -> dict[str, str]:
+    ids = {entry.id: _safe_id(entry.id) for entry in dataset.entries}
+    records = [
+        {"id": ids[e.id], "questions": list(e.questions), "answer": f"answer for {e.id}"}
+        for e in dataset.entries
+    ]
+    text = yaml.safe_dump(records, allow_unicode=True, sort_keys=False, width=1000)
+    (directory / f"{_safe_id(dataset.name)}.yaml").write_text(text, encoding="utf-8")
+    return ids
+
+
+def _run_cli(
+    faq_dir: Path, texts: list[str], threshold: float | None
+) -> tuple[list[dict[str, object]], float, float]:
+    """(records, seconds until the first answer, seconds for all the others)."""
+    command = [sys.executable, "-m", "faq.cli", "match", "--jsonl", "--faq-dir", str(faq_dir)]
+    if threshold is not None:
+        command += ["--threshold", str(threshold)]
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8",
+        cwd=faq_data.REPO_ROOT, bufsize=1,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    lines = [json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts]
+    process.stdin.write(lines[0])
+    process.stdin.flush()
+    records = [json.loads(process.stdout.readline())]
+    ready = time.perf_counter() - started
+
+    def feed() -> None:
+        assert process.stdin is not None
+        process.stdin.writelines(lines[1:])
+        process.stdin.close()
+
+    writer = threading.Thread(target=feed)
+    streaming = time.perf_counter()
+    writer.start()
+    records.extend(json.loads(line) for line in process.stdout)
+    elapsed = time.perf_counter() - streaming
+    writer.join()
+    if process.wait() != 0 or len(records) != len(texts):
+        raise SystemExit(f"faq match --jsonl failed ({len(records)} of {len(texts)} answers)")
+    return records, ready, elapsed
+
+
+def evaluate(dataset: faq_data.Dataset, threshold: float | None) -> dict[str, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        ids = _write_faq(dataset, Path(tmp))
+        texts = [text for text, _ in dataset.queries]
+        records, ready, elapsed = _run_cli(Path(tmp), texts, threshold)
+    correct = total = answered_ok = 0
+    scored: list[tuple[float, bool, bool]] = []
+    for (_, expected), record in zip(dataset.queries, records, strict=True):
+        expected_id = ids[expected] if expected is not None else None
+        is_top1 = record.get("best_id") == expected_id
+        if expected_id is not None:
+            total += 1
+            correct += is_top1
+            answered_ok += record["decision"] == "answer" and record["faq_id"] == expected_id
+        score = record["score"]
+        assert isinstance(score, float)
+        scored.append((score, expected_id is None, is_top1))
+    row = {
+        "dataset": dataset.name,
+        "entries": str(len(dataset.entries)),
+        "queries": str(len(texts)),
+        "top-1 acc": f"{correct / total:.3f}",
+        "in-scope ok @<=10% OOS": "-",
+        "(threshold)": "-",
+        "ok / OOS answered @default": "-",
+        "q/s": f"{(len(texts) - 1) / elapsed:,.0f}",
+        "ready s": f"{ready:.2f}",
+    }
+    oos = [s for s in scored if s[1]]
+    if oos:
+        chosen, in_scope_ok = faq_data.oos_operating_point(scored)
+        oos_answered = sum(
+            1 for (_, expected), r in zip(dataset.queries, records, strict=True)
+            if expected is None and r["decision"] == "answer"
+        )
+        row["in-scope ok @<=10% OOS"] = f"{in_scope_ok:.3f}"
+        row["(threshold)"] = f"{chosen:.3f}"
+        row["ok / OOS answered @default"] = (
+            f"{answered_ok / total:.3f} / {oos_answered / len(oos):.3f}"
+        )
+    return row
+
+
+def _print_table(rows: list[dict[str, str]]) -> None:
+    header = list(rows[0])
+    widths = [max(len(h), *(len(r[h]) for r in rows)) for h in header]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(row[h].ljust(w) for h, w in zip(header, widths, strict=True)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", help="comma-separated: banking77,bitext,clinc150,xsid_italian")
+    parser.add_argument("--threshold", type=float, default=None)
+    args = parser.parse_args()
+    if not faq_data.DATA_DIR.is_dir():
+        raise SystemExit(f"datasets not found at {faq_data.DATA_DIR}")
+    loaders = faq_data.ALL
+    if args.only:
+        wanted = set(args.only.split(","))
+        loaders = tuple(f for f in loaders if f.__name__ in wanted)
+    threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
+    print(f"protocol: K={faq_data.K} phrasings per intent, seed {faq_data.SEED}; "
+          f"default threshold {threshold}; through `python -m faq.cli match --jsonl`\n")
+    rows = [evaluate(load(), args.threshold) for load in loaders]
+    _print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""FAQ matcher speed in-process: queries/s and latency at growing FAQ sizes.
+
+    python bench/faq_speed.py [--queries 3000]
+
+FAQs are built from real phrasings (CLINC150 train, Banking77, Bitext, pooled by intent and cut
+into entries of 10 phrasings); queries are held-out real questions (CLINC150 val + oos_val).
+Each query is one `Matcher.match` call timed on its own, as the service calls it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import faq_data  # noqa: E402
+
+from faq.matcher import Matcher  # noqa: E402
+from faq.models import FaqEntry  # noqa: E402
+
+SIZES = ((100, 10), (1_000, 10), (1_500, 10), (5_000, 9))
+
+
+def _pooled_phrasings() -> list[tuple[str, str]]:
+    base = faq_data.DATA_DIR
+    rows = [(t, f"clinc:{i}") for t, i in json.loads((base / "clinc150/train.json").read_text())]
+    with (base / "banking77/train.csv").open(encoding="utf-8") as handle:
+        rows += [(r["text"], f"bank:{r['category']}") for r in csv.DictReader(handle)]
+    with (base / "bitext/bitext_customer_support_dev.csv").open(encoding="utf-8") as handle:
+        rows += [(r["utterance"], f"bitext:{r['intent']}") for r in csv.DictReader(handle)]
+    rows.sort(key=lambda r: r[1])  # keep an intent's phrasings together, like a real entry
+    return rows
+
+
+def _faq(rows: list[tuple[str, str]], entries: int, per_entry: int) -> list[FaqEntry]:
+    needed = entries * per_entry
+    if needed > len(rows):
+        raise SystemExit(f"only {len(rows)} phrasings for {entries} x {per_entry}")
+    return [
+        FaqEntry(id=f"e{i}", questions=tuple(t for t, _ in rows[i * per_entry:(i + 1) * per_entry]),
+                 answers={"en": "..."})
+        for i in range(entries)
+    ]
+
+
+def _queries(limit: int) -> list[str]:
+    base = faq_data.DATA_DIR / "clinc150"
+    texts = [t for t, _ in json.loads((base / "val.json").read_text())]
+    texts += [t for t, _ in json.loads((base / "oos_val.json").read_text())]
+    return texts[:limit]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--queries", type=int, default=3000)
+    args = parser.parse_args()
+    rows = _pooled_phrasings()
+    queries = _queries(args.queries)
+    print(f"{len(queries)} single queries per size, one Matcher.match call each\n")
+    header = ("entries", "phrasings", "build s", "queries/s", "p50 ms", "p99 ms", "max ms")
+    print("  ".join(f"{h:>10}" for h in header))
+    for entries, per_entry in SIZES:
+        faq = _faq(rows, entries, per_entry)
+        started = time.perf_counter()
+        matcher = Matcher(faq)
+        build = time.perf_counter() - started
+        for text in queries[:200]:  # warm-up: caches, branch predictors, lazy imports
+            matcher.match(text)
+        latencies: list[float] = []
+        for text in queries:
+            begin = time.perf_counter()
+            matcher.match(text)
+            latencies.append(time.perf_counter() - begin)
+        latencies.sort()
+        p50 = statistics.median(latencies) * 1000
+        p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000
+        qps = len(latencies) / sum(latencies)
+        cells = (f"{entries:,}", f"{entries * per_entry:,}", f"{build:.2f}", f"{qps:,.0f}",
+                 f"{p50:.3f}", f"{p99:.3f}", f"{latencies[-1] * 1000:.2f}")
+        print("  ".join(f"{c:>10}" for c in cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
