@@ -29,9 +29,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import faq_data  # noqa: E402
+import faq_data
 
-from faq.matcher import DEFAULT_THRESHOLD  # noqa: E402
+from faq.matcher import DEFAULT_THRESHOLD
 
 
 def _safe_id(intent: str) -> str:

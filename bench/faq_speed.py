@@ -20,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import faq_data  # noqa: E402
+import faq_data
 
-from faq.matcher import Matcher  # noqa: E402
-from faq.models import FaqEntry  # noqa: E402
+from faq.matcher import Matcher
+from faq.models import FaqEntry
 
 SIZES = ((100, 10), (1_000, 10), (1_500, 10), (5_000, 9))
 
