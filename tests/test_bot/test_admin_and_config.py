@@ -114,7 +114,9 @@ async def test_broken_faq_keeps_the_last_good_one_and_a_fix_is_picked_up(
             assert status["last_error"]["file"].endswith("zz_extra.yaml")
             assert status["last_error"]["line"] >= 5
             _, reply = await chat(client, "How much does shipping cost?")
-            assert "free on orders over" in reply["text"]  # last good FAQ still answers
+            shipping = service.faq.get("shipping_costs")
+            assert shipping is not None and reply["text"].startswith(
+                shipping.answers["en"].split("$")[0][:30])  # last good FAQ still answers
 
             extra.write_text("- id: gift_wrap\n  questions:\n    - Do you offer gift wrapping?\n"
                              "  answer:\n    en: Yes, gift wrapping is free.\n")

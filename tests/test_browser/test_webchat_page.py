@@ -24,10 +24,13 @@ async def test_question_typed_in_the_page_gets_the_faq_answer(browser: Any,
     await _ask(page, "How long does delivery take?")
     answer = page.locator(".msg.bot").first
     await answer.wait_for(timeout=10_000)
-    assert "working days" in await answer.inner_text()
+    delivery = service.faq.get("delivery_time")
+    shipping = service.faq.get("shipping_costs")
+    assert delivery is not None and shipping is not None
+    assert delivery.answers["en"] in await answer.inner_text()
     await _ask(page, "Quanto costa la spedizione?")
     await page.locator(".msg.bot").nth(1).wait_for(timeout=10_000)
-    assert "La spedizione è gratuita" in await page.locator(".msg.bot").nth(1).inner_text()
+    assert shipping.answers["it"] in await page.locator(".msg.bot").nth(1).inner_text()
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "webchat.png"))
 
