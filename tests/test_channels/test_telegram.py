@@ -90,8 +90,14 @@ async def test_webhook_with_secret_answers_faq_in_the_same_chat(
         sent = fake.sent_messages()[0]
         assert sent["chat_id"] == "4242"
         assert "€60" in sent["text"]  # the sample FAQ's shipping answer
-        [reply] = await rows(service, Message.status, Message.provider_id, direction="out")
-        assert reply.status == "sent" and reply.provider_id.startswith("4242:")
+
+        async def marked_sent() -> bool:
+            got = await rows(service, Message.status, direction="out")
+            return bool(got) and got[0].status == "sent"
+
+        await wait_for(marked_sent)
+        [reply] = await rows(service, Message.provider_id, direction="out")
+        assert reply.provider_id.startswith("4242:")
         [inbound] = await rows(service, Message.external_id, Message.text, direction="in")
         assert inbound.external_id == "501" and inbound.text == SHIPPING
     finally:
