@@ -17,7 +17,7 @@ Definitions (what an admin reads on the dashboard):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -255,9 +255,8 @@ def _dim(by: str, table: str) -> Any:
     return func.coalesce(col, UNKNOWN)
 
 
-def _escalations(conn: AsyncConnection, period: Period, by: str | None) -> Select[Any]:
-    key = _dim(by, "escalation") if by else literal_column("'all'", String)
-    return (select(key.label("g"), ES.reason, ES.csat, ES.created_at,
+def _escalations(conn: AsyncConnection, period: Period, by: str) -> Select[Any]:
+    return (select(_dim(by, "escalation").label("g"), ES.reason, ES.csat, ES.created_at,
                    _seconds(conn, ES.first_response_at, ES.created_at).label("first"),
                    _seconds(conn, ES.resolved_at, ES.created_at).label("resolve"))
             .select_from(ESCALATION.join(CONVERSATION,
@@ -265,62 +264,94 @@ def _escalations(conn: AsyncConnection, period: Period, by: str | None) -> Selec
             .where(_in(ES.created_at, period)))
 
 
+Row = Callable[[str], dict[str, Any]]
+
+
+async def _escalation_stats(conn: AsyncConnection, esc: Subquery, row: Row,
+                            total: dict[str, Any]) -> None:
+    """Reasons, counts and CSAT per group (and summed into the total) in one query."""
+    csat: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for g, reason, n, csat_sum, csat_n in (await conn.execute(
+            select(esc.c.g, esc.c.reason, func.count(), func.sum(esc.c.csat),
+                   func.count(esc.c.csat)).group_by(esc.c.g, esc.c.reason))).all():
+        for k, r in ((g, row(g)), ("all", total)):
+            r["reasons"][reason] = r["reasons"].get(reason, 0) + int(n)
+            r["escalations"] += int(n)
+            csat[k][0] += int(csat_sum or 0)
+            csat[k][1] += int(csat_n)
+    for k, (csat_sum, csat_n) in csat.items():
+        row(k).update(csat_avg=_round(csat_sum / csat_n, 2) if csat_n else None,
+                      csat_count=csat_n)
+
+
+async def _previous_csat(conn: AsyncConnection, prev: Subquery, row: Row,
+                         rows: Mapping[str, Any]) -> None:
+    """CSAT of the period before, for the groups seen now and the total."""
+    before: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for g, csat_sum, csat_n in (await conn.execute(
+            select(prev.c.g, func.sum(prev.c.csat), func.count(prev.c.csat))
+            .group_by(prev.c.g))).all():
+        for k in (g, "all"):
+            before[k][0] += int(csat_sum or 0)
+            before[k][1] += int(csat_n)
+    for k, (csat_sum, csat_n) in before.items():
+        if csat_n and (k == "all" or k in rows):
+            row(k)["csat_prev_avg"] = _round(csat_sum / csat_n, 2)
+
+
 async def performance(conn: AsyncConnection, period: Period, by: str = "stage") -> dict[str, Any]:
-    """Per stage, channel or language: volume, bot share, escalations, response times, CSAT."""
+    """Per stage, channel or language: volume, bot share, escalations, response times, CSAT.
+
+    Five queries whatever the data: totals are sums of the groups (every row has exactly one
+    group), percentiles for all groups and both durations come from one percentile query.
+    """
     rows: dict[str, dict[str, Any]] = {}
-    total: dict[str, Any] = {}
+    total: dict[str, Any] = {"messages": 0, "answered_by_bot": 0, "escalations": 0,
+                             "reasons": {}}
 
     def row(key: str) -> dict[str, Any]:
-        return total if key == "all" else rows.setdefault(key, {"key": key})
+        return total if key == "all" else rows.setdefault(
+            key, {"key": key, "messages": 0, "answered_by_bot": 0, "escalations": 0,
+                  "reasons": {}})
 
-    for grouping in (by, None):
-        key = _dim(by, "message") if grouping else literal_column("'all'", String)
-        stmt = select(key.label("g"), func.count(),
-                      func.sum(case((MS.decision == "answer", 1), else_=0)))
-        stmt = stmt.where(MS.direction == "in", _in(MS.created_at, period))
-        if grouping:  # the total is one row without GROUP BY (PostgreSQL refuses a constant)
-            stmt = stmt.group_by(key)
-        if grouping == "stage":
-            stmt = stmt.select_from(MESSAGE.join(CONVERSATION,
-                                                           CV.id == MS.conversation_id))
-        for g, n, answered in (await conn.execute(stmt)).all():
-            r = row(g)
-            r["messages"] = int(n)
-            r["answered_by_bot"] = int(answered or 0)
-            r["bot_share"] = round(int(answered or 0) / int(n), 4) if n else None
+    key = _dim(by, "message")
+    stmt = (select(key.label("g"), func.count(),
+                   func.sum(case((MS.decision == "answer", 1), else_=0)))
+            .where(MS.direction == "in", _in(MS.created_at, period)).group_by(key))
+    if by == "stage":
+        stmt = stmt.select_from(MESSAGE.join(CONVERSATION, CV.id == MS.conversation_id))
+    for g, n, answered in (await conn.execute(stmt)).all():
+        for r in (row(g), total):
+            r["messages"] += int(n)
+            r["answered_by_bot"] += int(answered or 0)
 
-        esc = _escalations(conn, period, grouping).subquery()
-        for g, reason, n in (await conn.execute(select(esc.c.g, esc.c.reason, func.count())
-                                                .group_by(esc.c.g, esc.c.reason))).all():
-            r = row(g)
-            r.setdefault("reasons", {})[reason] = int(n)
-            r["escalations"] = r.get("escalations", 0) + int(n)
-        for g, avg, n in (await conn.execute(select(esc.c.g, func.avg(esc.c.csat),
-                                                    func.count(esc.c.csat))
-                                             .group_by(esc.c.g))).all():
-            row(g).update(csat_avg=_round(avg, 2), csat_count=int(n))
-        prev = _escalations(conn, period.previous(), grouping).subquery()
-        for g, avg in (await conn.execute(select(prev.c.g, func.avg(prev.c.csat))
-                                          .group_by(prev.c.g))).all():
-            row(g)["csat_prev_avg"] = _round(avg, 2)
-        for column, name in ((esc.c.first, "first_response"), (esc.c.resolve, "resolution")):
-            src = select(esc.c.g.label("g"), column.label("v")).subquery()
-            for g, pct in (await percentiles(conn, src)).items():
-                r = row(g)
-                r[f"{name}_p50_s"] = _round(pct[0.5])
-                r[f"{name}_p90_s"] = _round(pct[0.9])
+    esc = _escalations(conn, period, by).subquery()
+    await _escalation_stats(conn, esc, row, total)
+    await _previous_csat(conn, _escalations(conn, period.previous(), by).subquery(), row, rows)
+    parts = []
+    for metric, column in (("first_response", esc.c.first), ("resolution", esc.c.resolve)):
+        parts.append(select((esc.c.g + literal_column(f"'|{metric}'", String)).label("g"),
+                            column.label("v")))
+        parts.append(select(literal_column(f"'all|{metric}'", String).label("g"),
+                            column.label("v")))
+    for composite, pct in (await percentiles(conn, union_all(*parts).subquery())).items():
+        g, metric = composite.rsplit("|", 1)
+        r = row(g)
+        r[f"{metric}_p50_s"] = _round(pct[0.5])
+        r[f"{metric}_p90_s"] = _round(pct[0.9])
 
-    esc = _escalations(conn, period, None).subquery()
     b = _bucket(conn, esc.c.created_at, period.bucket).label("b")
-    trend = (await conn.execute(select(b, func.avg(esc.c.csat), func.count(esc.c.csat))
+    trend = (await conn.execute(select(b, func.sum(esc.c.csat), func.count(esc.c.csat))
                                 .where(esc.c.csat.is_not(None)).group_by(b).order_by(b))).all()
     ordered = sorted(rows.values(), key=lambda r: (
         STAGES.index(r["key"]) if by == "stage" and r["key"] in STAGES else 99, r["key"]))
     for r in (*ordered, total):
+        r["bot_share"] = round(r["answered_by_bot"] / r["messages"], 4) if r["messages"] \
+            else None
         _fill_defaults(r)
     return {"period": period.as_dict(), "by": by, "rows": ordered, "total": total,
-            "csat_trend": [{"bucket": t[0], "avg": _round(t[1], 2), "count": int(t[2])}
-                           for t in trend]}
+            "csat_trend": [{"bucket": t[0], "avg": _round(int(t[1]) / int(t[2]), 2),
+                            "count": int(t[2])} for t in trend]}
 
 
 def _fill_defaults(r: dict[str, Any]) -> None:

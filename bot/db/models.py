@@ -63,7 +63,7 @@ class Customer(SQLModel, table=True):
     email: str | None = Field(default=None, index=True)
     phone: str | None = Field(default=None, index=True)
     language: str | None = None
-    stage: str | None = None
+    stage: str | None = Field(default=None, index=True)  # dashboard: customers per stage now
     orders_count: int = 0
     total_spent: float = 0.0
     last_order_at: datetime | None = ts()

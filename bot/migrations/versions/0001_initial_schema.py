@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 23:29:29.748623
+Create Date: 2026-11-22 23:47:21.369041
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def upgrade() -> None:
     with op.batch_alter_table('customer', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_customer_email'), ['email'], unique=False)
         batch_op.create_index(batch_op.f('ix_customer_phone'), ['phone'], unique=False)
+        batch_op.create_index(batch_op.f('ix_customer_stage'), ['stage'], unique=False)
 
     op.create_table('inbox',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -294,6 +295,7 @@ def downgrade() -> None:
 
     op.drop_table('inbox')
     with op.batch_alter_table('customer', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_customer_stage'))
         batch_op.drop_index(batch_op.f('ix_customer_phone'))
         batch_op.drop_index(batch_op.f('ix_customer_email'))
 
