@@ -344,3 +344,37 @@ async def test_one_customer_across_orders_whatsapp_and_web_chat(
         ("webchat", customer_id), ("whatsapp", customer_id)]
     assert {c.channel for c in conversations} == {"webchat", "whatsapp"}
     assert {c.customer_id for c in conversations} == {customer_id}
+
+
+async def test_whatsapp_then_email_is_one_customer_with_one_history(
+        fake: FakeTwilio, start: Any) -> None:
+    """The same, with a real mail: Ann writes on WhatsApp, then emails from the address the
+    store has on file (IMAP into Dovecot, replies to an SMTP sink)."""
+    email_fake = pytest.importorskip("tests.fakes.email", reason="the email fakes are absent")
+    async with email_fake.email_harness() as mail:
+        service = await start(fake, **mail.settings())
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with aiohttp.ClientSession() as client, client.post(
+                f"http://127.0.0.1:{service.port}/api/orders", headers=headers, json={
+                    "email": "ann@example.com", "phone": "+393337654321",
+                    "order_id": "1002", "total": 80.0}) as resp:
+            assert resp.status == 200, await resp.text()
+            customer_id = (await resp.json())["customer_id"]
+        assert await deliver(service, "SM" + "d" * 32, SHIPPING, phone="+393337654321") == 200
+        await wait_for(lambda: len(fake.accepted) == 1)
+        await mail.deliver(service, external_id="ann-1", text="Do you ship to Germany?")
+        await wait_for(lambda: len(mail.sent()) == 1, within=20)
+        async with service.db.read() as conn:
+            customers = (await conn.execute(select(Customer.id).where(
+                Customer.merged_into.is_(None)))).scalars().all()
+            identities = (await conn.execute(select(Identity.channel, Identity.customer_id)
+                                             .order_by(Identity.channel))).all()
+            history = (await conn.execute(
+                select(Message.channel, Message.direction).join(
+                    Conversation, Conversation.id == Message.conversation_id)
+                .where(Conversation.customer_id == customer_id).order_by(Message.id))).all()
+    assert customers == [customer_id]
+    assert [(i.channel, i.customer_id) for i in identities] == [
+        ("email", customer_id), ("whatsapp", customer_id)]
+    assert [(m.channel, m.direction) for m in history] == [
+        ("whatsapp", "in"), ("whatsapp", "out"), ("email", "in"), ("email", "out")]
