@@ -88,7 +88,8 @@ class Service:
                 self._spawn(self.leader.run("inbox-sweeper", self.stop_event, self.inbox.sweep),
                             "inbox-sweeper")
             self._spawn(self.workers.run(self.stop_event), "workers")
-            self._spawn(self.outbox.run(self.stop_event), "outbox")
+            # One sender at a time across processes, so a reply is never sent twice.
+            self._spawn(self.leader.run("outbox", self.stop_event, self.outbox.run), "outbox")
             if self.desk is not None:
                 self._spawn(self.desk.run(self.stop_event), "desk")
             self._spawn(self.faq.watch(self.stop_event), "faq-watch")

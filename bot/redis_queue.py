@@ -124,9 +124,10 @@ class RedisInbox(Inbox):
             self._next_reclaim = now + self.reclaim_seconds / 3
             await self._reclaim()
         due = self._due_keys(now, limit)
+        # Held entries wait for a retry or for another task of ours: look again soon.
+        block = None if due else (min(self.block_ms, 50) if self._held else self.block_ms)
         response = await self.redis.xreadgroup(
-            GROUP, self.consumer, {self.stream: ">"}, count=limit,
-            block=None if due else self.block_ms)
+            GROUP, self.consumer, {self.stream: ">"}, count=limit, block=block)
         for _stream, entries in response or ():
             for entry_id, fields in entries:
                 self._hold(entry_id, fields)

@@ -86,6 +86,8 @@ class Database:
         cfg = alembic_config(self.url)
 
         def run(sync_conn: Connection) -> None:
+            if sync_conn.dialect.name == "postgresql":  # processes starting together wait here
+                sync_conn.execute(text("SELECT pg_advisory_xact_lock(23863)"))
             cfg.attributes["connection"] = sync_conn
             command.upgrade(cfg, revision)
 
