@@ -184,21 +184,21 @@ class EmailChannel(Channel):
             if old:
                 log.info("email: first sync, leaving %d mails older than %s unanswered",
                          len(old), f"{since:%Y-%m-%d}")
+        wanted = [u for u in uids if u not in old]
         cursor = last_uid or 0
-        for i in range(0, len(uids), CHUNK):
-            chunk = uids[i:i + CHUNK]
+        for i in range(0, len(wanted), CHUNK):
+            chunk = wanted[i:i + CHUNK]
             sizes = await self._sizes(client, chunk)
             batch: list[InboundMessage] = []
             for uid in chunk:
-                if uid in old:
-                    continue
                 inbound = await self._read(client, uid, sizes.get(uid), uidvalidity)
                 if inbound is not None:
                     batch.append(inbound)
             await asyncio.gather(*(self.intake.put(m) for m in batch))
             cursor = chunk[-1]
             await self._save_cursor(uidvalidity, cursor)
-        if last_uid is None:
+        if last_uid is None or (uids and uids[-1] > cursor):  # first sync, or old mail on top
+            cursor = max(cursor, uids[-1] if uids else 0)
             await self._save_cursor(uidvalidity, cursor)
         return cursor
 

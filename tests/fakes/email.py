@@ -105,7 +105,7 @@ class Dovecot:
         for sub in ("run", "state", "mail"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         shutil.chown(self.root / "mail", "mail", "mail")
-        (self.root / "users").write_text("")
+        (self.root / "users").touch()
         self.conf.write_text(DOVECOT_CONF.format(root=self.root, port=self.port))
         self.proc = subprocess.Popen(["dovecot", "-c", str(self.conf), "-F"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -171,13 +171,15 @@ def stop_dovecot() -> None:
         _DOVECOT = None
 
 
-async def imap_append(port: int, user: str, raw: bytes, mailbox: str = "INBOX") -> None:
-    """Deliver a mail the way an MTA's local delivery would look to us: it appears in INBOX."""
+async def imap_append(port: int, user: str, raw: bytes, mailbox: str = "INBOX",
+                      date: Any = None) -> None:
+    """Deliver a mail the way an MTA's local delivery would look to us: it appears in INBOX.
+    `date` (aware datetime) sets the IMAP internal date, e.g. to fake old history."""
     client = aioimaplib.IMAP4(host="127.0.0.1", port=port, timeout=10)
     await client.wait_hello_from_server()
     resp = await client.login(user, PASSWORD)
     assert resp.result == "OK", resp.lines
-    resp = await client.append(raw, mailbox=mailbox)
+    resp = await client.append(raw, mailbox=mailbox, date=date)
     assert resp.result == "OK", resp.lines
     await client.logout()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -292,3 +293,45 @@ async def test_wrong_password_is_logged_and_retried(make_rig: Any,
     await wait_for(lambda: any("login refused" in r.getMessage() for r in caplog.records),
                    timeout=10)
     assert "wrong-password" not in caplog.text
+
+
+async def test_first_start_leaves_old_history_alone(dovecot: Dovecot, sink: tuple[SmtpSink, int],
+                                                    make_settings: Any) -> None:
+    rig = Rig(dovecot, sink[0], sink[1], make_settings)
+    old = datetime.now(UTC) - timedelta(days=30)
+    await imap_append(dovecot.port, rig.user, make_mail(message_id="<old@example.com>"),
+                      date=old)
+    await rig.append(make_mail(sender="new@example.com", message_id="<new@example.com>"))
+    await rig.start()
+    try:
+        (reply,) = await rig.replies(1)
+        await asyncio.sleep(0.5)
+        assert reply["In-Reply-To"] == "<new@example.com>"
+        assert len(rig.sink.messages) == 1 and await rig.queued() == 1
+    finally:
+        await rig.stop()
+
+
+async def test_reconnects_after_the_server_drops_the_session(
+        sink: tuple[SmtpSink, int], make_settings: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="channels.email")
+    if reason := Dovecot.available():
+        pytest.skip(reason)
+    server = Dovecot()  # a private server: this test disconnects its clients
+    server.start()
+    rig = Rig(server, sink[0], sink[1], make_settings)
+    try:
+        await rig.start()
+        await rig.append(make_mail(sender="a@example.com", message_id="<k1@example.com>"))
+        await rig.replies(1)
+        server.doveadm("kick", rig.user)  # the server drops our IMAP session
+        await rig.append(make_mail(sender="b@example.com", message_id="<k2@example.com>"))
+        replies = await rig.replies(2, wait=20)
+        assert [r["In-Reply-To"] for r in replies] == ["<k1@example.com>", "<k2@example.com>"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "channels.email"]
+        assert sum("(IDLE)" in ln for ln in lines) == 2  # IDLE before and after the drop
+        assert any("reconnecting in" in ln for ln in lines)
+    finally:
+        await rig.stop()
+        server.stop()
