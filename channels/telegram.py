@@ -139,9 +139,12 @@ class TelegramChannel(Channel):
             text = text[:MAX_TEXT - 1] + "…"
         topic = message.meta.get("message_thread_id")
         try:
+            chat_id = int(message.address)
+        except ValueError:
+            raise ChannelPermanentError(f"not a Telegram chat id: {message.address!r}") from None
+        try:
             sent = await self.bot.send_message(
-                chat_id=int(message.address), text=text,
-                message_thread_id=int(topic) if topic else None)
+                chat_id=chat_id, text=text, message_thread_id=int(topic) if topic else None)
         except (AiogramError, aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc) from exc
         return SendResult(provider_id=f"{sent.chat.id}:{sent.message_id}", status="sent")

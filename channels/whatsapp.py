@@ -353,9 +353,11 @@ async def _stash_status(conn: AsyncConnection, sid: str, raw: str, code: str | N
     if old and RANK[STATUS_MAP[old["status"]]] >= RANK[STATUS_MAP[raw]]:
         return
     value = {"status": raw, "code": code, "error": error}
+    now = datetime.now(UTC)
+    await conn.execute(delete(STATE).where(  # parked callbacks nobody claimed within a day
+        CS.key.like("whatsapp:status:%"), CS.updated_at < now - timedelta(days=1)))
     await conn.execute(delete(STATE).where(CS.key == key))
-    await conn.execute(STATE.insert().values(
-        key=key, value=value, updated_at=datetime.now(UTC)))
+    await conn.execute(STATE.insert().values(key=key, value=value, updated_at=now))
 
 
 async def _merge_status(conn: AsyncConnection, message_id: int, raw: str | None,
