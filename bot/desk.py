@@ -41,7 +41,14 @@ from bot.queue import backoff, enqueue_outbound
 from bot.routing import RoutingStore
 from bot.settings import Settings
 from channels.base import Attachment, Channel, InboundMessage, OutboundMessage
-from channels.slack import Profiles, SlackChannel, call_slack, files_of, is_human_message
+from channels.slack import (
+    Profiles,
+    SlackChannel,
+    call_slack,
+    files_of,
+    is_human_message,
+    with_links,
+)
 from faq.models import FaqEntry
 
 log = logging.getLogger(__name__)
@@ -300,7 +307,8 @@ class Desk:
                     external_id=f"{channel}:{ts}", author=f"staff:{user}", text=text,
                     status="internal", meta={"staff_name": name}, created_at=datetime.now(UTC)))
                 return
-            await self._staff_send(conn, e, user, text, files_of(event),
+            files = files_of(event)  # every channel gets at least the links in the text
+            await self._staff_send(conn, e, user, with_links(text, files), files,
                                    {"staff_name": name, "slack_ts": ts})
         self._changed()
 

@@ -142,6 +142,8 @@ def with_links(text: str, attachments: tuple[Attachment, ...]) -> str:
     """Text plus one line per attachment, for platforms where we only pass links."""
     lines = [text] if text else []
     for a in attachments:
+        if a.ref and a.ref in text:  # already linked in the text
+            continue
         label = a.name or a.kind
         lines.append(f"📎 {label}: {a.ref}" if a.ref else f"📎 {label}")
     return "\n".join(lines)

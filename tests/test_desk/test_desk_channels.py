@@ -140,3 +140,31 @@ async def test_email_customer_gets_staff_reply_in_the_same_thread(
         assert mail["In-Reply-To"] == "<desk-q1@example.com>"
         assert "<desk-q1@example.com>" in mail["References"]
         assert mail["Subject"] == "Re: Strange request"
+
+
+async def test_attachments_pass_both_ways_as_links_and_metadata(
+        start_desk: Any, slack: FakeSlack) -> None:
+    async with fake_telegram() as tg:
+        service, _ = await start_desk(**TelegramHarness(tg).settings())
+        assert await post_webhook(service, message_update(8001, NO_MATCH)) == 200
+        ts, _ = await card_of(slack)
+        photo = [{"file_id": "PH1", "file_unique_id": "u1", "width": 90, "height": 90,
+                  "file_size": 1234}]
+        assert await post_webhook(service, message_update(8002, None, photo=photo,
+                                                          caption="the damage")) == 200
+        mirror = await wait_for(lambda: [c for c in slack.posts(STAFF, thread=ts)
+                                         if "📎" in str(c.params.get("text"))], what="mirror")
+        assert "the damage" in mirror[0].params["text"]
+
+        files = [{"id": "F9", "name": "label.pdf", "mimetype": "application/pdf",
+                  "size": 999, "permalink": "https://fake.slack.test/files/F9"}]
+        assert await staff_reply(service, ts, "Print this return label", "1700006000.000001",
+                                 subtype="file_share", files=files) == 200
+        sent = await wait_for(lambda: [m for m in tg.sent_messages()
+                                       if "Print this return label" in m["text"]],
+                              what="staff reply with file")
+        assert "label.pdf: https://fake.slack.test/files/F9" in sent[0]["text"]
+        async with service.db.read() as conn:
+            attachments = (await conn.execute(select(Message.attachments).where(
+                Message.author == "staff:USTAFF"))).scalar_one()
+        assert attachments[0]["name"] == "label.pdf"
