@@ -115,40 +115,73 @@ def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-async def percentiles(conn: AsyncConnection, src: Subquery,
-                      ps: Sequence[float] = PERCENTILES) -> dict[str, dict[float, float]]:
-    """Per group `src.c.g`, the continuous percentiles of `src.c.v` (NULLs ignored)."""
+async def percentiles(conn: AsyncConnection, src: Subquery, metrics: Sequence[str],
+                      ps: Sequence[float] = PERCENTILES
+                      ) -> dict[tuple[str, str], dict[float, float]]:
+    """Continuous percentiles of each `metrics` column of `src`, per group `src.c.g` and over
+    all rows (group "all"); NULLs are ignored, groups without values are left out."""
     if _is_pg(conn):
-        cols = [func.percentile_cont(p).within_group(src.c.v.asc()).label(f"p{i}")
-                for i, p in enumerate(ps)]
-        rows = (await conn.execute(select(src.c.g, *cols).where(src.c.v.is_not(None))
-                                   .group_by(src.c.g))).all()
-        return {r[0]: {p: float(r[i + 1]) for i, p in enumerate(ps)} for r in rows}
-    ranked = select(
-        src.c.g, src.c.v,
-        func.row_number().over(partition_by=src.c.g, order_by=src.c.v).label("rn"),
-        func.count().over(partition_by=src.c.g).label("n"),
-    ).where(src.c.v.is_not(None)).subquery()
+        return await _pg_percentiles(conn, src, metrics, ps)
+    return await _sqlite_percentiles(conn, src, metrics, ps)
+
+
+async def _pg_percentiles(conn: AsyncConnection, src: Subquery, metrics: Sequence[str],
+                          ps: Sequence[float]) -> dict[tuple[str, str], dict[float, float]]:
+    out: dict[tuple[str, str], dict[float, float]] = {}
+    cols = [func.percentile_cont(p).within_group(src.c[m].asc()) for m in metrics for p in ps]
+    grouped = select(src.c.g, *cols).group_by(src.c.g)
+    overall = select(literal_column("'all'", String), *cols)
+    for stmt in (grouped, overall):
+        for r in (await conn.execute(stmt)).all():
+            for i, m in enumerate(metrics):
+                values = r[1 + i * len(ps):1 + (i + 1) * len(ps)]
+                if values[0] is not None:
+                    out[(r[0], m)] = {p: float(v) for p, v in zip(ps, values, strict=True)}
+    return out
+
+
+async def _sqlite_percentiles(conn: AsyncConnection, src: Subquery, metrics: Sequence[str],
+                              ps: Sequence[float]) -> dict[tuple[str, str], dict[float, float]]:
+    # One pass of window functions ranks every value within its group and overall;
+    # only the (at most two) rows each percentile interpolates between come back.
+    cols: list[Any] = [src.c.g]
     wanted = []
-    for p in ps:  # only the (at most two) rows each percentile interpolates between
-        lo = cast(p * (ranked.c.n - 1), Integer) + 1
-        wanted += [ranked.c.rn == lo, ranked.c.rn == lo + 1]
-    rows = (await conn.execute(select(ranked.c.g, ranked.c.rn, ranked.c.n, ranked.c.v)
-                               .where(or_(*wanted)))).all()
-    values: dict[str, dict[int, float]] = defaultdict(dict)
-    counts: dict[str, int] = {}
-    for g, rn, n, v in rows:
-        values[g][int(rn)] = float(v)
-        counts[g] = int(n)
-    out: dict[str, dict[float, float]] = {}
-    for g, vals in values.items():
-        out[g] = {}
-        for p in ps:
-            pos = p * (counts[g] - 1)
-            k = int(pos)
-            low = vals[k + 1]
-            high = vals.get(k + 2, low)
-            out[g][p] = low + (high - low) * (pos - k)
+    for m in metrics:
+        v = src.c[m]
+        order = (v.is_(None), v)
+        cols += [v.label(f"v_{m}"),
+                 func.row_number().over(partition_by=src.c.g, order_by=order).label(f"rg_{m}"),
+                 func.count(v).over(partition_by=src.c.g).label(f"ng_{m}"),
+                 func.row_number().over(order_by=order).label(f"ra_{m}"),
+                 func.count(v).over().label(f"na_{m}")]
+    ranked = select(*cols).subquery()
+    for m in metrics:
+        for scope in ("g", "a"):
+            rank_col, n_col = ranked.c[f"r{scope}_{m}"], ranked.c[f"n{scope}_{m}"]
+            for p in ps:
+                lo = cast(p * (n_col - 1), Integer) + 1
+                wanted.append(and_(rank_col <= n_col, or_(rank_col == lo, rank_col == lo + 1)))
+    values: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    counts: dict[tuple[str, str], int] = {}
+    for r in (await conn.execute(select(ranked).where(or_(*wanted)))).mappings():
+        for m in metrics:
+            for scope, group in (("g", r["g"]), ("a", "all")):
+                rank, n = int(r[f"r{scope}_{m}"]), int(r[f"n{scope}_{m}"])
+                if rank <= n:
+                    values[(group, m)][rank] = float(r[f"v_{m}"])
+                    counts[(group, m)] = n
+    return {key: _interpolate(vals, counts[key], ps) for key, vals in values.items()}
+
+
+def _interpolate(vals: Mapping[int, float], n: int, ps: Sequence[float]) -> dict[float, float]:
+    """percentile_cont from the 1-based ranks around each percentile's position."""
+    out: dict[float, float] = {}
+    for p in ps:
+        pos = p * (n - 1)
+        k = int(pos)
+        low = vals[k + 1]
+        high = vals.get(k + 2, low)
+        out[p] = low + (high - low) * (pos - k)
     return out
 
 
@@ -328,17 +361,12 @@ async def performance(conn: AsyncConnection, period: Period, by: str = "stage") 
     esc = _escalations(conn, period, by).subquery()
     await _escalation_stats(conn, esc, row, total)
     await _previous_csat(conn, _escalations(conn, period.previous(), by).subquery(), row, rows)
-    parts = []
-    for metric, column in (("first_response", esc.c.first), ("resolution", esc.c.resolve)):
-        parts.append(select((esc.c.g + literal_column(f"'|{metric}'", String)).label("g"),
-                            column.label("v")))
-        parts.append(select(literal_column(f"'all|{metric}'", String).label("g"),
-                            column.label("v")))
-    for composite, pct in (await percentiles(conn, union_all(*parts).subquery())).items():
-        g, metric = composite.rsplit("|", 1)
+    found = await percentiles(conn, esc, ("first", "resolve"))
+    for (g, metric), pct in found.items():
+        name = {"first": "first_response", "resolve": "resolution"}[metric]
         r = row(g)
-        r[f"{metric}_p50_s"] = _round(pct[0.5])
-        r[f"{metric}_p90_s"] = _round(pct[0.9])
+        r[f"{name}_p50_s"] = _round(pct[0.5])
+        r[f"{name}_p90_s"] = _round(pct[0.9])
 
     b = _bucket(conn, esc.c.created_at, period.bucket).label("b")
     trend = (await conn.execute(select(b, func.sum(esc.c.csat), func.count(esc.c.csat))

@@ -184,10 +184,13 @@ async def test_percentiles_match_percentile_cont_definition(metrics_db: Database
              for g, vs in values.items() for v in vs]
     src = union_all(*parts).subquery()
     async with metrics_db.read() as conn:
-        got = await mq.percentiles(conn, src, (0.5, 0.9, 0.25))
-    assert got["a"] == {0.5: 3.0, 0.9: pytest.approx(4.6), 0.25: 2.0}
-    assert got["b"] == {0.5: 15.0, 0.9: pytest.approx(34.0), 0.25: 10.0}
-    assert got["c"] == {0.5: 7.0, 0.9: 7.0, 0.25: 7.0}
+        got = await mq.percentiles(conn, src, ["v"], (0.5, 0.9, 0.25))
+    assert got[("a", "v")] == {0.5: 3.0, 0.9: pytest.approx(4.6), 0.25: 2.0}
+    assert got[("b", "v")] == {0.5: 15.0, 0.9: pytest.approx(34.0), 0.25: 10.0}
+    assert got[("c", "v")] == {0.5: 7.0, 0.9: 7.0, 0.25: 7.0}
+    # all ten values: 1 2 3 4 5 7 10 10 20 40
+    assert got[("all", "v")] == {0.5: 6.0, 0.9: pytest.approx(22.0), 0.25: 3.25}
+    assert set(got) == {("a", "v"), ("b", "v"), ("c", "v"), ("all", "v")}
 
 
 async def test_faq_hits_and_unanswered_questions(history: Database) -> None:
