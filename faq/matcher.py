@@ -1,17 +1,21 @@
-"""Lexical FAQ matcher: TF-IDF over words, word pairs and char n-grams, with rapidfuzz re-ranking.
+"""Lexical FAQ matcher: TF-IDF over words and char n-grams, with a rapidfuzz re-ranking.
 
 Why this shape: an FAQ has few phrasings per entry (often 4-10), so there is nothing to train a
 model on, and the bot must answer in well under a millisecond on a small machine.
 
-1. Every phrasing becomes a sparse vector of three feature groups (stemmed words, word pairs,
-   char 3-5 grams inside words), TF-IDF weighted with IDF counted over *entries*, so a word
-   shared by many entries ("order") weighs less than one that singles an entry out.
-2. An inverted index (one flat numpy CSR) scores every phrasing and every entry centroid in one
-   `bincount`, so cost grows with the postings of the query's features, not with FAQ size.
-3. An entry's score mixes its best phrasing and its centroid (all phrasings at once), then the
-   few best entries are re-ranked with rapidfuzz against their phrasings for typo tolerance.
-4. Negatives: an entry whose negative phrasing fits the question better than its own phrasings
-   is pushed down.
+1. Every phrasing becomes a sparse vector of feature groups (stemmed words without stopwords,
+   char 4-grams inside words; word pairs are supported but weigh 0: they measured no gain),
+   TF-IDF weighted with IDF counted over *entries*, so a word shared by many entries
+   ("order") weighs less than one that singles an entry out. Each group is L2-normalised and
+   weighted, so a dot product is a weighted cosine in [0, 1].
+2. Candidate stage: one centroid per (entry, language) in an inverted index (flat numpy
+   arrays, one `bincount` per question), so cost follows the question's features, not the FAQ
+   size; very common features are left out of this stage only.
+3. Exact stage: all phrasings of the shortlisted entries are scored in one vectorised pass; an
+   entry's lexical score mixes its best phrasing and its centroid.
+4. The best few are re-ranked with rapidfuzz (word-order-blind edit similarity against their
+   phrasings): typos and run-on words. An entry whose negative phrasing fits the question at
+   least as well as its own phrasings is pushed down.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from rapidfuzz import fuzz, process
 
 from faq.language import detect_language
 from faq.models import Candidate, FaqEntry, MatchResult
-from faq.normalize import TextFeatures, extract, normalize
+from faq.normalize import TextFeatures, extract
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -36,12 +40,14 @@ DEFAULT_THRESHOLD = 0.30
 DEFAULT_AMBIGUITY_MARGIN = 0.02
 
 # Share of each feature group in the cosine (they sum to 1 so scores stay in [0, 1]).
-GROUP_WEIGHTS = {"w": 0.45, "b": 0.10, "c": 0.45}
+GROUP_WEIGHTS = {"w": 0.45, "b": 0.0, "c": 0.55}
 # How much of an entry's score comes from its best phrasing versus its centroid.
 BEST_PHRASING_SHARE = 0.5
 # Weight of the rapidfuzz similarity in the final re-ranking of the best few entries.
 FUZZ_SHARE = 0.1
-RERANK_DEPTH = 8
+RERANK_DEPTH = 5
+# IDF raised to this power: above 1 favours the words that single out one entry.
+IDF_POWER = 1.0
 # How many entries the centroid stage hands to exact phrasing scoring.
 CANDIDATE_DEPTH = 10
 # Features present in more entries than this share are skipped by the candidate stage only.
@@ -112,6 +118,8 @@ class _Block:
     features: IntArray
     weights: FloatArray
     row_starts: IntArray
+    row_start_list: tuple[int, ...]
+    size: int
 
     @classmethod
     def build(cls, rows: Sequence[dict[int, float]]) -> _Block:
@@ -123,6 +131,8 @@ class _Block:
             features=np.array([f for row in rows for f in row], dtype=np.int64),
             weights=np.array([w for row in rows for w in row.values()], dtype=np.float64),
             row_starts=starts,
+            row_start_list=tuple(int(x) for x in starts),
+            size=sum(lengths),
         )
 
 
@@ -162,11 +172,11 @@ class Matcher:
             self._negative_ranges.append((len(negatives), len(negatives) + len(entry.negatives)))
             negatives.extend(entry.negatives)
         self._phrasings = phrasings
-        self._sorted_phrasings = [_token_sorted(p) for p in phrasings]
         feats = [extract(p) for p in phrasings]
+        self._sorted_phrasings = [f.sorted_text for f in feats]
         self._vocabs: tuple[dict[str, int], ...] = tuple({} for _ in GROUP_ORDER)
         self._idf: list[float] = []
-        self._unseen_idf = math.log(1 + max(len(self.entries), 1)) + 1.0
+        self._unseen_idf = (math.log(1 + max(len(self.entries), 1)) + 1.0) ** IDF_POWER
         self._fit_idf(feats, owners)
         rows = [self._vectorize(f) for f in feats]
         self._entry_blocks = [_Block.build(rows[lo:hi]) for lo, hi in self._phrase_ranges]
@@ -193,12 +203,15 @@ class Matcher:
         seen: list[dict[str, set[int]]] = [{} for _ in GROUP_ORDER]
         for features, owner in zip(feats, owners, strict=True):
             for group, counts in enumerate(_groups(features)):
+                if not _GROUP_SCALES[group]:
+                    continue
                 for key in counts:
                     seen[group].setdefault(key, set()).add(owner)
         for group, keys in enumerate(seen):
             for key, owner_set in keys.items():
                 self._vocabs[group][key] = len(self._idf)
-                self._idf.append(math.log((1 + n_entries) / (1 + len(owner_set))) + 1.0)
+                idf = math.log((1 + n_entries) / (1 + len(owner_set))) + 1.0
+                self._idf.append(idf**IDF_POWER)
 
     def _vectorize(self, features: TextFeatures) -> dict[int, float]:
         """L2-normalised TF-IDF per group, scaled so the dot product is the weighted cosine.
@@ -211,7 +224,7 @@ class Matcher:
         for counts, vocab, group_scale in zip(
             _groups(features), self._vocabs, _GROUP_SCALES, strict=True
         ):
-            if not counts:
+            if not counts or not group_scale:
                 continue
             ids = [vocab.get(k, -1) for k in counts]
             weights = [
@@ -249,7 +262,8 @@ class Matcher:
         """The `depth` best entries for `text`, best first, with their component scores."""
         if not self.entries:
             return []
-        query = self._vectorize(extract(text))
+        query_features = extract(text)
+        query = self._vectorize(query_features)
         if not query:
             return []
         features = np.fromiter(query.keys(), dtype=np.int64, count=len(query))
@@ -265,23 +279,35 @@ class Matcher:
         finally:
             dense[features] = 0.0
         lexical.sort(key=lambda item: item[1], reverse=True)
-        return self._rerank(text, lexical[:depth])
+        return self._rerank(query_features.sorted_text, lexical[:depth])
 
     def _exact_scores(
         self, shortlist: Sequence[int], dense: FloatArray, centroid_sims: FloatArray
     ) -> list[tuple[int, float, float, int, float, float]]:
         """(entry, lexical, best phrasing sim, its index, centroid sim, negative sim) per entry.
 
-        Each entry keeps its phrasings as one contiguous block, so scoring them is three numpy
-        calls; the per-entry bookkeeping is done on Python floats.
+        The shortlisted entries' phrasing blocks are concatenated and scored in one gather and
+        one `reduceat`; the per-entry bookkeeping is done on Python floats, which is cheaper
+        than many tiny numpy calls.
         """
+        blocks = [self._entry_blocks[index] for index in shortlist]
+        starts: list[int] = []
+        offset = 0
+        for block in blocks:
+            starts.extend(offset + start for start in block.row_start_list)
+            offset += block.size
+        features = np.concatenate([block.features for block in blocks])
+        weights = np.concatenate([block.weights for block in blocks])
+        sims = np.add.reduceat(dense[features] * weights, starts).tolist()
         out: list[tuple[int, float, float, int, float, float]] = []
         share = BEST_PHRASING_SHARE
+        row = 0
         for index, centroid_sim in zip(shortlist, centroid_sims[shortlist].tolist(), strict=True):
-            block = self._entry_blocks[index]
-            sims = np.add.reduceat(dense[block.features] * block.weights, block.row_starts)
-            best_local = int(sims.argmax())
-            best_sim = float(sims[best_local])
+            lo, hi = self._phrase_ranges[index]
+            block_sims = sims[row : row + hi - lo]
+            row += hi - lo
+            best_sim = max(block_sims)
+            best_at = lo + block_sims.index(best_sim)
             negative_sim = 0.0
             negatives = self._negative_blocks[index]
             if negatives is not None:
@@ -291,12 +317,11 @@ class Matcher:
                     ).max()
                 )
             lexical = share * best_sim + (1 - share) * centroid_sim
-            best_at = self._phrase_ranges[index][0] + best_local
             out.append((index, lexical, best_sim, best_at, centroid_sim, negative_sim))
         return out
 
     def _rerank(
-        self, text: str, finalists: Sequence[tuple[int, float, float, int, float, float]]
+        self, sorted_query: str, finalists: Sequence[tuple[int, float, float, int, float, float]]
     ) -> list[ScoredCandidate]:
         """Blend in rapidfuzz similarity (typos, word order) and apply negatives."""
         choices: list[str] = []
@@ -304,7 +329,7 @@ class Matcher:
             lo, hi = self._phrase_ranges[index]
             choices.extend(self._sorted_phrasings[lo:hi])
         fuzzy_all = process.cdist(
-            [_token_sorted(text)], choices, scorer=fuzz.ratio, dtype=np.float32, workers=1
+            [sorted_query], choices, scorer=fuzz.ratio, dtype=np.float32, workers=1
         )[0].tolist()
         scored: list[ScoredCandidate] = []
         offset = 0
@@ -361,10 +386,6 @@ class Matcher:
 
     def get(self, entry_id: str) -> FaqEntry | None:
         return self._by_id.get(entry_id)
-
-
-def _token_sorted(text: str) -> str:
-    return " ".join(sorted(normalize(text).split()))
 
 
 def _groups(features: TextFeatures) -> tuple[Counter[str], Counter[str], Counter[str]]:

@@ -99,6 +99,12 @@ class TextFeatures:
     words: Counter[str]
     bigrams: Counter[str]
     chars: Counter[str]
+    tokens: tuple[str, ...] = ()
+
+    @property
+    def sorted_text(self) -> str:
+        """Tokens in alphabetical order: what word-order-blind fuzzy matching compares."""
+        return " ".join(sorted(self.tokens))
 
 
 @lru_cache(maxsize=100_000)
@@ -147,4 +153,4 @@ def extract(text: str) -> TextFeatures:
     bigrams: Counter[str] = Counter(f"{a} {b}" for a, b in pairwise(content))
     if not words and tokens:  # a question made only of stopwords ("can I?") still needs words
         words.update(tokens)
-    return TextFeatures(words=words, bigrams=bigrams, chars=chars)
+    return TextFeatures(words=words, bigrams=bigrams, chars=chars, tokens=tuple(tokens))
