@@ -97,7 +97,7 @@ async def test_metrics_follow_real_chats(service: Service, client: aiohttp.Clien
         assert resp.status == 200, await resp.text()
         return await resp.json()
 
-    faq = await get("/api/dashboard/faq?period=today")
+    faq = await get("/api/dashboard/faq?period=7d")
     hits = {e["id"]: e["hits"] for e in faq["entries"]}
     assert hits[expected_id] == 1 and faq["answered"] == 1
     assert sum(hits.values()) == 1
@@ -106,17 +106,17 @@ async def test_metrics_follow_real_chats(service: Service, client: aiohttp.Clien
     assert faq["unanswered"]["questions"] == 1
     assert "typewriters" in faq["unanswered"]["groups"][0]["representative"]
 
-    perf = await get("/api/dashboard/performance?period=today&by=channel")
+    perf = await get("/api/dashboard/performance?period=7d&by=channel")
     assert [(r["key"], r["messages"], r["answered_by_bot"], r["escalations"])
             for r in perf["rows"]] == [("webchat", 2, 1, 1)]
     assert perf["total"]["reasons"] == {"no_match": 1}
 
-    stages = await get("/api/dashboard/stages?period=today")
+    stages = await get("/api/dashboard/stages?period=7d")
     assert sum(sum(s["counts"]) for s in stages["conversations"]) == 2
     assert len(stages["labels"]) >= 1 and all(len(s["counts"]) == len(stages["labels"])
                                               for s in stages["customers"])
 
-    listing = await get("/api/conversations?channel=webchat&period=today")
+    listing = await get("/api/conversations?channel=webchat&period=7d")
     assert listing["total"] == 2
     assert (await get("/api/conversations?channel=email"))["total"] == 0
     first = listing["conversations"][-1]
@@ -124,7 +124,7 @@ async def test_metrics_follow_real_chats(service: Service, client: aiohttp.Clien
     assert detail["messages"][0]["text"] == question
     assert detail["messages"][1]["text"] == reply["text"]
 
-    resp = await client.get("/api/dashboard/faq/suggestions.yaml?period=today", headers=headers)
+    resp = await client.get("/api/dashboard/faq/suggestions.yaml?period=7d", headers=headers)
     assert resp.status == 200
     assert "faq-suggestions.yaml" in resp.headers["Content-Disposition"]
     entries = yaml.safe_load(await resp.text())
@@ -139,7 +139,7 @@ async def test_csv_exports(client: aiohttp.ClientSession, admin_headers: dict[st
     rows = list(csv.DictReader(io.StringIO(await resp.text())))
     assert len(rows) == 1 and rows[0]["channel"] == "webchat"
     assert rows[0]["last_message"].startswith("'=HYPERLINK")  # no formula in a spreadsheet
-    resp = await client.get("/api/dashboard/performance?period=today&format=csv",
+    resp = await client.get("/api/dashboard/performance?period=7d&format=csv",
                             headers=admin_headers)
     table = list(csv.reader(io.StringIO(await resp.text())))
     assert table[0][:4] == ["key", "messages", "answered_by_bot", "bot_share"]
@@ -184,3 +184,11 @@ async def test_dashboard_off_without_admin_token(make_settings) -> None:
             assert (await client.get("/api/dashboard/stages")).status == 403
     finally:
         await service.stop()
+
+
+async def test_sign_in_attempts_are_rate_limited(client: aiohttp.ClientSession) -> None:
+    statuses = [(await sign_in(client, f"wrong-token-{i:04d}-xxxxxxxx")).status
+                for i in range(8)]
+    assert statuses[0] == 401 and statuses[-1] == 429
+    resp = await sign_in(client)
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
