@@ -186,11 +186,11 @@ class TelegramChannel(Channel):
                     request_timeout=POLL_TIMEOUT + 10))
                 if updates is None:
                     return
-                for update in updates:
-                    message = self.normalise(update)
-                    if message is not None:
-                        await self.intake.put(message)
-                    offset = update.update_id + 1
+                messages = [m for m in map(self.normalise, updates) if m is not None]
+                # one group commit for the batch; puts queue up in order, so order holds
+                await asyncio.gather(*(self.intake.put(m) for m in messages))
+                if updates:
+                    offset = updates[-1].update_id + 1
                 failures = 0
             except (AiogramError, aiohttp.ClientError, TimeoutError) as exc:
                 error = _translate(exc)
