@@ -51,8 +51,10 @@ class Service:
         self.lifecycle = LifecycleStore(settings.lifecycle_rules)
         ctx = ChannelContext(settings=settings, intake=self.inbox, db=self.db)
         self.channels: dict[str, Channel] = {}
-        for name, cls in CHANNELS.items():
-            channel = cls.from_context(ctx)
+        for name, spec in CHANNELS.items():
+            if not spec.configured(settings):
+                continue
+            channel = spec.load().from_context(ctx)
             if channel is not None:
                 self.channels[name] = channel
         self.desk = Desk.from_service(settings, self.db, self.channels, self.faq)

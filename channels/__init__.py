@@ -1,18 +1,39 @@
-"""The channel registry: every channel the service knows, by name (explicit, greppable)."""
+"""The channel registry: every channel the service knows, by name (explicit, greppable).
+
+Each entry names the class by import path and says which setting switches it on, so a service
+running only the web chat never imports aiogram, slack-bolt or twilio (seconds of start-up).
+"""
 
 from __future__ import annotations
 
-from channels.base import Channel
-from channels.email import EmailChannel
-from channels.slack import SlackChannel
-from channels.telegram import TelegramChannel
-from channels.webchat import WebChatChannel
-from channels.whatsapp import WhatsAppChannel
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (
-    WebChatChannel,
-    TelegramChannel,
-    WhatsAppChannel,
-    SlackChannel,
-    EmailChannel,
-)}
+if TYPE_CHECKING:
+    from bot.settings import Settings
+    from channels.base import Channel
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    path: str  # "module:Class"
+    configured: Callable[[Settings], bool]
+
+    def load(self) -> type[Channel]:
+        module, _, cls = self.path.partition(":")
+        loaded: type[Channel] = getattr(importlib.import_module(module), cls)
+        return loaded
+
+
+CHANNELS: dict[str, ChannelSpec] = {
+    "webchat": ChannelSpec("channels.webchat:WebChatChannel", lambda s: s.webchat_enabled),
+    "telegram": ChannelSpec("channels.telegram:TelegramChannel",
+                            lambda s: s.telegram_token is not None),
+    "whatsapp": ChannelSpec("channels.whatsapp:WhatsAppChannel",
+                            lambda s: bool(s.twilio_account_sid)),
+    "slack": ChannelSpec("channels.slack:SlackChannel", lambda s: s.slack_bot_token is not None),
+    "email": ChannelSpec("channels.email:EmailChannel",
+                         lambda s: bool(s.imap_host or s.smtp_host)),
+}
