@@ -19,6 +19,7 @@ import contextlib
 import logging
 import re
 import ssl
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
@@ -60,6 +61,8 @@ from channels.email_parse import (
 log = logging.getLogger(__name__)
 STATE = ChannelState.metadata.tables["channel_state"]  # typed Table (mypy cannot see __table__)
 MS = Message.metadata.tables["message"].c
+CONVERSATION = Message.metadata.tables["conversation"]
+CV = CONVERSATION.c
 ST = STATE.c
 IDLE_SECONDS = 25 * 60  # re-IDLE before the 29 minutes of RFC 2177
 CHUNK = 25  # mails fetched, queued and committed per cursor step
@@ -83,6 +86,8 @@ class EmailChannel(Channel):
         self.cursor_key = (f"email:{settings.imap_user}@{settings.imap_host}/"
                            f"{settings.imap_mailbox}")
         self.skipped = 0  # mails we chose not to answer (automatic, too large, too old)
+        self._sent_today: dict[str, tuple[str, set[int]]] = {}  # address -> (day, ids)
+        self._address_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @classmethod
     def from_context(cls, ctx: ChannelContext) -> EmailChannel | None:
@@ -268,9 +273,17 @@ class EmailChannel(Channel):
             raise ChannelPermanentError("email: SMTP_HOST is not configured")
         author, theirs = await self._reply_context(message)
         automatic = author == "bot"
-        if automatic:
-            await self._take_cap_slot(message.address)
         mail = self._compose(message, theirs, automatic=automatic)
+        if not automatic:  # a person's answer is never capped
+            await self._deliver(mail)
+        else:
+            async with self._address_locks[message.address]:
+                await self._check_cap(message.address)
+                await self._deliver(mail)
+                self._note_sent(message.address, message.message_id)
+        return SendResult(provider_id=str(mail["Message-ID"]), status="sent")
+
+    async def _deliver(self, mail: EmailMessage) -> None:
         try:
             await aiosmtplib.send(
                 mail, hostname=self.s.smtp_host, port=self.s.smtp_port,
@@ -280,10 +293,7 @@ class EmailChannel(Channel):
                 use_tls=self.s.smtp_tls == "ssl", start_tls=self.s.smtp_tls == "starttls",
                 timeout=30)
         except (aiosmtplib.SMTPException, OSError) as exc:
-            if automatic:
-                await self._take_cap_slot(message.address, release=True)
             raise _smtp_error(exc) from exc
-        return SendResult(provider_id=str(mail["Message-ID"]), status="sent")
 
     async def _reply_context(self, message: OutboundMessage) -> tuple[str, dict[str, Any]]:
         """Who wrote the reply, and the headers of the customer mail it answers (the one in
@@ -320,23 +330,38 @@ class EmailChannel(Channel):
         mail.set_content(message.text)
         return mail
 
-    async def _take_cap_slot(self, address: str, *, release: bool = False) -> None:
-        """Count one bot answer to `address` today, or refuse once the cap is reached."""
-        key = f"email-cap:{address.lower()}"
-        today = datetime.now(UTC).date().isoformat()
+    async def _check_cap(self, address: str) -> None:
+        """Refuse a bot answer once `address` had the daily cap of them (RFC 3834 §2).
+
+        Counts what the database says was sent today plus what this process sent and the
+        outbox has not recorded yet, without a write transaction per send."""
+        now = datetime.now(UTC)
+        day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        async with self.db.read() as conn:
+            ids = set((await conn.execute(
+                select(MS.id).join(CONVERSATION, CV.id == MS.conversation_id).where(
+                    CV.channel == self.name, CV.address == address, MS.direction == "out",
+                    MS.author == "bot", MS.sent_at >= day_start))).scalars())
+        day, local = self._sent_today.get(address, ("", set()))
+        if day == f"{now:%Y-%m-%d}":
+            ids |= local
         cap = self.s.email_max_auto_replies_per_day
-        async with self.db.write() as conn:
-            value = (await conn.execute(select(ST.value).where(ST.key == key))).scalar()
-            count = int(value["count"]) if value and value.get("day") == today else 0
-            if release:
-                count = max(0, count - 1)
-            elif count >= cap:
-                raise ChannelPermanentError(
-                    f"auto-reply cap reached: {cap} automatic answers to this address today",
-                    code="auto_reply_cap")
-            else:
-                count += 1
-            await _put_state(conn, key, {"day": today, "count": count})
+        if len(ids) >= cap:
+            raise ChannelPermanentError(
+                f"auto-reply cap reached: {cap} automatic answers to this address today",
+                code="auto_reply_cap")
+
+    def _note_sent(self, address: str, message_id: int) -> None:
+        today = f"{datetime.now(UTC):%Y-%m-%d}"
+        if len(self._sent_today) > 10_000:
+            self._sent_today = {a: v for a, v in self._sent_today.items() if v[0] == today}
+            self._address_locks = defaultdict(asyncio.Lock, {
+                a: lock for a, lock in self._address_locks.items() if lock.locked()})
+        day, ids = self._sent_today.get(address, (today, set()))
+        if day != today:
+            ids = set()
+        ids.add(message_id)
+        self._sent_today[address] = (today, ids)
 
 
 def _smtp_error(exc: Exception) -> ChannelError:
