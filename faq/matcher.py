@@ -328,9 +328,12 @@ class Matcher:
         for index, *_ in finalists:
             lo, hi = self._phrase_ranges[index]
             choices.extend(self._sorted_phrasings[lo:hi])
-        fuzzy_all = process.cdist(
-            [sorted_query], choices, scorer=fuzz.ratio, dtype=np.float32, workers=1
-        )[0].tolist()
+        # process.extract has the least per-call overhead of rapidfuzz's batch APIs.
+        fuzzy_all = [0.0] * len(choices)
+        for _, similarity, position in process.extract(
+            sorted_query, choices, scorer=fuzz.ratio, limit=None
+        ):
+            fuzzy_all[position] = similarity
         scored: list[ScoredCandidate] = []
         offset = 0
         for index, lexical, best_sim, best_at, centroid_sim, negative_sim in finalists:
