@@ -69,8 +69,8 @@ class Cluster:
                 proc.kill()
                 proc.wait()
 
-    async def wait_ready(self, timeout: float = 240.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_ready(self, within: float = 240.0) -> None:
+        deadline = time.monotonic() + within
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
                 with contextlib.suppress(aiohttp.ClientError):
@@ -151,13 +151,13 @@ async def post_all(port: int, conversations: int, per: int, *,
     return visitors
 
 
-async def wait_answered(database_url: str, expected: int, timeout: float) -> dict[str, Any]:
+async def wait_answered(database_url: str, expected: int, within: float) -> dict[str, Any]:
     """Wait until `expected` replies are sent; return throughput/latency figures."""
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
     engine = create_async_engine(database_url)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     try:
         while True:
             async with engine.connect() as conn:
@@ -211,8 +211,8 @@ async def run_mode(mode: str, messages: int, conversations: int, workers_per_pro
             env = base_env(url, port, REDIS_URL=REDIS, WORKERS=str(workers_per_proc),
                            REDIS_PREFIX=f"bench-{uuid.uuid4().hex[:8]}")
             cluster = Cluster(env, port, logs=logs)
-            subprocess.run([sys.executable, "-m", "bot", "db", "upgrade"], cwd=ROOT, env=env,
-                           check=True, capture_output=True)
+            await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bot", "db", "upgrade"],
+                                    cwd=ROOT, env=env, check=True, capture_output=True)
             cluster.start("web", "web")
             for i in range(n):
                 cluster.start(f"worker{i + 1}", "worker")
@@ -220,7 +220,7 @@ async def run_mode(mode: str, messages: int, conversations: int, workers_per_pro
             await cluster.wait_ready()
             await asyncio.sleep(1.0)  # workers connect
             await post_all(port, conversations, per)
-            result = await wait_answered(url, per * conversations, timeout=600)
+            result = await wait_answered(url, per * conversations, within=600)
         finally:
             cluster.stop()
     return {"mode": mode, **result}

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.conftest import REDIS_TEST_URL, ROOT, free_port
 
 sys.path.insert(0, str(ROOT))
-from bench.scale import Cluster, base_env, post_all  # noqa: E402
+from bench.scale import Cluster, base_env, post_all
 
 pytestmark = [pytest.mark.crash, pytest.mark.postgres, pytest.mark.redis,
               pytest.mark.timeout(900)]
@@ -48,8 +47,8 @@ async def test_sigkill_of_a_worker_loses_and_doubles_nothing(
     port = free_port()
     env = base_env(pg_database_url, port, REDIS_URL=REDIS_TEST_URL, REDIS_PREFIX=redis_prefix,
                    REDIS_RECLAIM_SECONDS="3", WORKERS="4", LEADER_TTL_SECONDS="3")
-    subprocess.run([sys.executable, "-m", "bot", "db", "upgrade"], cwd=ROOT, env=env,
-                   check=True, capture_output=True, timeout=300)
+    await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bot", "db", "upgrade"],
+                            cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     cluster = Cluster(env, port, logs=tmp_path)
     cluster.start("web", "web")
     victim = cluster.start("worker1", "worker")

@@ -33,8 +33,8 @@ async def _post(client: aiohttp.ClientSession, visitor: str, seq: int) -> None:
         assert resp.status == 202, await resp.text()
 
 
-async def _wait_done(db: Database, expected: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_done(db: Database, expected: int, within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
     done = 0
     while time.monotonic() < deadline:
         async with db.read() as conn:
