@@ -83,14 +83,23 @@ async def wait_for(predicate: Callable[[], Any], limit: float = 10.0,
     raise AssertionError(f"{what} not met within {limit} s")
 
 
-async def card_of(slack: FakeSlack, channel: str = STAFF, index: int = 0) -> tuple[str, Any]:
-    """Wait for the `index`-th escalation card in `channel`; returns (ts, call)."""
+async def card_of(service: Service, slack: FakeSlack, channel: str = STAFF,
+                  index: int = 0) -> tuple[str, Any]:
+    """Wait for the `index`-th escalation card in `channel` and for the service to have
+    stored its ts (staff can only answer in a thread we know); returns (ts, call)."""
     def cards() -> list[Any]:
         return [c for c in slack.posts(channel) if "thread_ts" not in c.params
                 and c.params.get("blocks")]
     found = await wait_for(lambda: len(cards()) > index and cards(), what="escalation card")
     call = found[index]
-    return str(call.result["ts"]), call
+    ts = str(call.result["ts"])
+
+    async def stored() -> bool:
+        async with service.db.read() as conn:
+            return (await conn.execute(select(Escalation.__table__.c.id).where(
+                Escalation.__table__.c.staff_thread == ts))).first() is not None
+    await wait_for(stored, what="card ts stored")
+    return ts, call
 
 
 async def escalation(service: Service, esc_id: int | None = None) -> Any:

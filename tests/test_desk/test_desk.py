@@ -85,7 +85,7 @@ async def test_escalation_card_then_thread_reply_reaches_web_chat_customer(
     try:
         reply = await next_reply(session, visitor)
         assert reply["from"] == "bot"
-        ts, card = await card_of(slack)
+        ts, card = await card_of(service, slack)
         text = blocks_text(card.params["blocks"])
         for expected in ("Ann Web", "Web chat", "asked for a person", "Waiting", HUMAN):
             assert expected in text, expected
@@ -124,7 +124,7 @@ async def test_note_stays_internal_and_edits_and_bots_do_not_resend(
     session, visitor = await webchat(service, HUMAN)
     try:
         await next_reply(session, visitor)
-        ts, _ = await card_of(slack)
+        ts, _ = await card_of(service, slack)
         assert await staff_reply(service, ts, "note: looks like order 1234", ts="1.1") == 200
         assert await staff_reply(service, ts, "edited", ts="1.2", subtype="message_changed") \
             == 200
@@ -158,7 +158,7 @@ async def test_take_silence_mirror_back_to_bot(start_desk: Any, slack: FakeSlack
     session, visitor = await webchat(service, HUMAN, name="Bea")
     try:
         await next_reply(session, visitor)
-        ts, _ = await card_of(slack)
+        ts, _ = await card_of(service, slack)
         esc = await escalation(service)
         assert await click(service, "desk_take", str(esc.id), message_ts=ts) == 200
         esc = await escalation(service)
@@ -196,7 +196,7 @@ async def test_resolve_asks_for_rating_and_records_it(start_desk: Any,
     session, visitor = await webchat(service, HUMAN)
     try:
         await next_reply(session, visitor)
-        ts, _ = await card_of(slack)
+        ts, _ = await card_of(service, slack)
         esc = await escalation(service)
         assert await click(service, "desk_resolve", str(esc.id), message_ts=ts) == 200
         assert (await escalation(service)).status == "resolved"
@@ -228,7 +228,7 @@ async def test_buttons_on_closed_escalation_tell_the_clicker(start_desk: Any,
     session, visitor = await webchat(service, HUMAN)
     try:
         await next_reply(session, visitor)
-        ts, _ = await card_of(slack)
+        ts, _ = await card_of(service, slack)
         esc = await escalation(service)
         assert await click(service, "desk_resolve", str(esc.id), message_ts=ts) == 200
         assert await click(service, "desk_take", str(esc.id), user="UOTHER",
@@ -246,7 +246,7 @@ async def test_inbox_command_lists_takes_assigns_and_resolves(start_desk: Any,
     session, visitor = await webchat(service, HUMAN, name="Cleo")
     try:
         await next_reply(session, visitor)
-        await card_of(slack)
+        await card_of(service, slack)
         esc = await escalation(service)
         status, body = await slash(service, "")
         assert status == 200
@@ -284,7 +284,7 @@ async def test_card_survives_slack_outage(start_desk: Any, slack: FakeSlack) -> 
     try:
         reply = await next_reply(session, visitor)  # the customer is not held up by Slack
         assert reply["from"] == "bot"
-        ts, _ = await card_of(slack)
+        ts, _ = await card_of(service, slack)
         assert (await escalation(service)).staff_thread == ts
         refused = [c for c in slack.calls if c.method == "chat.postMessage" and not c.accepted]
         assert len(refused) == 2
@@ -301,7 +301,7 @@ async def test_slack_staff_requests_must_be_signed(start_desk: Any, slack: FakeS
     session, visitor = await webchat(service, HUMAN)
     try:
         await next_reply(session, visitor)
-        ts, _ = await card_of(slack)
+        ts, _ = await card_of(service, slack)
         event = {"channel": STAFF, "user": "USTAFF", "text": "forged", "ts": "9.1",
                  "thread_ts": ts}
         assert await send_event(service, event, event_id="EvForged", signature="bad") == 401

@@ -32,7 +32,7 @@ async def test_telegram_question_without_answer_reaches_staff_and_back(
     async with fake_telegram() as tg:
         service, _ = await start_desk(**TelegramHarness(tg).settings())
         assert await post_webhook(service, message_update(5001, NO_MATCH)) == 200
-        ts, card = await card_of(slack)
+        ts, card = await card_of(service, slack)
         text = blocks_text(card.params["blocks"])
         assert "Ann" in text and "Telegram" in text and "no FAQ answer" in text
         assert NO_MATCH in text
@@ -59,7 +59,7 @@ async def test_failed_delivery_shows_in_thread_and_can_be_retried(
     async with fake_telegram() as tg:
         service, _ = await start_desk(**TelegramHarness(tg).settings())
         assert await post_webhook(service, message_update(6001, NO_MATCH)) == 200
-        ts, _ = await card_of(slack)
+        ts, _ = await card_of(service, slack)
         await wait_for(lambda: len(tg.sent_messages()) == 1, what="escalation notice")
         tg.fail_next("permanent")
         assert await staff_reply(service, ts, "Your parcel left today.",
@@ -90,7 +90,7 @@ async def test_send_suggested_answer(start_desk: Any, slack: FakeSlack) -> None:
         service, _ = await start_desk(**TelegramHarness(tg).settings())
         assert await post_webhook(service, message_update(7001,
                                                           "Is the moon made of cheese?")) == 200
-        ts, card = await card_of(slack)
+        ts, card = await card_of(service, slack)
         esc = await escalation(service)
         if not esc.candidates:
             assert "desk_suggest" not in str(card.params["blocks"])
@@ -111,7 +111,7 @@ async def test_slack_customer_escalation_is_answered_in_their_dm(
     event = {"channel": CUSTOMER_DM, "channel_type": "im", "user": "UCUST",
              "text": "I want to talk to a human please", "ts": "1700004000.000001"}
     assert await send_event(service, event, event_id="EvDm1") == 200
-    ts, card = await card_of(slack)
+    ts, card = await card_of(service, slack)
     assert "Ann" in blocks_text(card.params["blocks"])
     assert await staff_reply(service, ts, "Hi Ann, Sam from support.", "1700004000.000002") == 200
     await wait_for(lambda: any(c.params.get("text") == "Hi Ann, Sam from support."
@@ -127,7 +127,7 @@ async def test_email_customer_gets_staff_reply_in_the_same_thread(
         raw = make_mail(subject="Strange request", body="I want to talk to a human please",
                         message_id="<desk-q1@example.com>")
         await imap_append(server.port, user, raw)
-        ts, card = await card_of(slack, )
+        ts, card = await card_of(service, slack, )
         assert "Email" in blocks_text(card.params["blocks"])
         await wait_for(lambda: len(sink.messages) == 1, what="escalation notice mail")
         assert await staff_reply(service, ts, "Dear Ann, we are on it.",
@@ -147,7 +147,7 @@ async def test_attachments_pass_both_ways_as_links_and_metadata(
     async with fake_telegram() as tg:
         service, _ = await start_desk(**TelegramHarness(tg).settings())
         assert await post_webhook(service, message_update(8001, NO_MATCH)) == 200
-        ts, _ = await card_of(slack)
+        ts, _ = await card_of(service, slack)
         photo = [{"file_id": "PH1", "file_unique_id": "u1", "width": 90, "height": 90,
                   "file_size": 1234}]
         assert await post_webhook(service, message_update(8002, None, photo=photo,

@@ -102,12 +102,12 @@ async def test_thai_and_at_risk_customers_go_to_their_teams(start_desk: Any,
     session, thai = await webchat(service, "ขอคุยกับพนักงานหน่อยค่ะ")
     try:
         await next_reply(session, thai)
-        await card_of(slack, "CTHAI")
+        await card_of(service, slack, "CTHAI")
         assert (await escalation(service)).team == "thai"
         angry, _ = await webchat(service, "This is a scam, terrible service. "
                                           "I want to talk to a human")
         await angry.close()
-        await card_of(slack, "CKEEP")
+        await card_of(service, slack, "CKEEP")
         esc = await escalation(service)
         assert (esc.team, esc.staff_channel) == ("retention", "CKEEP")
         assert not [c for c in slack.posts(STAFF) if c.params.get("blocks")]
@@ -119,7 +119,7 @@ async def test_thread_replies_work_in_routed_channels(start_desk: Any, slack: Fa
     service, _ = await start_desk(RULES)
     session, visitor = await webchat(service, "ขอคุยกับพนักงานหน่อยค่ะ")
     try:
-        ts, _ = await card_of(slack, "CTHAI")
+        ts, _ = await card_of(service, slack, "CTHAI")
         assert await send_event(service, {"channel": "CTHAI", "user": "USTAFF", "ts": "8.1",
                                           "text": "สวัสดีค่ะ", "thread_ts": ts},
                                 event_id="EvTh") == 200
@@ -151,7 +151,7 @@ teams:
         notice = await wait_for(lambda: _find(session, visitor, "Our team is away"),
                                 what="out-of-hours notice")
         assert f"from {weekday} 09:00 (UTC time)" in notice
-        ts, card = await card_of(slack)
+        ts, card = await card_of(service, slack)
         assert "Outside team hours" in str(card.params["blocks"])
 
         assert service.desk is not None
@@ -176,7 +176,7 @@ async def test_untaken_escalation_is_reposted_after_the_set_time(
     assert service.desk is not None
     session, _ = await webchat(service, HUMAN)
     try:
-        ts, _ = await card_of(slack)
+        ts, _ = await card_of(service, slack)
         clock.advance(minutes=9)
         assert await service.desk.check_untaken() == 0
         clock.advance(minutes=2)
@@ -190,7 +190,7 @@ async def test_untaken_escalation_is_reposted_after_the_set_time(
         # a taken escalation is never re-posted
         session2, _ = await webchat(service, "I want to talk to a human now")
         await session2.close()
-        await card_of(slack, index=1)
+        await card_of(service, slack, index=1)
         esc2 = await escalation(service)
         assert service.desk is not None
         async with service.db.write() as conn:
