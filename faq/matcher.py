@@ -179,8 +179,15 @@ class Matcher:
         self._unseen_idf = (math.log(1 + max(len(self.entries), 1)) + 1.0) ** IDF_POWER
         self._fit_idf(feats, owners)
         rows = [self._vectorize(f) for f in feats]
-        self._entry_blocks = [_Block.build(rows[lo:hi]) for lo, hi in self._phrase_ranges]
         centroids, centroid_owners = self._centroids(rows, owners, phrasings)
+        entry_centroids: list[list[dict[int, float]]] = [[] for _ in self.entries]
+        for centroid, owner in zip(centroids, centroid_owners, strict=True):
+            entry_centroids[owner].append(centroid)
+        # An entry's block holds its phrasings, then its centroids: both scored exactly.
+        self._entry_blocks = [
+            _Block.build([*rows[lo:hi], *entry_centroids[index]])
+            for index, (lo, hi) in enumerate(self._phrase_ranges)
+        ]
         self._centroid_index = _PostingIndex(
             centroids, len(self._idf), max_df_share=CANDIDATE_MAX_DF
         )
@@ -268,21 +275,20 @@ class Matcher:
             return []
         features = np.fromiter(query.keys(), dtype=np.int64, count=len(query))
         values = np.fromiter(query.values(), dtype=np.float64, count=len(query))
-        centroid_sims = np.maximum.reduceat(
-            self._centroid_index.dot(features, values), self._centroid_starts
-        )
-        shortlist = _top_indices(centroid_sims, max(CANDIDATE_DEPTH, depth))
+        candidate_sims = self._centroid_index.dot(features, values)
+        rough_sims = np.maximum.reduceat(candidate_sims, self._centroid_starts)
+        shortlist = _top_indices(rough_sims, max(CANDIDATE_DEPTH, depth))
         dense = self._dense
         dense[features] = values
         try:
-            lexical = self._exact_scores(shortlist, dense, centroid_sims)
+            lexical = self._exact_scores(shortlist, dense)
         finally:
             dense[features] = 0.0
         lexical.sort(key=lambda item: item[1], reverse=True)
         return self._rerank(query_features.sorted_text, lexical[:depth])
 
     def _exact_scores(
-        self, shortlist: Sequence[int], dense: FloatArray, centroid_sims: FloatArray
+        self, shortlist: Sequence[int], dense: FloatArray
     ) -> list[tuple[int, float, float, int, float, float]]:
         """(entry, lexical, best phrasing sim, its index, centroid sim, negative sim) per entry.
 
@@ -302,10 +308,11 @@ class Matcher:
         out: list[tuple[int, float, float, int, float, float]] = []
         share = BEST_PHRASING_SHARE
         row = 0
-        for index, centroid_sim in zip(shortlist, centroid_sims[shortlist].tolist(), strict=True):
+        for index, block in zip(shortlist, blocks, strict=True):
             lo, hi = self._phrase_ranges[index]
             block_sims = sims[row : row + hi - lo]
-            row += hi - lo
+            centroid_sim = max(sims[row + hi - lo : row + len(block.row_start_list)])
+            row += len(block.row_start_list)
             best_sim = max(block_sims)
             best_at = lo + block_sims.index(best_sim)
             negative_sim = 0.0
