@@ -196,6 +196,9 @@ class _PgLease:
             await self.conn.execute(text("SELECT pg_advisory_unlock(23862, hashtext(:n))"),
                                     {"n": self.name})
             await self.conn.commit()
+        except BaseException:
+            await self.conn.invalidate()  # never hand a connection holding the lock to the pool
+            raise
         finally:
             await self.conn.close()
 
