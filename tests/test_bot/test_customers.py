@@ -11,14 +11,15 @@ from bot.db.engine import Database
 from bot.db.models import Conversation, Customer, Identity, Order
 
 
-async def _db(tmp_path) -> Database:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+async def _db(database_url: str) -> Database:
+    """Runs on SQLite and PostgreSQL (the `database_url` fixture is parametrized)."""
+    db = Database(database_url)
     await db.upgrade()
     return db
 
 
-async def test_new_address_with_known_email_joins_that_customer(tmp_path) -> None:
-    db = await _db(tmp_path)
+async def test_new_address_with_known_email_joins_that_customer(database_url: str) -> None:
+    db = await _db(database_url)
     async with db.write() as conn:
         a, _ = await resolve_customer(conn, channel="email", address="ann@example.com",
                                       display_name="Ann", email="Ann@Example.com", phone=None)
@@ -30,8 +31,8 @@ async def test_new_address_with_known_email_joins_that_customer(tmp_path) -> Non
     await db.close()
 
 
-async def test_phone_links_whatsapp_and_email_identities(tmp_path) -> None:
-    db = await _db(tmp_path)
+async def test_phone_links_whatsapp_and_email_identities(database_url: str) -> None:
+    db = await _db(database_url)
     async with db.write() as conn:
         wa, _ = await resolve_customer(conn, channel="whatsapp", address="+393331234567",
                                        display_name="Ann", email=None, phone="whatsapp:+39 333 123 4567")
@@ -49,8 +50,8 @@ async def test_phone_links_whatsapp_and_email_identities(tmp_path) -> None:
     await db.close()
 
 
-async def test_known_address_bringing_anothers_email_merges_the_two(tmp_path) -> None:
-    db = await _db(tmp_path)
+async def test_known_address_bringing_anothers_email_merges_the_two(database_url: str) -> None:
+    db = await _db(database_url)
     async with db.write() as conn:
         first, _ = await resolve_customer(conn, channel="email", address="bob@example.com",
                                           display_name="Bob", email="bob@example.com", phone=None)

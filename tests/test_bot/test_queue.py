@@ -55,7 +55,8 @@ async def _inbound_order_per_conversation(db: Database) -> dict[str, list[str]]:
     return result
 
 
-async def test_messages_keep_their_order_within_each_conversation(make_settings: Any) -> None:
+async def test_messages_keep_their_order_within_each_conversation(
+        make_settings: Any, database_url: str) -> None:
     service = Service(make_settings(workers=4, webchat_rate_per_minute=10_000))
     await service.start()
     visitors = [f"visitor-{i:02d}-aaaaaaaaaaaa" for i in range(12)]
@@ -81,7 +82,8 @@ async def test_messages_keep_their_order_within_each_conversation(make_settings:
 
 
 async def test_undecodable_message_is_dead_lettered_and_others_continue(
-        service: Service, client: aiohttp.ClientSession, admin_headers: dict[str, str]) -> None:
+        database_url: str, service: Service, client: aiohttp.ClientSession,
+        admin_headers: dict[str, str]) -> None:
     async with service.db.write() as conn:
         await conn.execute(insert(InboxItem.__table__).values(
             channel="webchat", external_id="broken-1", conversation_key="webchat:broken",
