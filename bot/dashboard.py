@@ -15,6 +15,7 @@ token itself, so the token stays out of URLs, cookies and logs; changing the tok
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hashlib
 import hmac
@@ -22,10 +23,11 @@ import io
 import logging
 import secrets
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -34,6 +36,9 @@ from bot.errors import InputError, RateLimited
 from bot.ratelimit import RateLimiter
 from bot.reports import conversation_detail
 from bot.web import SERVICE
+
+if TYPE_CHECKING:
+    from bot.app import Service
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -45,6 +50,7 @@ SESSION_SECONDS = 12 * 3600
 PERIODS = {"today": None, "7d": 7, "30d": 30, "90d": 90}
 MAX_CUSTOM_DAYS = 366
 LOGIN_LIMIT: web.AppKey[RateLimiter] = web.AppKey("dashboard_login_limit")
+CACHE: web.AppKey[MetricsCache] = web.AppKey("dashboard_cache")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -222,54 +228,34 @@ def _wants_csv(request: web.Request) -> bool:
     return fmt == "csv"
 
 
-# --- API -----------------------------------------------------------------------------------
+# --- metrics, computed live or kept fresh in the background ----------------------------------
 
-async def api_stages(request: web.Request) -> web.Response:
-    period = parse_period(request.query)
-    async with request.app[SERVICE].db.read() as conn:
-        data = await mq.stages_over_time(conn, period)
-    if _wants_csv(request):
-        rows = [{"bucket": label, "series": series, "stage": s["stage"], "count": s["counts"][i]}
-                for series in ("customers", "conversations") for s in data[series]
-                for i, label in enumerate(data["labels"])]
-        return csv_response(rows, ["bucket", "series", "stage", "count"], "stages")
-    return web.json_response(data)
+Query = Mapping[str, str]
+Compute = Callable[["Service", Query], Awaitable[dict[str, Any]]]
 
 
-async def api_flow(request: web.Request) -> web.Response:
-    period = parse_period(request.query)
-    async with request.app[SERVICE].db.read() as conn:
-        data = await mq.stage_flow(conn, period)
-    if _wants_csv(request):
-        return csv_response(data["flows"], ["from", "to", "changes", "customers"], "flow")
-    return web.json_response(data)
+async def compute_stages(service: Service, query: Query) -> dict[str, Any]:
+    async with service.db.read() as conn:
+        return await mq.stages_over_time(conn, parse_period(query))
 
 
-PERFORMANCE_COLUMNS = ["key", "messages", "answered_by_bot", "bot_share", "escalations",
-                       "reasons", "first_response_p50_s", "first_response_p90_s",
-                       "resolution_p50_s", "resolution_p90_s", "csat_avg", "csat_count",
-                       "csat_prev_avg"]
+async def compute_flow(service: Service, query: Query) -> dict[str, Any]:
+    async with service.db.read() as conn:
+        return await mq.stage_flow(conn, parse_period(query))
 
 
-async def api_performance(request: web.Request) -> web.Response:
-    period = parse_period(request.query)
-    by = request.query.get("by", "stage")
+async def compute_performance(service: Service, query: Query) -> dict[str, Any]:
+    by = query.get("by", "stage")
     if by not in mq.DIMENSIONS:
         raise InputError(f"by must be one of {', '.join(mq.DIMENSIONS)}")
-    async with request.app[SERVICE].db.read() as conn:
-        data = await mq.performance(conn, period, by)
-    if _wants_csv(request):
-        rows = [{**r, "reasons": " ".join(f"{k}={v}" for k, v in sorted(r["reasons"].items()))}
-                for r in [*data["rows"], {**data["total"], "key": "all"}]]
-        return csv_response(rows, PERFORMANCE_COLUMNS, f"performance-by-{by}")
-    return web.json_response(data)
+    async with service.db.read() as conn:
+        return await mq.performance(conn, parse_period(query), by)
 
 
-async def _faq_report(request: web.Request) -> tuple[dict[str, Any], list[Any]]:
-    from faq.suggest import group_questions
+async def compute_faq(service: Service, query: Query) -> dict[str, Any]:
+    from faq.suggest import group_questions, render_yaml
 
-    service = request.app[SERVICE]
-    period = parse_period(request.query)
+    period = parse_period(query)
     async with service.db.read() as conn:
         hits = await mq.faq_hits(conn, period)
         questions = await mq.unanswered_questions(conn, period)
@@ -286,12 +272,127 @@ async def _faq_report(request: web.Request) -> tuple[dict[str, Any], list[Any]]:
             "answered": sum(hits.values()),
             "unanswered": {"questions": len(questions), "groups": [
                 {"representative": g.representative, "count": g.count,
-                 "questions": g.questions[:8]} for g in groups]}}, groups
+                 "questions": g.questions[:8]} for g in groups]},
+            "suggestions_yaml": render_yaml(groups) if groups else ""}
+
+
+COMPUTE: dict[str, Compute] = {"stages": compute_stages, "flow": compute_flow,
+                               "performance": compute_performance, "faq": compute_faq}
+CacheKey = tuple[str, str, str]
+
+
+class MetricsCache:
+    """Answers for the preset periods (today, 7d, 30d, 90d), refreshed in the background.
+
+    On SQLite a 30-day chart over a million messages takes seconds to compute, while an admin
+    expects the page at once and does not need it to the second. So every chart asked for once
+    is served from memory and recomputed by one background task every `ttl` seconds (less often
+    if refreshing would take more than a quarter of the time); `as_of` in the answer says when
+    it was computed. Custom periods are always computed live, and ttl 0 turns all this off.
+    """
+
+    def __init__(self, service: Service, ttl: float) -> None:
+        self.service = service
+        self.ttl = ttl
+        self.entries: dict[CacheKey, dict[str, Any]] = {}
+        self._locks: dict[CacheKey, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def key(name: str, query: Query) -> CacheKey | None:
+        extra = set(query) - {"period", "by", "format"}
+        period = query.get("period", "7d")
+        if extra or period not in PERIODS or query.get("by", "stage") not in mq.DIMENSIONS:
+            return None  # computed live (and refused there if wrong)
+        return name, period, query.get("by", "stage") if name == "performance" else ""
+
+    async def get(self, name: str, query: Query) -> dict[str, Any]:
+        key = self.key(name, query) if self.ttl > 0 else None
+        if key is None:
+            return await _computed(self.service, name, query)
+        if self._task is None:
+            self._task = asyncio.create_task(self._refresh(), name="dashboard-cache")
+        hit = self.entries.get(key)
+        if hit is not None:
+            return hit
+        async with self._locks[key]:  # the first request computes, the others wait for it
+            if key not in self.entries:
+                self.entries[key] = await _computed(self.service, name, query)
+            return self.entries[key]
+
+    async def _refresh(self) -> None:
+        spent = 0.0
+        while True:
+            await asyncio.sleep(max(self.ttl, 3 * spent))
+            started = time.monotonic()
+            for key in list(self.entries):
+                name, period, by = key
+                query = {"period": period, **({"by": by} if by else {})}
+                try:
+                    async with self._locks[key]:
+                        self.entries[key] = await _computed(self.service, name, query)
+                except Exception:  # keep serving the last answer; try again next round
+                    log.exception("dashboard refresh of %s %s failed", name, period)
+            spent = time.monotonic() - started
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def _computed(service: Service, name: str, query: Query) -> dict[str, Any]:
+    data = await COMPUTE[name](service, query)
+    data["as_of"] = datetime.now(UTC).isoformat()
+    return data
+
+
+# --- API -----------------------------------------------------------------------------------
+
+async def _metric(request: web.Request, name: str) -> dict[str, Any]:
+    return await request.app[CACHE].get(name, request.query)
+
+
+async def api_stages(request: web.Request) -> web.Response:
+    csv_wanted = _wants_csv(request)
+    data = await _metric(request, "stages")
+    if csv_wanted:
+        rows = [{"bucket": label, "series": series, "stage": s["stage"], "count": s["counts"][i]}
+                for series in ("customers", "conversations") for s in data[series]
+                for i, label in enumerate(data["labels"])]
+        return csv_response(rows, ["bucket", "series", "stage", "count"], "stages")
+    return web.json_response(data)
+
+
+async def api_flow(request: web.Request) -> web.Response:
+    csv_wanted = _wants_csv(request)
+    data = await _metric(request, "flow")
+    if csv_wanted:
+        return csv_response(data["flows"], ["from", "to", "changes", "customers"], "flow")
+    return web.json_response(data)
+
+
+PERFORMANCE_COLUMNS = ["key", "messages", "answered_by_bot", "bot_share", "escalations",
+                       "reasons", "first_response_p50_s", "first_response_p90_s",
+                       "resolution_p50_s", "resolution_p90_s", "csat_avg", "csat_count",
+                       "csat_prev_avg"]
+
+
+async def api_performance(request: web.Request) -> web.Response:
+    csv_wanted = _wants_csv(request)
+    data = await _metric(request, "performance")
+    if csv_wanted:
+        rows = [{**r, "reasons": " ".join(f"{k}={v}" for k, v in sorted(r["reasons"].items()))}
+                for r in [*data["rows"], {**data["total"], "key": "all"}]]
+        return csv_response(rows, PERFORMANCE_COLUMNS, f"performance-by-{data['by']}")
+    return web.json_response(data)
 
 
 async def api_faq(request: web.Request) -> web.Response:
-    data, _ = await _faq_report(request)
-    if _wants_csv(request):
+    csv_wanted = _wants_csv(request)
+    data = {k: v for k, v in (await _metric(request, "faq")).items() if k != "suggestions_yaml"}
+    if csv_wanted:
         rows = [{**e, "never_hit": e["id"] in data["never_hit"]} for e in data["entries"]]
         return csv_response(rows, ["id", "stage", "hits", "never_hit", "escalate", "question"],
                             "faq-hits")
@@ -299,10 +400,8 @@ async def api_faq(request: web.Request) -> web.Response:
 
 
 async def api_faq_suggestions(request: web.Request) -> web.Response:
-    from faq.suggest import render_yaml
-
-    _, groups = await _faq_report(request)
-    body = render_yaml(groups) if groups else "# no unanswered questions in this period\n"
+    data = await _metric(request, "faq")
+    body = data["suggestions_yaml"] or "# no unanswered questions in this period\n"
     return web.Response(text=body, content_type="application/x-yaml", charset="utf-8",
                         headers={"Content-Disposition":
                                  'attachment; filename="faq-suggestions.yaml"'})
@@ -344,7 +443,14 @@ async def api_conversation(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Called once from `bot.web.build_http_app`."""
+    service = app[SERVICE]
     app[LOGIN_LIMIT] = RateLimiter(10, burst=5)
+    app[CACHE] = cache = MetricsCache(service, service.settings.dashboard_cache_seconds)
+
+    async def close_cache(_: web.Application) -> None:
+        await cache.close()
+
+    app.on_cleanup.append(close_cache)
     app.router.add_get("/dashboard", page)
     app.router.add_get("/dashboard/", page)
     app.router.add_get("/dashboard/login", login_page)

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     # --- web chat -------------------------------------------------------------------------
     webchat_enabled: bool = True
 
+    # --- dashboard ------------------------------------------------------------------------
+    dashboard_cache_seconds: float = Field(
+        60.0, ge=0, description="Dashboard charts for the preset periods are computed in the "
+        "background and served up to this old; 0 = always compute live")
+
     # --- Telegram (on when TELEGRAM_TOKEN is set) ------------------------------------------
     telegram_token: SecretStr | None = None
     telegram_mode: Literal["webhook", "polling"] = "webhook"

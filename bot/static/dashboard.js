@@ -62,6 +62,7 @@ const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(x * 10
 
 async function loadStages(params) {
   const data = await api("/api/dashboard/stages", params);
+  $("#as-of").textContent = `data as of ${data.as_of.slice(11, 19)} UTC`;
   const stacked = { x: { stacked: true }, y: { stacked: true, beginAtZero: true } };
   draw("customers", {
     type: "line",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.db.engine import Database
+from bot.settings import Settings
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -46,3 +47,9 @@ async def metrics_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture
+def settings(make_settings) -> Settings:
+    """Dashboard tests see every change at once: no background cache unless a test asks."""
+    return make_settings(dashboard_cache_seconds=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from datetime import UTC, datetime
 
 import aiohttp
 import pytest
@@ -192,3 +193,28 @@ async def test_sign_in_attempts_are_rate_limited(client: aiohttp.ClientSession) 
     assert statuses[0] == 401 and statuses[-1] == 429
     resp = await sign_in(client)
     assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+
+
+async def test_preset_periods_are_served_from_the_background_cache(make_settings) -> None:
+    service = Service(make_settings(dashboard_cache_seconds=60))
+    await service.start()
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{service.port}") as client:
+            headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+            async def get(path: str) -> dict:
+                async with client.get(path, headers=headers) as resp:
+                    assert resp.status == 200
+                    return await resp.json()
+
+            first = await get("/api/dashboard/performance?period=7d")
+            assert first["total"]["messages"] == 0
+            await chat(client, "How much does shipping cost?")
+            cached = await get("/api/dashboard/performance?period=7d")
+            assert cached["as_of"] == first["as_of"] and cached["total"]["messages"] == 0
+            today = datetime.now(UTC).date().isoformat()
+            live = await get(f"/api/dashboard/performance?period=custom&from={today}&to={today}")
+            assert live["total"]["messages"] == 1
+            assert (await get("/api/dashboard/performance?period=30d"))["total"]["messages"] == 1
+    finally:
+        await service.stop()
