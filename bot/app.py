@@ -93,7 +93,7 @@ class Service:
             # One sender at a time across processes, so a reply is never sent twice.
             self._spawn(self.leader.run("outbox", self.stop_event, self.outbox.run), "outbox")
             if self.desk is not None:
-                self._spawn(self.desk.run(self.stop_event), "desk")
+                self._spawn(self.leader.run("desk", self.stop_event, self.desk.run), "desk")
             self._spawn(self.faq.watch(self.stop_event), "faq-watch")
             self._spawn(self.lifecycle.watch(self.stop_event), "rules-watch")
         if http:
