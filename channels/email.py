@@ -229,7 +229,13 @@ class EmailChannel(Channel):
         if resp.result != "OK" or raw is None:
             log.warning("email: UID %d vanished before it was read", uid)
             return None
-        parsed = parse_mail(raw, own_addresses=self.own, own_domain=self.domain)
+        try:
+            parsed = parse_mail(raw, own_addresses=self.own, own_domain=self.domain)
+        except Exception:  # one broken mail must not block the mailbox
+            self.skipped += 1
+            log.exception("email: UID %d could not be parsed; left in the mailbox for a person",
+                          uid)
+            return None
         if parsed.automatic:
             self.skipped += 1
             log.info("email: not answering UID %d from %s: %s", uid, parsed.from_address,
