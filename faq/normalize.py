@@ -114,8 +114,6 @@ def analyze_token(token: str) -> tuple[tuple[str, ...], str | None, tuple[str, .
     Pure and cached: customers reuse the same few thousand words, so after warm-up a question
     costs one dictionary hit per word instead of building its n-grams again.
     """
-    if _THAI_RUN.fullmatch(token):
-        return tuple(thai_grams(token)), token, ()
     padded = f" {token} "
     chars = tuple(
         padded[i : i + size]
@@ -123,6 +121,10 @@ def analyze_token(token: str) -> tuple[tuple[str, ...], str | None, tuple[str, .
         if len(padded) >= size
         for i in range(len(padded) - size + 1)
     )
+    if _THAI_RUN.fullmatch(token):
+        # Thai: short grams stand in for words; the longer char grams fill the char group
+        # like for any other script, so Thai scores are on the same scale as Latin ones.
+        return tuple(thai_grams(token)), token, chars
     if token in STOPWORDS:
         return (), None, chars
     stemmed = stem(token)
