@@ -228,9 +228,13 @@ class WhatsAppChannel(Channel):
         except (TwilioException, aiohttp.ClientError, TimeoutError) as exc:
             raise _translate(exc) from exc
         sid = str(created.sid)
-        status = await self._record_sent(message.message_id, sid, str(created.status or "queued"),
-                                         template)
-        return SendResult(provider_id=sid, status=status)
+        twilio_status = str(created.status or "queued")
+        try:
+            await self._record_sent(message.message_id, sid, twilio_status, template)
+        except Exception:  # it was sent: raising now would send it twice
+            log.exception("twilio: message %s sent as %s, but recording the sid failed",
+                          message.message_id, sid)
+        return SendResult(provider_id=sid, status=STATUS_MAP.get(twilio_status, "sent"))
 
     async def _window_open(self, address: str) -> bool:
         stmt = (select(CV.last_inbound_at)
@@ -242,7 +246,7 @@ class WhatsAppChannel(Channel):
         return last is not None and datetime.now(UTC) - last < WINDOW
 
     async def _record_sent(self, message_id: int, sid: str, twilio_status: str,
-                           template: str | None) -> str:
+                           template: str | None) -> None:
         """Tie the SM sid to the row at once, so a callback that beats the outbox's own
         bookkeeping finds it; apply any callback that came even earlier."""
         async with self.db.write() as conn:
@@ -260,7 +264,6 @@ class WhatsAppChannel(Channel):
                 await _merge_status(conn, message_id, early["status"], early.get("code"),
                                     early.get("error"))
                 self._reconcile_later(message_id)
-        return STATUS_MAP.get(twilio_status, "sent")
 
     # --- inbound ---------------------------------------------------------------------------
 
