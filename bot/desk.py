@@ -389,7 +389,8 @@ class Desk:
                 .where(ES.status.in_((OPEN, TAKEN))).order_by(ES.id).limit(25))).all()
             counts = {k: int((await conn.execute(select(func.count()).select_from(
                 Escalation.__table__).where(cond))).scalar_one()) for k, cond in (
-                ("new", ES.created_at >= day), ("resolved", ES.resolved_at >= day),
+                ("new", ES.created_at >= day),
+                ("resolved", (ES.resolved_at >= day) & (ES.status == RESOLVED)),
                 ("answered", ES.first_response_at >= day))}
             csat = (await conn.execute(select(func.avg(ES.csat)).where(
                 ES.resolved_at >= day, ES.csat.is_not(None)))).scalar()

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 from sqlalchemy import select
 
 from bot.db.models import Conversation, DeskJob, Message
@@ -78,6 +79,7 @@ async def conversation_status(service: Any) -> str:
                                        .order_by(Conversation.id.desc()))).scalars().first())
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_escalation_card_then_thread_reply_reaches_web_chat_customer(
         start_desk: Any, slack: FakeSlack) -> None:
     service, _ = await start_desk()
@@ -118,6 +120,7 @@ async def _taken(service: Any) -> Any:
     return esc if esc.status == "taken" else None
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_note_stays_internal_and_edits_and_bots_do_not_resend(
         start_desk: Any, slack: FakeSlack) -> None:
     service, _ = await start_desk()
@@ -190,6 +193,7 @@ async def test_take_silence_mirror_back_to_bot(start_desk: Any, slack: FakeSlack
         await session.close()
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_resolve_asks_for_rating_and_records_it(start_desk: Any,
                                                       slack: FakeSlack) -> None:
     service, _ = await start_desk()
@@ -240,6 +244,7 @@ async def test_buttons_on_closed_escalation_tell_the_clicker(start_desk: Any,
         await session.close()
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_inbox_command_lists_takes_assigns_and_resolves(start_desk: Any,
                                                               slack: FakeSlack) -> None:
     service, _ = await start_desk()

@@ -169,6 +169,7 @@ teams:
         await session.close()
 
 
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
 async def test_untaken_escalation_is_reposted_after_the_set_time(
         start_desk: Any, slack: FakeSlack) -> None:
     service, clock = await start_desk("teams: {support: {oncall: S0ONCALL, "
