@@ -45,7 +45,7 @@ GROUP_WEIGHTS = {"w": 0.45, "b": 0.0, "c": 0.55}
 BEST_PHRASING_SHARE = 0.5
 # Weight of the rapidfuzz similarity in the final re-ranking of the best few entries.
 FUZZ_SHARE = 0.1
-RERANK_DEPTH = 5
+RERANK_DEPTH = 3
 # IDF raised to this power: above 1 favours the words that single out one entry.
 IDF_POWER = 1.0
 # How many entries the centroid stage hands to exact phrasing scoring.
