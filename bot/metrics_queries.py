@@ -432,6 +432,10 @@ async def list_conversations(conn: AsyncConnection, *, filters: Mapping[str, str
         where.append(_in(CV.created_at, period))
     total = (await conn.execute(select(func.count()).select_from(CONVERSATION)
                                 .where(*where))).scalar_one()
+    # pick the page first: SQLite would otherwise compute the per-row subqueries below for
+    # every matching conversation before sorting
+    page = (select(CV.id).where(*where).order_by(CV.id.desc()).limit(limit).offset(offset)
+            .subquery())
     last_text = (select(MS.text).where(MS.conversation_id == CV.id, MS.direction == "in")
                  .order_by(MS.id.desc()).limit(1).scalar_subquery())
     n_messages = (select(func.count()).where(MS.conversation_id == CV.id)
@@ -440,8 +444,9 @@ async def list_conversations(conn: AsyncConnection, *, filters: Mapping[str, str
         select(CV.id, CV.channel, CV.status, CV.stage, CV.language, CV.assigned_to,
                CV.created_at, CV.updated_at, CU.id.label("cid"), CU.display_name,
                last_text.label("last_text"), n_messages.label("n_messages"))
-        .join(CUSTOMER, CU.id == CV.customer_id)
-        .where(*where).order_by(CV.id.desc()).limit(limit).offset(offset))).all()
+        .select_from(page.join(CONVERSATION, CV.id == page.c.id)
+                     .join(CUSTOMER, CU.id == CV.customer_id))
+        .order_by(CV.id.desc()))).all()
     return {"total": int(total), "limit": limit, "offset": offset, "conversations": [
         {"id": r.id, "channel": r.channel, "status": r.status, "stage": r.stage,
          "language": r.language, "assigned_to": r.assigned_to,
