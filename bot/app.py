@@ -20,7 +20,7 @@ from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
 from bot.metrics import Metrics, metrics_view
 from bot.queue import Inbox
-from bot.redis_queue import RedisInbox
+from bot.redis_queue import RedisInbox, RedisWakeups
 from bot.settings import Settings
 from bot.web import build_http_app
 from bot.worker import OutboxSender, WorkerPool
@@ -67,6 +67,10 @@ class Service:
         self.workers = WorkerPool(self.db, self.inbox, self.handler, workers=settings.workers,
                                   batch=settings.queue_batch, on_committed=self.outbox.wake)
         self.workers.listeners.append(self.metrics.on_outcome)
+        self.wakeups: RedisWakeups | None = None
+        if isinstance(self.inbox, RedisInbox):  # the outbox sender may run in another process
+            self.wakeups = RedisWakeups(self.inbox.redis, settings.redis_prefix)
+            self.workers.on_committed = self._replies_committed
         if self.desk is not None:
             self.desk.attach(self.outbox, self.workers)
         self.http = build_http_app(self)
@@ -89,6 +93,9 @@ class Service:
             if isinstance(self.inbox, RedisInbox):
                 self._spawn(self.leader.run("inbox-sweeper", self.stop_event, self.inbox.sweep),
                             "inbox-sweeper")
+            if self.wakeups is not None:
+                self._spawn(self.wakeups.listen(self.stop_event, {"outbox": self.outbox.wake}),
+                            "wakeups")
             self._spawn(self.workers.run(self.stop_event), "workers")
             # One sender at a time across processes, so a reply is never sent twice.
             self._spawn(self.leader.run("outbox", self.stop_event, self.outbox.run), "outbox")
@@ -111,6 +118,11 @@ class Service:
             log.info("web chat on http://%s:%s/", self.settings.host, self.port)
         elif self.settings.metrics_port is not None:
             await self._start_metrics_site(self.settings.metrics_port)
+
+    def _replies_committed(self) -> None:
+        self.outbox.wake()
+        if self.wakeups is not None:
+            self.wakeups.publish_soon("outbox")
 
     async def _start_metrics_site(self, port: int) -> None:
         """Worker processes have no web app; they still answer probes and scrapes."""

@@ -382,3 +382,43 @@ class _AlwaysSet(asyncio.Event):
 
     def clear(self) -> None:
         """Stays set."""
+
+
+class RedisWakeups:
+    """Cross-process wake-ups over Redis pub/sub, e.g. "a worker committed replies" for the
+    elected outbox sender in another process. Best effort: the pollers remain the safety net.
+    """
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.channel = f"{prefix}:wake"
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def publish_soon(self, topic: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._publish(topic))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, topic: str) -> None:
+        try:
+            await self.redis.publish(self.channel, topic)
+        except Exception as exc:  # best effort
+            log.debug("wake-up not published: %s", type(exc).__name__)
+
+    async def listen(self, stop: asyncio.Event, handlers: dict[str, Any]) -> None:
+        """Call `handlers[topic]()` for each wake-up until `stop`; reconnects on errors."""
+        while not stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                while not stop.is_set():
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["data"] in handlers:
+                        handlers[message["data"]]()
+            except Exception as exc:  # Redis away: retry; polling covers the gap
+                log.debug("wake-up listener: %s", type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await cast(Any, pubsub).aclose()
