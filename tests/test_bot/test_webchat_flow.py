@@ -40,13 +40,13 @@ async def test_answer_fills_store_name(client: aiohttp.ClientSession) -> None:
 
 async def test_unknown_question_is_escalated_with_acknowledgement(
         client: aiohttp.ClientSession, service: Service) -> None:
-    visitor, reply = await chat(client, "Do you sell spare parts for bicycles?")
+    visitor, reply = await chat(client, "Can you recommend a good dentist in Milan?")
     assert "A person will reply" in reply["text"]
     assert reply["conversation_status"] == "waiting"
     async with service.db.read() as conn:
         esc = (await conn.execute(select(Escalation.reason, Escalation.question))).one()
     assert esc.reason == "no_match"
-    assert esc.question == "Do you sell spare parts for bicycles?"
+    assert esc.question == "Can you recommend a good dentist in Milan?"
 
 
 async def test_asking_for_a_person_escalates_in_the_customer_language(

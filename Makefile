@@ -1,0 +1,19 @@
+# The two commands of the README.
+.PHONY: run test lint bench
+
+run:            ## install and start the service on the embedded default (SQLite, web chat on :8080)
+	python -m pip install -q -e .
+	python -m bot serve
+
+test:           ## install test dependencies (Python and system) and run the whole suite
+	bash .ci/system-deps
+	python -m pip install -q -e '.[test]'
+	python -m pytest
+
+lint:
+	ruff check bot channels faq tests bench
+	mypy bot channels faq
+
+bench:
+	python bench/faq_speed.py
+	python bench/e2e.py
