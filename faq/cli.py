@@ -21,6 +21,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from bot.errors import FaqLoadError
+from faq.language import detect_language
 from faq.loader import lint_faq_dir, load_faq_dir
 from faq.matcher import DEFAULT_THRESHOLD, Matcher
 from faq.models import MatchResult
@@ -105,7 +106,7 @@ def match(
     if rows:
         typer.echo(_table(rows, ("candidate", "score")))
     if result.entry is not None:
-        text, lang = result.entry.answer_for("en")
+        text, lang = result.entry.answer_for(detect_language(question))
         typer.echo(f"\nanswer ({lang}): {text}")
 
 

@@ -145,20 +145,23 @@ def _parse_entry(name: str, node: yaml.Node, problems: list[Problem]) -> FaqEntr
         problems.append(Problem(name, line, "each entry must be a mapping (id, questions, ...)"))
         return None
     fields: dict[str, yaml.Node] = {}
+    unknown: list[tuple[str | None, yaml.Node]] = []
     for key_node, value_node in node.value:
         key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-        if key not in KNOWN_KEYS:
-            hint = process.extractOne(str(key), KNOWN_KEYS, score_cutoff=70)
-            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-            problems.append(
-                Problem(name, _line(key_node), f"unknown key {key!r}{suggestion}; "
-                        f"allowed: {', '.join(KNOWN_KEYS)}")
-            )
-            continue
-        fields[key] = value_node
+        if key in KNOWN_KEYS:
+            fields[key] = value_node
+        else:
+            unknown.append((key, key_node))
     before = len(problems)
     entry_id = _scalar_str(name, fields.get("id"), "id", line, problems)
     label = f"entry {entry_id!r}" if entry_id else "entry"
+    for key, key_node in unknown:
+        hint = process.extractOne(str(key), KNOWN_KEYS, score_cutoff=70)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        problems.append(
+            Problem(name, _line(key_node), f"{label}: unknown key {key!r}{suggestion}; "
+                    f"allowed: {', '.join(KNOWN_KEYS)}")
+        )
     if entry_id and not _ID.match(entry_id):
         problems.append(Problem(name, _line(fields["id"]),
                                 f"{label}: id must be lowercase letters, digits, '_' or '-'"))
