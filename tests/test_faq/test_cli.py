@@ -72,7 +72,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
         assert done.returncode == 2, args
         assert "Traceback" not in done.stderr + done.stdout
     lint = run_cli("lint", str(tmp_path))
-    assert "bad.yaml:3: error: unknown key 'anwser'" in lint.stdout
+    assert "bad.yaml:3: error: entry 'x': unknown key 'anwser'" in lint.stdout
 
 
 def test_eval_reports_accuracy_and_confusions(tmp_path: Path) -> None:
