@@ -205,26 +205,34 @@ class RedisInbox(Inbox):
         if not keys:
             return
         try:
-            async with self.db.read() as conn:
-                pending = {(r.conversation_key, f"{r.channel}\x1f{r.external_id}")
-                           for r in (await conn.execute(
-                               select(T.conversation_key, T.channel, T.external_id)
-                               .where(T.status == "pending", T.conversation_key.in_(keys))))}
-            now = time.monotonic()
+            await self._settle(keys)
+        except Exception as exc:  # never kill the worker loop: the entries stay held, retried
+            log.warning("could not acknowledge queue entries (%s); retrying later",
+                        type(exc).__name__)
             for key in keys:
-                held = self._held.get(key, {})
-                done = {e: ref for e, ref in held.items() if (key, ref) not in pending}
-                await self._ack(done)
-                for entry in done:
-                    held.pop(entry, None)
-                if not held:
-                    self._held.pop(key, None)
-                    self._retry_at.pop(key, None)
-                elif self._retry_at.get(key, 0.0) <= now:
-                    self._retry_at[key] = now + CONTENDED_RETRY
+                self._retry_at[key] = time.monotonic() + 1.0
         finally:
             for key in keys:
                 self._claiming.pop(key, None)
+
+    async def _settle(self, keys: list[str]) -> None:
+        async with self.db.read() as conn:
+            pending = {(r.conversation_key, f"{r.channel}\x1f{r.external_id}")
+                       for r in (await conn.execute(
+                           select(T.conversation_key, T.channel, T.external_id)
+                           .where(T.status == "pending", T.conversation_key.in_(keys))))}
+        now = time.monotonic()
+        for key in keys:
+            held = self._held.get(key, {})
+            done = {e: ref for e, ref in held.items() if (key, ref) not in pending}
+            await self._ack(done)
+            for entry in done:
+                held.pop(entry, None)
+            if not held:
+                self._held.pop(key, None)
+                self._retry_at.pop(key, None)
+            elif self._retry_at.get(key, 0.0) <= now:
+                self._retry_at[key] = now + CONTENDED_RETRY
 
     async def _ack(self, entries: dict[str, str]) -> None:
         if not entries:
