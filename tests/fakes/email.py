@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import email
 import email.policy
 import itertools
@@ -80,6 +81,12 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server if the test process is killed before it can stop it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Dovecot:
     """One foreground Dovecot on a free port, in a temp dir; users are added on the fly."""
 
@@ -108,7 +115,8 @@ class Dovecot:
         (self.root / "users").touch()
         self.conf.write_text(DOVECOT_CONF.format(root=self.root, port=self.port))
         self.proc = subprocess.Popen(["dovecot", "-c", str(self.conf), "-F"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=_die_with_parent)
         try:
             _wait_port(self.port)
         except RuntimeError:
