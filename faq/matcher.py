@@ -21,6 +21,7 @@ model on, and the bot must answer in well under a millisecond on a small machine
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,7 +201,9 @@ class Matcher:
             _Block.build(negative_rows[lo:hi]) if hi > lo else None
             for lo, hi in self._negative_ranges
         ]
-        self._dense = np.zeros(len(self._idf) + 1)
+        # Scratch vector for the question, one per thread so `match` is safe to call from
+        # worker threads too; it is zeroed again after every question.
+        self._scratch = threading.local()
 
     # ---- building -------------------------------------------------------------------------
 
@@ -278,7 +281,9 @@ class Matcher:
         candidate_sims = self._centroid_index.dot(features, values)
         rough_sims = np.maximum.reduceat(candidate_sims, self._centroid_starts)
         shortlist = _top_indices(rough_sims, max(CANDIDATE_DEPTH, depth))
-        dense = self._dense
+        dense: FloatArray | None = getattr(self._scratch, "dense", None)
+        if dense is None:
+            dense = self._scratch.dense = np.zeros(len(self._idf) + 1)
         dense[features] = values
         try:
             lexical = self._exact_scores(shortlist, dense)

@@ -117,3 +117,14 @@ def test_real_thai_questions_never_crash(sample_matcher: Matcher) -> None:
 def test_empty_faq_escalates_everything() -> None:
     result = Matcher([]).match("where is my order")
     assert result.decision == "escalate" and result.entry is None
+
+
+def test_matching_from_several_threads_gives_the_same_answers(sample_matcher: Matcher) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = ["where is my order", "quanto costa la spedizione", "ลืมรหัสผ่าน",
+                 "can I pay with paypal", "voglio fare un reso"] * 40
+    serial = [sample_matcher.match(q).faq_id for q in questions]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(lambda q: sample_matcher.match(q).faq_id, questions))
+    assert parallel == serial
