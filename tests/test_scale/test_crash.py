@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench.scale import Cluster, base_env, post_all
 
 pytestmark = [pytest.mark.crash, pytest.mark.postgres, pytest.mark.redis,
-              pytest.mark.timeout(900)]
+              pytest.mark.timeout(1800)]
 MESSAGES = int(os.environ.get("STOREDESK_CRASH_MESSAGES", "10000"))
 CONVERSATIONS = 200
 

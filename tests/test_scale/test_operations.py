@@ -125,3 +125,37 @@ async def test_worker_process_serves_probes_and_metrics_on_metrics_port(
                     assert resp.status == 200, path
     finally:
         await service.stop()
+
+
+def test_queue_command_shows_depth_stream_and_dead_letters(tmp_path: Any) -> None:
+    import json
+    import uuid
+
+    import redis
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+    from tests.conftest import REDIS_TEST_URL
+
+    try:
+        redis.Redis.from_url(REDIS_TEST_URL).ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis is not reachable at {REDIS_TEST_URL}: {exc}")
+    prefix = f"sdtest-{uuid.uuid4().hex[:10]}"
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
+           "REDIS_URL": REDIS_TEST_URL, "REDIS_PREFIX": prefix, "LOG_LEVEL": "WARNING"}
+    try:
+        result = CliRunner().invoke(app, ["queue"], env=env)
+        assert result.exit_code == 0, result.output
+        stats = json.loads(result.output)
+        assert stats["pending"] == 0 and stats["dead"] == 0
+        assert stats["redis"]["stream"] == f"{prefix}:inbox"
+        assert stats["redis"]["dead_letter"]["length"] == 0
+        result = CliRunner().invoke(app, ["queue", "--requeue-dead"], env=env)
+        assert result.exit_code == 0 and json.loads(result.output)["requeued"] == 0
+    finally:
+        client = redis.Redis.from_url(REDIS_TEST_URL)
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
