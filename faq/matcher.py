@@ -56,6 +56,7 @@ CANDIDATE_MAX_DF = 0.1
 CANDIDATE_MIN_POSTINGS = 100
 GROUP_ORDER = ("w", "b", "c")
 _GROUP_SCALES = tuple(math.sqrt(GROUP_WEIGHTS[g]) for g in GROUP_ORDER)
+_USE_PAIRS = GROUP_WEIGHTS["b"] > 0
 
 
 @dataclass(slots=True)
@@ -173,7 +174,7 @@ class Matcher:
             self._negative_ranges.append((len(negatives), len(negatives) + len(entry.negatives)))
             negatives.extend(entry.negatives)
         self._phrasings = phrasings
-        feats = [extract(p) for p in phrasings]
+        feats = [extract(p, pairs=_USE_PAIRS) for p in phrasings]
         self._sorted_phrasings = [f.sorted_text for f in feats]
         self._vocabs: tuple[dict[str, int], ...] = tuple({} for _ in GROUP_ORDER)
         self._idf: list[float] = []
@@ -196,7 +197,7 @@ class Matcher:
         self._centroid_starts: IntArray = np.searchsorted(
             np.asarray(centroid_owners, dtype=np.int64), np.arange(len(self.entries))
         ).astype(np.int64)
-        negative_rows = [self._vectorize(extract(n)) for n in negatives]
+        negative_rows = [self._vectorize(extract(n, pairs=_USE_PAIRS)) for n in negatives]
         self._negative_blocks = [
             _Block.build(negative_rows[lo:hi]) if hi > lo else None
             for lo, hi in self._negative_ranges
@@ -272,7 +273,7 @@ class Matcher:
         """The `depth` best entries for `text`, best first, with their component scores."""
         if not self.entries:
             return []
-        query_features = extract(text)
+        query_features = extract(text, pairs=_USE_PAIRS)
         query = self._vectorize(query_features)
         if not query:
             return []

@@ -136,11 +136,12 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(normalize(text))
 
 
-def extract(text: str) -> TextFeatures:
+def extract(text: str, *, pairs: bool = True) -> TextFeatures:
     """Features of `text`: stemmed words without stopwords, word pairs and char n-grams.
 
     Char n-grams are taken inside each padded word (" word "), which tolerates typos and
-    morphology; Thai runs contribute their character grams as words.
+    morphology; Thai runs contribute their character grams as words. `pairs=False` skips the
+    word pairs for callers that give them no weight.
     """
     tokens = tokenize(text)
     words: Counter[str] = Counter()
@@ -152,7 +153,9 @@ def extract(text: str) -> TextFeatures:
         chars.update(char_keys)
         if content_key is not None:
             content.append(content_key)
-    bigrams: Counter[str] = Counter(f"{a} {b}" for a, b in pairwise(content))
+    bigrams: Counter[str] = (
+        Counter(f"{a} {b}" for a, b in pairwise(content)) if pairs else Counter()
+    )
     if not words and tokens:  # a question made only of stopwords ("can I?") still needs words
         words.update(tokens)
     return TextFeatures(words=words, bigrams=bigrams, chars=chars, tokens=tuple(tokens))
