@@ -123,8 +123,9 @@ async def post_all(port: int, conversations: int, per: int, *,
     visitors = [f"bench-{uuid.uuid4().hex[:20]}" for _ in range(conversations)]
     posted = 0
     connector = aiohttp.TCPConnector(limit=64)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
     async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}",
-                                     connector=connector) as http:
+                                     connector=connector, timeout=timeout) as http:
 
         async def converse(visitor: str) -> None:
             nonlocal posted
@@ -138,8 +139,8 @@ async def post_all(port: int, conversations: int, per: int, *,
                                 break
                             if resp.status < 500:
                                 raise RuntimeError(f"{resp.status}: {await resp.text()}")
-                    except aiohttp.ClientError:
-                        pass
+                    except (aiohttp.ClientError, TimeoutError):
+                        pass  # a busy web process: post again
                     await asyncio.sleep(0.1 * (attempt + 1))  # same client id: deduplicated
                 else:
                     raise RuntimeError("could not post a message")
