@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
@@ -283,23 +282,27 @@ def _bool(name: str, node: yaml.Node | None, what: str, problems: list[Problem])
 
 
 def _near_duplicates(entries: list[FaqEntry]) -> Iterator[Problem]:
-    """The same or nearly the same phrasing under two entries makes matching a coin toss."""
-    phrasings = [(entry, q, normalize(q)) for entry in entries for q in entry.questions]
-    if len(phrasings) < 2:
-        return
-    texts = [normal for _, _, normal in phrasings]
-    scores = process.cdist(texts, texts, scorer=fuzz.ratio, score_cutoff=NEAR_DUPLICATE_RATIO,
-                           dtype="uint8", workers=-1)
-    for i, j in combinations(range(len(phrasings)), 2):
-        if scores[i, j] == 0 or phrasings[i][0].id == phrasings[j][0].id:
-            continue
-        (first, first_q, _), (second, second_q, _) = phrasings[i], phrasings[j]
-        yield Problem(
-            second.source, second.line,
-            f"entry {second.id!r}: phrasing {second_q!r} is {int(scores[i, j])}% like "
-            f"{first_q!r} of entry {first.id!r} ({first.source}:{first.line})",
-            "warning",
-        )
+    """The same or nearly the same phrasing under two entries makes matching a coin toss.
+
+    Compared in blocks of rows so a very large FAQ does not need an n x n matrix at once.
+    """
+    phrasings = [(entry, q) for entry in entries for q in entry.questions]
+    texts = [normalize(q) for _, q in phrasings]
+    block = 1000
+    for top in range(0, len(texts), block):
+        scores = process.cdist(texts[top : top + block], texts, scorer=fuzz.ratio,
+                               score_cutoff=NEAR_DUPLICATE_RATIO, dtype="uint8", workers=-1)
+        for row, col in zip(*scores.nonzero(), strict=True):
+            i, j = top + int(row), int(col)
+            (first, first_q), (second, second_q) = phrasings[i], phrasings[j]
+            if j <= i or first.id == second.id:
+                continue
+            yield Problem(
+                second.source, second.line,
+                f"entry {second.id!r}: phrasing {second_q!r} is {int(scores[row, col])}% like "
+                f"{first_q!r} of entry {first.id!r} ({first.source}:{first.line})",
+                "warning",
+            )
 
 
 def _missing_languages(entries: list[FaqEntry]) -> Iterator[Problem]:
