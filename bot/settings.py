@@ -137,7 +137,9 @@ class Settings(BaseSettings):
     slack_customer_channels: list[str] = Field(
         default_factory=list, description="Channel ids whose messages are customer messages")
     slack_staff_channel: str | None = Field(None, description="Default desk channel id")
-    desk_routing_file: Path | None = None
+    desk_routing_file: Path | None = Field(
+        None, description="Desk routing rules: teams, channels, hours, on-call "
+                          "(default bot/data/routing.yaml)")
 
     @field_validator("database_url")
     @classmethod
