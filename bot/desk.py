@@ -108,6 +108,8 @@ class Desk:
         self.wakeup = asyncio.Event()
         self.wake_outbox: Callable[[], None] = lambda: None
         self.check_every = 30.0
+        self.refresh_every = timedelta(minutes=5)
+        self._refreshed: dict[int, datetime] = {}
         self.delivered = 0
 
     @classmethod
@@ -418,6 +420,7 @@ class Desk:
                 if loop.time() - last_check >= self.check_every:
                     last_check = loop.time()
                     await self.check_untaken()
+                    await self.refresh_waiting()
             except Exception:
                 log.exception("desk: delivery loop failed; retrying in 1 s")
                 await asyncio.sleep(1)
@@ -545,6 +548,24 @@ class Desk:
         if count:
             self.wake()
         return count
+
+    async def refresh_waiting(self) -> int:
+        """Edit the cards of waiting escalations every few minutes, so the waiting time shown
+        stays true between state changes (cosmetic: the last refresh is kept in memory)."""
+        now = self.clock()
+        async with self.db.write() as conn:
+            ids = (await conn.execute(select(ES.id).where(
+                ES.status == OPEN, ES.staff_thread.is_not(None)))).scalars().all()
+            due = [i for i in ids if now - self._refreshed.setdefault(i, now)
+                   >= self.refresh_every]
+            for esc_id in due:
+                await self._job(conn, "update", esc_id)
+                self._refreshed[esc_id] = now
+        for gone in set(self._refreshed) - set(ids):
+            del self._refreshed[gone]
+        if due:
+            self.wake()
+        return len(due)
 
     # --- helpers ---------------------------------------------------------------------------
 

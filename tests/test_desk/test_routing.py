@@ -206,3 +206,20 @@ async def _find(session: Any, visitor: str, needle: str) -> str | None:
     from tests.conftest import transcript
     return next((m["text"] for m in await transcript(session, visitor) if needle in m["text"]),
                 None)
+
+
+async def test_waiting_time_on_the_card_is_refreshed(start_desk: Any, slack: FakeSlack) -> None:
+    service, clock = await start_desk()
+    assert service.desk is not None
+    session, _ = await webchat(service, HUMAN)
+    try:
+        ts, _ = await card_of(service, slack)
+        assert await service.desk.refresh_waiting() == 0  # first seen now
+        clock.advance(minutes=6)
+        assert await service.desk.refresh_waiting() == 1
+        await wait_for(lambda: any("Waiting for 6 min" in str(c["text"])
+                                   for c in slack.calls_to("chat.update", ts=ts)),
+                       what="refreshed waiting time")
+        assert await service.desk.refresh_waiting() == 0  # not again right away
+    finally:
+        await session.close()
