@@ -9,7 +9,7 @@ import functools
 import logging
 from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -20,13 +20,15 @@ from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
 from bot.metrics import Metrics, metrics_view
 from bot.queue import Inbox
-from bot.redis_queue import RedisInbox, RedisWakeups
 from bot.settings import Settings
 from bot.web import build_http_app
 from bot.worker import OutboxSender, WorkerPool
 from channels import CHANNELS
 from channels.base import Channel, ChannelContext
 from faq.store import FaqStore
+
+if TYPE_CHECKING:
+    from bot.redis_queue import RedisInbox, RedisWakeups
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,17 @@ class Service:
         self.settings = settings
         self.db = Database(settings.database_url)
         self.inbox: Inbox = Inbox(self.db, max_attempts=settings.max_attempts)
+        self.redis_inbox: RedisInbox | None = None
+        self.wakeups: RedisWakeups | None = None
         if settings.redis_url:  # several worker processes: Redis Streams spread the work
-            self.inbox = RedisInbox(
+            from bot.redis_queue import RedisInbox, RedisWakeups  # only imported when used
+
+            self.inbox = self.redis_inbox = RedisInbox(
                 self.db, settings.redis_url, max_attempts=settings.max_attempts,
                 prefix=settings.redis_prefix, reclaim_seconds=settings.redis_reclaim_seconds,
                 max_deliveries=settings.redis_max_deliveries)
+            # The outbox sender may run in another process: wake it through Redis.
+            self.wakeups = RedisWakeups(self.redis_inbox.redis, settings.redis_prefix)
         self.leader = make_leader(redis_url=settings.redis_url, db=self.db,
                                   prefix=settings.redis_prefix, ttl=settings.leader_ttl_seconds)
         self.metrics = Metrics()
@@ -67,9 +75,7 @@ class Service:
         self.workers = WorkerPool(self.db, self.inbox, self.handler, workers=settings.workers,
                                   batch=settings.queue_batch, on_committed=self.outbox.wake)
         self.workers.listeners.append(self.metrics.on_outcome)
-        self.wakeups: RedisWakeups | None = None
-        if isinstance(self.inbox, RedisInbox):  # the outbox sender may run in another process
-            self.wakeups = RedisWakeups(self.inbox.redis, settings.redis_prefix)
+        if self.wakeups is not None:
             self.workers.on_committed = self._replies_committed
         if self.desk is not None:
             self.desk.attach(self.outbox, self.workers)
@@ -90,9 +96,9 @@ class Service:
                     poller = functools.partial(self._run_poller, channel)
                     self._spawn(self.leader.run(f"poll:{name}", self.stop_event, poller),
                                 f"poll-{name}")
-            if isinstance(self.inbox, RedisInbox):
-                self._spawn(self.leader.run("inbox-sweeper", self.stop_event, self.inbox.sweep),
-                            "inbox-sweeper")
+            if self.redis_inbox is not None:
+                self._spawn(self.leader.run("inbox-sweeper", self.stop_event,
+                                            self.redis_inbox.sweep), "inbox-sweeper")
             if self.wakeups is not None:
                 self._spawn(self.wakeups.listen(self.stop_event, {"outbox": self.outbox.wake}),
                             "wakeups")

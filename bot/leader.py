@@ -18,13 +18,15 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.engine import Database
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 Work = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
@@ -113,6 +115,8 @@ class RedisLeader(Leader):
     def __init__(self, redis_url: str, *, prefix: str = "storedesk", ttl: float = 15.0,
                  retry: float | None = None) -> None:
         super().__init__(ttl=ttl, retry=retry)
+        from redis.asyncio import Redis  # only imported when Redis is configured
+
         self.redis: Redis = Redis.from_url(redis_url, decode_responses=True)
         self.prefix = prefix
 
