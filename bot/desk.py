@@ -2,10 +2,11 @@
 
 Durability: the handler calls the desk inside the message transaction; the desk only writes
 `desk_job` rows there (post the card, mirror a message, update the card). `run()` delivers them
-to Slack afterwards, in order per escalation, retrying while Slack is down, so a card is never
-lost and never blocks the customer's reply. Staff actions (buttons, thread replies, `/inbox`)
-change the database in one transaction that also queues the customer message (outbox) and the
-card update (desk job). Business time comes from `clock`, so tests control it.
+to Slack afterwards through `bot.desk_jobs.DeskPoster`, in order per escalation, retrying while
+Slack is down, so a card is never lost and never blocks the customer's reply. Staff actions
+(buttons, thread replies, `/inbox`) change the database in one transaction that also queues the
+customer message (outbox) and the card update (desk job). Business time comes from `clock`,
+so tests control it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import func, insert, select, update
@@ -36,8 +37,9 @@ from bot.db.models import (
     Message,
     OutboxItem,
 )
-from bot.errors import ChannelError, ChannelPermanentError, ChannelRateLimited, InputError
-from bot.queue import backoff, enqueue_outbound
+from bot.desk_jobs import DeskPoster, FaqLookup, queue_job
+from bot.errors import ChannelError, InputError
+from bot.queue import enqueue_outbound
 from bot.routing import RoutingStore
 from bot.settings import Settings
 from channels.base import Attachment, Channel, InboundMessage, OutboundMessage
@@ -49,7 +51,6 @@ from channels.slack import (
     is_human_message,
     with_links,
 )
-from faq.models import FaqEntry
 
 log = logging.getLogger(__name__)
 ES, CV, CU = Escalation.__table__.c, Conversation.__table__.c, Customer.__table__.c
@@ -57,7 +58,6 @@ MS, DJ, OB = Message.__table__.c, DeskJob.__table__.c, OutboxItem.__table__.c
 OPEN, TAKEN, RESOLVED, RETURNED = "open", "taken", "resolved", "returned"
 _RATING = re.compile(r"^\s*([1-5])\s*(?:/\s*5)?\s*[.!]?\s*$")
 _USER = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
-_CONFIG_ERRORS = {"not_in_channel", "channel_not_found"}  # fixable by inviting the app
 SURVEY = {
     "en": "Your request has been resolved. How happy are you with our help? Reply with a number "
           "from 1 (not at all) to 5 (very).",
@@ -75,10 +75,6 @@ HELP = ("`/inbox` lists waiting conversations and today's counts. "
 
 class DeskRefused(InputError):
     """A staff action that cannot be done (unknown id, already resolved...); shown to them."""
-
-
-class FaqLookup(Protocol):
-    def get(self, entry_id: str) -> FaqEntry | None: ...
 
 
 def _insert_ignore(conn: AsyncConnection, table: Any) -> Any:
@@ -103,14 +99,14 @@ class Desk:
         self.profiles = profiles or Profiles(client)
         self.store_name = store_name
         self.default_language = default_language
-        self.max_attempts = max_attempts
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.poster = DeskPoster(db, client, default_channel=default_channel, faq=faq,
+                                 now=lambda: self.clock(), max_attempts=max_attempts)
         self.wakeup = asyncio.Event()
         self.wake_outbox: Callable[[], None] = lambda: None
         self.check_every = 30.0
         self.refresh_every = timedelta(minutes=5)
         self._refreshed: dict[int, datetime] = {}
-        self.delivered = 0
 
     @classmethod
     def from_service(cls, settings: Settings, db: Database, channels: Mapping[str, Channel],
@@ -416,7 +412,7 @@ class Desk:
         while not stop.is_set():
             delivered = 0
             try:
-                delivered = await self.deliver_due()
+                delivered = await self.poster.deliver_due()
                 if loop.time() - last_check >= self.check_every:
                     last_check = loop.time()
                     await self.check_untaken()
@@ -428,100 +424,6 @@ class Desk:
                 self.wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout=0.5)
-
-    async def deliver_due(self) -> int:
-        """Deliver pending desk jobs in id order; one escalation's jobs never overtake."""
-        now = datetime.now(UTC)
-        async with self.db.read() as conn:
-            jobs = (await conn.execute(select(DJ.id, DJ.kind, DJ.escalation_id, DJ.payload,
-                                              DJ.attempts, DJ.next_attempt_at)
-                                       .where(DJ.status == "pending").order_by(DJ.id)
-                                       .limit(100))).all()
-        blocked: set[int] = set()
-        done = 0
-        for job in jobs:
-            if job.escalation_id in blocked:
-                continue
-            if job.next_attempt_at is not None and job.next_attempt_at > now:
-                blocked.add(job.escalation_id)
-                continue
-            try:
-                extra = await self._perform(job)
-            except ChannelError as exc:
-                if not await self._job_failed(job, exc):
-                    blocked.add(job.escalation_id)
-                continue
-            except Exception as exc:  # a bug must not lose the job
-                log.exception("desk job %d (%s) crashed", job.id, job.kind)
-                await self._job_failed(job, exc)
-                blocked.add(job.escalation_id)
-                continue
-            async with self.db.write() as conn:
-                if extra:
-                    await conn.execute(update(Escalation.__table__)
-                                       .where(ES.id == job.escalation_id).values(extra))
-                await conn.execute(update(DeskJob.__table__).where(DJ.id == job.id).values(
-                    status="done", done_at=datetime.now(UTC), attempts=job.attempts + 1))
-            done += 1
-            self.delivered += 1
-        return done
-
-    async def _job_failed(self, job: Row[Any], exc: Exception) -> bool:
-        """Schedule a retry, or give up; True if the job is finished (given up)."""
-        attempts = job.attempts + 1
-        code = getattr(exc, "code", None)
-        give_up = attempts >= self.max_attempts or (
-            isinstance(exc, ChannelPermanentError) and code not in _CONFIG_ERRORS)
-        wait = exc.retry_after if isinstance(exc, ChannelRateLimited) else backoff(attempts)
-        then = "; giving up" if give_up else f", retry in {wait:.0f} s"
-        log.log(logging.ERROR if give_up else logging.WARNING,
-                "desk job %d (%s, escalation %d) attempt %d failed%s: %s", job.id, job.kind,
-                job.escalation_id, attempts, then, exc)
-        async with self.db.write() as conn:
-            await conn.execute(update(DeskJob.__table__).where(DJ.id == job.id).values(
-                attempts=attempts, last_error=f"{type(exc).__name__}: {exc}"[:2000],
-                status="failed" if give_up else "pending",
-                next_attempt_at=datetime.now(UTC) + timedelta(seconds=wait)))
-        return give_up
-
-    async def _perform(self, job: Row[Any]) -> dict[str, Any] | None:
-        """One Slack call for one job; returns escalation columns to store (the card ts)."""
-        data = await self._card_data(job.escalation_id)
-        if data is None:
-            return None
-        d, channel, thread = data
-        if job.kind == "card" and thread is None:
-            text, blocks = cards.card(d)
-            resp = await call_slack(self.client.chat_postMessage(channel=channel, text=text,
-                                                                 blocks=blocks))
-            return {"staff_channel": resp.get("channel") or channel,
-                    "staff_thread": resp.get("ts")}
-        if thread is None:  # the card was never posted (given up): nothing to attach to
-            log.warning("desk job %d: escalation %d has no card; skipped", job.id,
-                        job.escalation_id)
-            return None
-        if job.kind in ("card", "update"):
-            text, blocks = cards.card(d)
-            await call_slack(self.client.chat_update(channel=channel, ts=thread, text=text,
-                                                     blocks=blocks))
-            return None
-        payload = job.payload or {}
-        kwargs: dict[str, Any] = {"channel": channel, "thread_ts": thread}
-        if "message_id" in payload:
-            async with self.db.read() as conn:
-                m = (await conn.execute(select(MS.text, MS.attachments)
-                                        .where(MS.id == payload["message_id"]))).one()
-            kwargs["text"] = cards.mirror(d.customer, m.text, m.attachments or [])
-        elif "failed_outbox" in payload:
-            kwargs["text"], kwargs["blocks"] = cards.failure(
-                payload["failed_outbox"], job.escalation_id, str(payload.get("error")),
-                str(payload.get("preview") or ""))
-        else:
-            kwargs["text"] = str(payload.get("text") or "")
-            if payload.get("broadcast"):
-                kwargs["reply_broadcast"] = True
-        await call_slack(self.client.chat_postMessage(**kwargs))
-        return None
 
     async def check_untaken(self) -> int:
         """Re-post escalations nobody took within their team's time, mentioning on-call."""
@@ -579,11 +481,7 @@ class Desk:
 
     async def _job(self, conn: AsyncConnection, kind: str, esc_id: int,
                    payload: dict[str, Any] | None = None) -> None:
-        now = datetime.now(UTC)
-        await conn.execute(insert(DeskJob.__table__).values(
-            kind=kind, escalation_id=esc_id, payload=payload, status="pending", attempts=0,
-            next_attempt_at=now, created_at=now))
-
+        await queue_job(conn, kind, esc_id, payload)
     async def _first_time(self, conn: AsyncConnection, key: str, event_id: str | None) -> bool:
         """Record a Slack message as handled; False if it already was (Slack retry)."""
         stmt = _insert_ignore(conn, ChannelState.__table__).returning(ChannelState.__table__.c.key)
@@ -642,35 +540,3 @@ class Desk:
         ).returning(MS.id))).scalar_one()
         await enqueue_outbound(conn, message_id=out_id, conversation_id=conversation_id,
                                channel=conv.channel)
-
-    async def _card_data(self, esc_id: int) -> tuple[cards.CardData, str, str | None] | None:
-        async with self.db.read() as conn:
-            r = (await conn.execute(
-                select(Escalation.__table__, CV.channel, CV.language, CV.stage,
-                       CU.display_name, CV.address)
-                .join(Conversation.__table__, CV.id == ES.conversation_id)
-                .join(Customer.__table__, CU.id == CV.customer_id)
-                .where(ES.id == esc_id))).first()
-            if r is None:
-                return None
-            msgs = (await conn.execute(select(MS.author, MS.text, MS.attachments).where(
-                MS.conversation_id == r.conversation_id, MS.direction.in_(("in", "out")))
-                .order_by(MS.id.desc()).limit(6))).all()
-        candidates = []
-        for c in r.candidates or ():
-            entry = self.faq.get(str(c.get("faq_id"))) if self.faq else None
-            question = entry.questions[0] if entry and entry.questions else ""
-            candidates.append((str(c.get("faq_id")), question, float(c.get("score") or 0)))
-        detail = r.detail or ""
-        data = cards.CardData(
-            escalation_id=r.id, status=r.status, reason=r.reason,
-            customer=r.display_name or r.address, channel=r.channel, language=r.language,
-            stage=r.stage, team=r.team, created_at=r.created_at, now=self.clock(),
-            taken_by=r.taken_by, taken_at=r.taken_at, first_response_at=r.first_response_at,
-            resolved_at=r.resolved_at, reposted_at=r.reposted_at, csat=r.csat,
-            out_of_hours=detail.removeprefix("out of hours: ") if detail.startswith(
-                "out of hours: ") else None,
-            messages=[cards.CardMessage(m.author, m.text, len(m.attachments or ()))
-                      for m in reversed(msgs)],
-            candidates=candidates)
-        return data, r.staff_channel or self.default_channel, r.staff_thread

@@ -1,0 +1,188 @@
+"""Durable Slack posts for the staff desk: `desk_job` rows and the loop that delivers them.
+
+The desk never calls Slack inside a transaction. It writes a job (post the card, copy a message
+into the thread, edit the card) in the same transaction as the change, with `queue_job`; the
+`DeskPoster` delivers the jobs afterwards, in id order per escalation, waiting out Slack's
+Retry-After and outages. A card is rendered from the database when it is delivered, so an edit
+always shows the latest state however many changes were queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot import desk_cards as cards
+from bot.db.engine import Database
+from bot.db.models import Conversation, Customer, DeskJob, Escalation, Message
+from bot.errors import ChannelError, ChannelPermanentError, ChannelRateLimited
+from bot.queue import backoff
+from channels.slack import call_slack
+from faq.models import FaqEntry
+
+log = logging.getLogger(__name__)
+ES, CV, CU = Escalation.__table__.c, Conversation.__table__.c, Customer.__table__.c
+MS, DJ = Message.__table__.c, DeskJob.__table__.c
+_CONFIG_ERRORS = {"not_in_channel", "channel_not_found"}  # fixable by inviting the app
+
+
+class FaqLookup(Protocol):
+    def get(self, entry_id: str) -> FaqEntry | None: ...
+
+
+async def queue_job(conn: AsyncConnection, kind: str, esc_id: int,
+                    payload: dict[str, Any] | None = None) -> None:
+    """Owe Slack a post (kind "card", "update" or "post"), inside the caller's transaction."""
+    now = datetime.now(UTC)
+    await conn.execute(insert(DeskJob.__table__).values(
+        kind=kind, escalation_id=esc_id, payload=payload, status="pending", attempts=0,
+        next_attempt_at=now, created_at=now))
+
+
+class DeskPoster:
+    """Delivers desk jobs. `now` is the desk's business clock (waiting times on cards);
+    retries are scheduled on real time."""
+
+    def __init__(self, db: Database, client: AsyncWebClient, *, default_channel: str,
+                 faq: FaqLookup | None, now: Callable[[], datetime],
+                 max_attempts: int = 50) -> None:
+        self.db = db
+        self.client = client
+        self.default_channel = default_channel
+        self.faq = faq
+        self.now = now
+        self.max_attempts = max_attempts
+        self.delivered = 0
+
+    async def deliver_due(self) -> int:
+        """Deliver pending desk jobs in id order; one escalation's jobs never overtake."""
+        now = datetime.now(UTC)
+        async with self.db.read() as conn:
+            jobs = (await conn.execute(select(DJ.id, DJ.kind, DJ.escalation_id, DJ.payload,
+                                              DJ.attempts, DJ.next_attempt_at)
+                                       .where(DJ.status == "pending").order_by(DJ.id)
+                                       .limit(100))).all()
+        blocked: set[int] = set()
+        done = 0
+        for job in jobs:
+            if job.escalation_id in blocked:
+                continue
+            if job.next_attempt_at is not None and job.next_attempt_at > now:
+                blocked.add(job.escalation_id)
+                continue
+            try:
+                extra = await self._perform(job)
+            except ChannelError as exc:
+                if not await self._job_failed(job, exc):
+                    blocked.add(job.escalation_id)
+                continue
+            except Exception as exc:  # a bug must not lose the job
+                log.exception("desk job %d (%s) crashed", job.id, job.kind)
+                await self._job_failed(job, exc)
+                blocked.add(job.escalation_id)
+                continue
+            async with self.db.write() as conn:
+                if extra:
+                    await conn.execute(update(Escalation.__table__)
+                                       .where(ES.id == job.escalation_id).values(extra))
+                await conn.execute(update(DeskJob.__table__).where(DJ.id == job.id).values(
+                    status="done", done_at=datetime.now(UTC), attempts=job.attempts + 1))
+            done += 1
+            self.delivered += 1
+        return done
+
+    async def _job_failed(self, job: Row[Any], exc: Exception) -> bool:
+        """Schedule a retry, or give up; True if the job is finished (given up)."""
+        attempts = job.attempts + 1
+        code = getattr(exc, "code", None)
+        give_up = attempts >= self.max_attempts or (
+            isinstance(exc, ChannelPermanentError) and code not in _CONFIG_ERRORS)
+        wait = exc.retry_after if isinstance(exc, ChannelRateLimited) else backoff(attempts)
+        then = "; giving up" if give_up else f", retry in {wait:.0f} s"
+        log.log(logging.ERROR if give_up else logging.WARNING,
+                "desk job %d (%s, escalation %d) attempt %d failed%s: %s", job.id, job.kind,
+                job.escalation_id, attempts, then, exc)
+        async with self.db.write() as conn:
+            await conn.execute(update(DeskJob.__table__).where(DJ.id == job.id).values(
+                attempts=attempts, last_error=f"{type(exc).__name__}: {exc}"[:2000],
+                status="failed" if give_up else "pending",
+                next_attempt_at=datetime.now(UTC) + timedelta(seconds=wait)))
+        return give_up
+
+    async def _perform(self, job: Row[Any]) -> dict[str, Any] | None:
+        """One Slack call for one job; returns escalation columns to store (the card ts)."""
+        data = await self._card_data(job.escalation_id)
+        if data is None:
+            return None
+        d, channel, thread = data
+        if job.kind == "card" and thread is None:
+            text, blocks = cards.card(d)
+            resp = await call_slack(self.client.chat_postMessage(channel=channel, text=text,
+                                                                 blocks=blocks))
+            return {"staff_channel": resp.get("channel") or channel,
+                    "staff_thread": resp.get("ts")}
+        if thread is None:  # the card was never posted (given up): nothing to attach to
+            log.warning("desk job %d: escalation %d has no card; skipped", job.id,
+                        job.escalation_id)
+            return None
+        if job.kind in ("card", "update"):
+            text, blocks = cards.card(d)
+            await call_slack(self.client.chat_update(channel=channel, ts=thread, text=text,
+                                                     blocks=blocks))
+            return None
+        payload = job.payload or {}
+        kwargs: dict[str, Any] = {"channel": channel, "thread_ts": thread}
+        if "message_id" in payload:
+            async with self.db.read() as conn:
+                m = (await conn.execute(select(MS.text, MS.attachments)
+                                        .where(MS.id == payload["message_id"]))).one()
+            kwargs["text"] = cards.mirror(d.customer, m.text, m.attachments or [])
+        elif "failed_outbox" in payload:
+            kwargs["text"], kwargs["blocks"] = cards.failure(
+                payload["failed_outbox"], job.escalation_id, str(payload.get("error")),
+                str(payload.get("preview") or ""))
+        else:
+            kwargs["text"] = str(payload.get("text") or "")
+            if payload.get("broadcast"):
+                kwargs["reply_broadcast"] = True
+        await call_slack(self.client.chat_postMessage(**kwargs))
+        return None
+
+    async def _card_data(self, esc_id: int) -> tuple[cards.CardData, str, str | None] | None:
+        async with self.db.read() as conn:
+            r = (await conn.execute(
+                select(Escalation.__table__, CV.channel, CV.language, CV.stage,
+                       CU.display_name, CV.address)
+                .join(Conversation.__table__, CV.id == ES.conversation_id)
+                .join(Customer.__table__, CU.id == CV.customer_id)
+                .where(ES.id == esc_id))).first()
+            if r is None:
+                return None
+            msgs = (await conn.execute(select(MS.author, MS.text, MS.attachments).where(
+                MS.conversation_id == r.conversation_id, MS.direction.in_(("in", "out")))
+                .order_by(MS.id.desc()).limit(6))).all()
+        candidates = []
+        for c in r.candidates or ():
+            entry = self.faq.get(str(c.get("faq_id"))) if self.faq else None
+            question = entry.questions[0] if entry and entry.questions else ""
+            candidates.append((str(c.get("faq_id")), question, float(c.get("score") or 0)))
+        detail = r.detail or ""
+        data = cards.CardData(
+            escalation_id=r.id, status=r.status, reason=r.reason,
+            customer=r.display_name or r.address, channel=r.channel, language=r.language,
+            stage=r.stage, team=r.team, created_at=r.created_at, now=self.now(),
+            taken_by=r.taken_by, taken_at=r.taken_at, first_response_at=r.first_response_at,
+            resolved_at=r.resolved_at, reposted_at=r.reposted_at, csat=r.csat,
+            out_of_hours=detail.removeprefix("out of hours: ") if detail.startswith(
+                "out of hours: ") else None,
+            messages=[cards.CardMessage(m.author, m.text, len(m.attachments or ()))
+                      for m in reversed(msgs)],
+            candidates=candidates)
+        return data, r.staff_channel or self.default_channel, r.staff_thread
