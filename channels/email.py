@@ -77,7 +77,7 @@ class EmailChannel(Channel):
         super().__init__(intake)
         self.db = db
         self.s = settings
-        self.from_name, self.from_address = parseaddr(
+        _, self.from_address = parseaddr(
             settings.email_from or settings.smtp_user or settings.imap_user or "")
         self.from_address = self.from_address.lower()
         self.domain = self.from_address.rpartition("@")[2] or "localhost"
@@ -86,6 +86,7 @@ class EmailChannel(Channel):
         self.cursor_key = (f"email:{settings.imap_user}@{settings.imap_host}/"
                            f"{settings.imap_mailbox}")
         self.skipped = 0  # mails we chose not to answer (automatic, too large, too old)
+        self._watching = False  # the current IMAP session got as far as SELECT
         self._sent_today: dict[str, tuple[str, set[int]]] = {}  # address -> (day, ids)
         self._address_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -117,7 +118,7 @@ class EmailChannel(Channel):
                 return
             except (aioimaplib.AioImapException, ChannelError, QueueError, OSError,
                     TimeoutError) as exc:
-                failures += 1
+                failures = 1 if self._watching else failures + 1  # a working session resets
                 delay = min(300.0, 2.0 ** failures)  # 2, 4, 8 ... 300 s
                 log.warning("email: IMAP %s:%s (%s): %s: %s; reconnecting in %.0f s",
                             self.s.imap_host, self.s.imap_port, self.s.imap_user,
@@ -125,6 +126,7 @@ class EmailChannel(Channel):
                 await _sleep_or_stop(stop, delay)
 
     async def _session(self, stop: asyncio.Event) -> None:
+        self._watching = False
         lost = asyncio.Event()
         ctx = ssl.create_default_context() if self.s.imap_ssl else None
         client = aioimaplib.IMAP4(host=self.s.imap_host or "", port=self.s.imap_port,
@@ -143,6 +145,7 @@ class EmailChannel(Channel):
                                 if (m := _UIDVALIDITY.search(bytes(line)))), 0)
             last_uid = await self._load_cursor(uidvalidity)
             idle = self.s.imap_idle and client.has_capability("IDLE")
+            self._watching = True
             log.info("email: watching %s of %s (%s), from UID %s", self.s.imap_mailbox,
                      self.s.imap_user, "IDLE" if idle else f"every {self.s.imap_poll_seconds}s",
                      last_uid if last_uid is not None else "the last days")
