@@ -214,7 +214,7 @@ class Inbox:
         rows = (await conn.execute(
             select(t.id, t.attempts, t.conversation_key, t.payload, t.next_attempt_at)
             .where(t.status == "pending", t.conversation_key.in_(locked))
-            .order_by(t.id).limit(max(len(items), 1) * 4))).all()
+            .order_by(t.id).limit(len(items)))).all()  # one batch, as claimed
         now = datetime.now(UTC)
         blocked: set[str] = set()
         fresh: list[QueuedItem] = []

@@ -167,7 +167,7 @@ class RedisInbox(Inbox):
             rows = (await conn.execute(
                 select(T.id, T.attempts, T.conversation_key, T.payload, T.next_attempt_at)
                 .where(T.status == "pending", T.conversation_key.in_(keys))
-                .order_by(T.id).limit(limit * 4))).all()
+                .order_by(T.id).limit(limit))).all()  # one batch per transaction
         now = datetime.now(UTC)
         items: list[QueuedItem] = []
         seen: set[str] = set()
@@ -194,7 +194,7 @@ class RedisInbox(Inbox):
         for key in keys:
             if key not in handed:
                 self._claiming.pop(key, None)
-            if key not in seen and len(rows) < limit * 4:  # nothing pending: done elsewhere
+            if key not in seen and len(rows) < limit:  # nothing pending: done elsewhere
                 await self._ack(self._held.pop(key, {}))
                 self._retry_at.pop(key, None)
         return items
