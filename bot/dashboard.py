@@ -279,6 +279,7 @@ async def compute_faq(service: Service, query: Query) -> dict[str, Any]:
 COMPUTE: dict[str, Compute] = {"stages": compute_stages, "flow": compute_flow,
                                "performance": compute_performance, "faq": compute_faq}
 CacheKey = tuple[str, str, str]
+IDLE_SECONDS = 15 * 60
 
 
 class MetricsCache:
@@ -287,14 +288,16 @@ class MetricsCache:
     On SQLite a 30-day chart over a million messages takes seconds to compute, while an admin
     expects the page at once and does not need it to the second. So every chart asked for once
     is served from memory and recomputed by one background task every `ttl` seconds (less often
-    if refreshing would take more than a quarter of the time); `as_of` in the answer says when
-    it was computed. Custom periods are always computed live, and ttl 0 turns all this off.
+    if refreshing would take more than a quarter of the time) until nobody asked for it for
+    15 minutes; `as_of` in the answer says when it was computed. Custom periods are always
+    computed live, and ttl 0 turns all this off.
     """
 
     def __init__(self, service: Service, ttl: float) -> None:
         self.service = service
         self.ttl = ttl
         self.entries: dict[CacheKey, dict[str, Any]] = {}
+        self._asked: dict[CacheKey, float] = {}  # when a request last wanted it
         self._locks: dict[CacheKey, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._task: asyncio.Task[None] | None = None
 
@@ -312,6 +315,7 @@ class MetricsCache:
             return await _computed(self.service, name, query)
         if self._task is None:
             self._task = asyncio.create_task(self._refresh(), name="dashboard-cache")
+        self._asked[key] = time.monotonic()
         hit = self.entries.get(key)
         if hit is not None:
             return hit
@@ -326,6 +330,9 @@ class MetricsCache:
             await asyncio.sleep(max(self.ttl, 3 * spent))
             started = time.monotonic()
             for key in list(self.entries):
+                if started - self._asked.get(key, 0.0) > IDLE_SECONDS:
+                    del self.entries[key]  # nobody looked for a while: stop refreshing it
+                    continue
                 name, period, by = key
                 query = {"period": period, **({"by": by} if by else {})}
                 try:
