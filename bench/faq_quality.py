@@ -1,6 +1,6 @@
 """FAQ matching quality on public intent datasets, through the `faq match --jsonl` contract.
 
-    python bench/faq_quality.py [--only banking77,clinc150] [--threshold 0.3]
+    python bench/faq_quality.py [--only banking77,clinc150] [--threshold 0.3] [--semantic minilm]
 
 For each dataset (protocol in bench/faq_data.py and /work/shared/data/README.md) the FAQ is
 written as YAML files, `python -m faq.cli match --jsonl` is started on it, and every query goes
@@ -10,6 +10,9 @@ through its stdin/stdout exactly as the service's callers use it. Printed per da
 - CLINC150: in-scope answered correctly with at most 10% of out-of-scope queries answered
   (threshold chosen on the scores), and the same at the default threshold,
 - queries/s once the process is ready (FAQ loaded, index built) and the ready time.
+
+`--semantic MODEL` runs the neural mode (`faq match --semantic-model MODEL`, needs
+`pip install '.[semantic]'`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import faq_data
 
 from faq.matcher import DEFAULT_THRESHOLD
 
+DEFAULT_SEMANTIC_THRESHOLD = 0.34  # faq/semantic.py (not imported: it needs no extra to print)
+
 
 def _safe_id(intent: str) -> str:
     return re.sub(r"[^a-z0-9_\-]", "_", intent.lower())
@@ -50,12 +55,14 @@ def _write_faq(dataset: faq_data.Dataset, directory: Path) -> dict[str, str]:
 
 
 def _run_cli(
-    faq_dir: Path, texts: list[str], threshold: float | None
+    faq_dir: Path, texts: list[str], threshold: float | None, semantic: str | None
 ) -> tuple[list[dict[str, object]], float, float]:
     """(records, seconds until the first answer, seconds for all the others)."""
     command = [sys.executable, "-m", "faq.cli", "match", "--jsonl", "--faq-dir", str(faq_dir)]
     if threshold is not None:
         command += ["--threshold", str(threshold)]
+    if semantic:
+        command += ["--semantic-model", semantic]
     started = time.perf_counter()
     process = subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8",
@@ -84,11 +91,13 @@ def _run_cli(
     return records, ready, elapsed
 
 
-def evaluate(dataset: faq_data.Dataset, threshold: float | None) -> dict[str, str]:
+def evaluate(
+    dataset: faq_data.Dataset, threshold: float | None, semantic: str | None = None
+) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         ids = _write_faq(dataset, Path(tmp))
         texts = [text for text, _ in dataset.queries]
-        records, ready, elapsed = _run_cli(Path(tmp), texts, threshold)
+        records, ready, elapsed = _run_cli(Path(tmp), texts, threshold, semantic)
     correct = total = answered_ok = 0
     scored: list[tuple[float, bool, bool]] = []
     for (_, expected), record in zip(dataset.queries, records, strict=True):
@@ -140,6 +149,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="comma-separated: banking77,bitext,clinc150,xsid_italian")
     parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--semantic", metavar="MODEL", default=None,
+                        help="neural mode: sentence-transformers model ('minilm' or a path)")
     args = parser.parse_args()
     if not faq_data.DATA_DIR.is_dir():
         raise SystemExit(f"datasets not found at {faq_data.DATA_DIR}")
@@ -147,10 +158,12 @@ def main() -> None:
     if args.only:
         wanted = set(args.only.split(","))
         loaders = tuple(f for f in loaders if f.__name__ in wanted)
-    threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
-    print(f"protocol: K={faq_data.K} phrasings per intent, seed {faq_data.SEED}; "
+    default = DEFAULT_SEMANTIC_THRESHOLD if args.semantic else DEFAULT_THRESHOLD
+    threshold = args.threshold if args.threshold is not None else default
+    mode = f"semantic model {args.semantic!r}" if args.semantic else "lexical"
+    print(f"protocol: K={faq_data.K} phrasings per intent, seed {faq_data.SEED}; {mode}; "
           f"default threshold {threshold}; through `python -m faq.cli match --jsonl`\n")
-    rows = [evaluate(load(), args.threshold) for load in loaders]
+    rows = [evaluate(load(), args.threshold, args.semantic) for load in loaders]
     _print_table(rows)
 
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from bot.errors import FaqLoadError
+from bot.errors import FaqError, FaqLoadError
 from faq.language import detect_language
 from faq.loader import lint_faq_dir, load_faq_dir
 from faq.matcher import DEFAULT_THRESHOLD, Matcher
@@ -43,18 +43,33 @@ ThresholdOption = Annotated[
     typer.Option("--threshold", min=0.0, max=1.0, help="Answer threshold (default: matcher's)."),
 ]
 
+SemanticOption = Annotated[
+    str | None,
+    typer.Option("--semantic-model", envvar="FAQ_SEMANTIC_MODEL",
+                 help="Blend in a sentence-transformers model ('minilm' or a local directory;"
+                      " needs pip install '.[semantic]')."),
+]
+
 
 def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
 
-def _matcher(faq_dir: Path, threshold: float | None) -> Matcher:
+def _matcher(faq_dir: Path, threshold: float | None, semantic_model: str | None = None) -> Matcher:
     try:
         entries = load_faq_dir(faq_dir)
     except FaqLoadError as error:
         _fail(str(error))
-    return Matcher(entries, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    matcher = Matcher(entries, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    if semantic_model:
+        from faq.semantic import with_semantic  # optional extra, imported only when asked
+
+        try:
+            with_semantic(matcher, semantic_model, threshold=threshold)
+        except FaqError as error:
+            _fail(str(error))
+    return matcher
 
 
 def _contract(result: MatchResult) -> dict[str, Any]:
@@ -91,9 +106,10 @@ def match(
         typer.Option("--jsonl", help='Read {"text": ...} lines on stdin, write one JSON each.'),
     ] = False,
     threshold: ThresholdOption = None,
+    semantic_model: SemanticOption = None,
 ) -> None:
     """Match one question, or a stream of JSON lines with --jsonl."""
-    matcher = _matcher(faq_dir, threshold)
+    matcher = _matcher(faq_dir, threshold, semantic_model)
     if jsonl:
         _match_stream(matcher)
         return
@@ -211,12 +227,13 @@ def evaluate(
     file: Annotated[Path, typer.Argument(help="JSONL or CSV of question -> expected id or none.")],
     faq_dir: FaqDirOption = SAMPLE_DIR,
     threshold: ThresholdOption = None,
+    semantic_model: SemanticOption = None,
 ) -> None:
     """Measure the matcher on labelled questions: accuracy, wrong answers, confusions."""
     cases = _read_cases(file)
     if not cases:
         _fail(f"{file}: no questions")
-    matcher = _matcher(faq_dir, threshold)
+    matcher = _matcher(faq_dir, threshold, semantic_model)
     known = {entry.id for entry in matcher.entries}
     unknown = sorted({c.expected for c in cases if c.expected and c.expected not in known})
     if unknown:
@@ -255,20 +272,21 @@ def explain(
     question: Annotated[str, typer.Argument(help="The question to explain.")],
     faq_dir: FaqDirOption = SAMPLE_DIR,
     limit: Annotated[int, typer.Option(min=1, max=50, help="Candidates to show.")] = 5,
+    semantic_model: SemanticOption = None,
 ) -> None:
     """Show the best candidates and the scores they were built from."""
-    matcher = _matcher(faq_dir, None)
+    matcher = _matcher(faq_dir, None, semantic_model)
     rows = [
         (c.entry_id, f"{c.score:.3f}", f"{c.phrasing_similarity:.3f}",
          f"{c.centroid_similarity:.3f}", f"{c.fuzzy_similarity:.3f}",
-         f"{c.negative_similarity:.3f}", c.best_phrasing)
+         f"{c.negative_similarity:.3f}", f"{c.semantic_similarity:.3f}", c.best_phrasing)
         for c in matcher.explain(question, limit=limit)
     ]
     result = matcher.match(question)
     typer.echo(f"decision: {result.decision} (threshold {matcher.threshold:.2f}, "
                f"ambiguity margin {matcher.ambiguity_margin:.2f})")
     typer.echo(_table(rows, ("entry", "score", "phrasing", "centroid", "fuzzy", "negative",
-                             "closest phrasing")))
+                             "semantic", "closest phrasing")))
 
 
 def _read_lines(path: Path) -> Iterator[str]:

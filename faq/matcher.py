@@ -25,6 +25,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +55,10 @@ CANDIDATE_DEPTH = 10
 # Features present in more entries than this share are skipped by the candidate stage only.
 CANDIDATE_MAX_DF = 0.1
 CANDIDATE_MIN_POSTINGS = 100
+# Neural mode (faq/semantic.py): share of the embedding similarity in an entry's score, and how
+# many entries the embeddings add to the lexical shortlist.
+SEMANTIC_SHARE = 0.7
+SEMANTIC_DEPTH = 10
 GROUP_ORDER = ("w", "b", "c")
 _GROUP_SCALES = tuple(math.sqrt(GROUP_WEIGHTS[g]) for g in GROUP_ORDER)
 _USE_PAIRS = GROUP_WEIGHTS["b"] > 0
@@ -70,6 +75,13 @@ class ScoredCandidate:
     centroid_similarity: float
     fuzzy_similarity: float
     negative_similarity: float
+    semantic_similarity: float = 0.0
+
+
+class SemanticScorer(Protocol):
+    """Embedding similarity of a question to every entry, in matcher entry order, in [0, 1]."""
+
+    def entry_similarities(self, text: str) -> FloatArray: ...
 
 
 class _PostingIndex:
@@ -158,6 +170,8 @@ class Matcher:
         self.entries = tuple(entries)
         self.threshold = threshold
         self.ambiguity_margin = ambiguity_margin
+        # Set by `use_semantic` (faq/semantic.py): embeddings blended with the lexical scores.
+        self.semantic: SemanticScorer | None = None
         self._by_id = {entry.id: entry for entry in self.entries}
         for entry in self.entries:
             if not entry.questions:
@@ -205,6 +219,11 @@ class Matcher:
         # Scratch vector for the question, one per thread so `match` is safe to call from
         # worker threads too; it is zeroed again after every question.
         self._scratch = threading.local()
+
+    def use_semantic(self, scorer: SemanticScorer, *, threshold: float) -> None:
+        """Blend `scorer`'s similarities into every score from now on, with its own threshold."""
+        self.semantic = scorer
+        self.threshold = threshold
 
     # ---- building -------------------------------------------------------------------------
 
@@ -275,13 +294,16 @@ class Matcher:
             return []
         query_features = extract(text, pairs=_USE_PAIRS)
         query = self._vectorize(query_features)
-        if not query:
+        semantic = self.semantic.entry_similarities(text) if self.semantic is not None else None
+        if not query and semantic is None:
             return []
         features = np.fromiter(query.keys(), dtype=np.int64, count=len(query))
         values = np.fromiter(query.values(), dtype=np.float64, count=len(query))
         candidate_sims = self._centroid_index.dot(features, values)
         rough_sims = np.maximum.reduceat(candidate_sims, self._centroid_starts)
         shortlist = _top_indices(rough_sims, max(CANDIDATE_DEPTH, depth))
+        if semantic is not None:
+            shortlist = list(dict.fromkeys(shortlist + _top_indices(semantic, SEMANTIC_DEPTH)))
         dense: FloatArray | None = getattr(self._scratch, "dense", None)
         if dense is None:
             dense = self._scratch.dense = np.zeros(len(self._idf) + 1)
@@ -290,8 +312,14 @@ class Matcher:
             lexical = self._exact_scores(shortlist, dense)
         finally:
             dense[features] = 0.0
+        if semantic is not None:
+            share = SEMANTIC_SHARE
+            lexical = [
+                (index, (1 - share) * lex + share * float(semantic[index]), best, at, cent, neg)
+                for index, lex, best, at, cent, neg in lexical
+            ]
         lexical.sort(key=lambda item: item[1], reverse=True)
-        return self._rerank(query_features.sorted_text, lexical[:depth])
+        return self._rerank(query_features.sorted_text, lexical[:depth], semantic)
 
     def _exact_scores(
         self, shortlist: Sequence[int], dense: FloatArray
@@ -334,7 +362,10 @@ class Matcher:
         return out
 
     def _rerank(
-        self, sorted_query: str, finalists: Sequence[tuple[int, float, float, int, float, float]]
+        self,
+        sorted_query: str,
+        finalists: Sequence[tuple[int, float, float, int, float, float]],
+        semantic: FloatArray | None = None,
     ) -> list[ScoredCandidate]:
         """Blend in rapidfuzz similarity (typos, word order) and apply negatives."""
         choices: list[str] = []
@@ -365,6 +396,7 @@ class Matcher:
                     centroid_similarity=centroid_sim,
                     fuzzy_similarity=fuzzy,
                     negative_similarity=negative_sim,
+                    semantic_similarity=0.0 if semantic is None else float(semantic[index]),
                 )
             )
         scored.sort(key=lambda c: c.score, reverse=True)

@@ -30,11 +30,12 @@ class FaqStore:
     Args:
         path: directory of FAQ `*.yaml` files.
         threshold: matcher threshold; None uses the matcher's default.
-        semantic_model: name or path of a sentence-transformers model to blend in, if the
-            `semantic` extra is installed; None keeps the matcher purely lexical.
+        semantic_model: name or path of a sentence-transformers model to blend in ("minilm":
+            the weights of the `semantic` extra); None keeps the matcher purely lexical.
 
     Raises:
         FaqLoadError: if the initial load fails (the service should not start without an FAQ).
+        FaqError: a semantic model is set but the extra is missing or the model won't load.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class FaqStore:
     ) -> None:
         self.path = Path(path)
         self.threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+        self._threshold_setting = threshold  # None: the matcher's (lexical or neural) default
         self.semantic_model = semantic_model
         self.last_error: FaqLoadError | None = None
         self.version = 0
@@ -96,7 +98,10 @@ class FaqStore:
         if self.semantic_model:
             from faq.semantic import with_semantic  # optional extra, imported only when asked
 
-            matcher = with_semantic(matcher, self.semantic_model)
+            matcher = with_semantic(
+                matcher, self.semantic_model, threshold=self._threshold_setting
+            )
+            self.threshold = matcher.threshold
         return entries, matcher
 
     def _install(self, entries: list[FaqEntry], matcher: Matcher) -> None:

