@@ -56,10 +56,12 @@ async def resolve_customer(conn: AsyncConnection, *, channel: str, address: str,
     brings a new email/phone shared with another customer merges the two into the older one.
     """
     email, phone = normalise_email(email), normalise_phone(phone)
-    row = (await conn.execute(select(I.id, I.customer_id)
+    row = (await conn.execute(select(I.id, I.customer_id, C.merged_into)
+                              .join(Customer.__table__, C.id == I.customer_id)
                               .where(I.channel == channel, I.address == address))).first()
     if row is not None:
-        customer_id = await _follow_merge(conn, row.customer_id)
+        customer_id = row.customer_id if row.merged_into is None else \
+            await _follow_merge(conn, row.customer_id)
         if email or phone:
             customer_id = await _attach_contact(conn, customer_id, email, phone, display_name)
         return customer_id, row.id

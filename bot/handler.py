@@ -143,7 +143,7 @@ class MessageHandler:
                             identity_id: int, now: datetime) -> dict[str, Any]:
         """The open conversation of this address (same thread if the channel has threads)."""
         cols = (CV.id, CV.status, CV.language, CV.stage, CV.last_faq_id, CV.last_answer_at,
-                CV.thread, CV.customer_id)
+                CV.thread, CV.customer_id, CV.channel)
         base = select(*cols).where(CV.identity_id == identity_id,
                                    CV.status != ConversationStatus.RESOLVED)
         row = None
@@ -166,7 +166,7 @@ class MessageHandler:
         ).returning(CV.id))).scalar_one()
         return {"id": new_id, "status": ConversationStatus.BOT, "language": lang, "stage": None,
                 "last_faq_id": None, "last_answer_at": None, "thread": msg.thread,
-                "customer_id": customer_id}
+                "customer_id": customer_id, "channel": msg.channel}
 
     def _escalation_reason(self, msg: InboundMessage, conv: dict[str, Any],
                            result: MatchResult | None, now: datetime) -> str | None:
@@ -211,14 +211,13 @@ class MessageHandler:
 
     async def _store_outbound(self, conn: AsyncConnection, conv: dict[str, Any], text: str,
                               lang: str, faq_id: str | None, in_reply_to: int) -> int:
-        channel_row = (await conn.execute(select(CV.channel).where(CV.id == conv["id"]))).one()
         out_id = int((await conn.execute(insert(Message.__table__).values(
-            conversation_id=conv["id"], direction="out", channel=channel_row.channel,
+            conversation_id=conv["id"], direction="out", channel=conv["channel"],
             author="bot", text=text, language=lang, faq_id=faq_id, status="pending",
             meta={"in_reply_to": in_reply_to}, created_at=datetime.now(UTC),
         ).returning(Message.__table__.c.id))).scalar_one())
         await enqueue_outbound(conn, message_id=out_id, conversation_id=conv["id"],
-                               channel=channel_row.channel)
+                               channel=conv["channel"])
         return out_id
 
     async def _escalate(self, conn: AsyncConnection, conv_id: int, reason: str, question: str,

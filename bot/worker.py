@@ -77,14 +77,40 @@ class WorkerPool:
                 self.inbox.wakeup.clear()
                 await _wait_event_or_stop(self.inbox.wakeup, stop, timeout=1.0)
                 continue
-            await self.process(items)
+            try:
+                await self.process(items)
+            except Exception:
+                log.exception("worker %d: batch not handled (database error?); retrying in 1 s",
+                              index)
+                await _sleep_or_stop(stop, 1.0)
 
     async def process(self, items: list[QueuedItem]) -> None:
-        """Handle a batch: one transaction, one savepoint per message."""
+        """Handle a batch in one transaction; if any message fails, redo the batch with one
+        savepoint per message so only the failing one (and what follows it in its
+        conversation) waits for a retry."""
+        claimed = items
+        try:
+            done = await self._handle_batch(items)
+            failed: list[tuple[QueuedItem, str]] = []
+        except Exception:  # noqa: BLE001 - retried message by message below
+            done, failed = await self._handle_isolated(items)
+        await self._after_commit(done, failed)
+        await self.inbox.settle(claimed)
+
+    async def _handle_batch(self, items: list[QueuedItem]) -> list[tuple[QueuedItem, Outcome]]:
+        done: list[tuple[QueuedItem, Outcome]] = []
+        async with self.db.write() as conn:
+            for item in await self.inbox.lock(conn, items):
+                outcome = await self.handler.handle(conn, item.message)
+                await Inbox.complete(conn, item.id)
+                done.append((item, outcome))
+        return done
+
+    async def _handle_isolated(self, items: list[QueuedItem]) -> tuple[
+            list[tuple[QueuedItem, Outcome]], list[tuple[QueuedItem, str]]]:
         failed: list[tuple[QueuedItem, str]] = []
         done: list[tuple[QueuedItem, Outcome]] = []
         blocked: set[str] = set()
-        claimed = items
         async with self.db.write() as conn:
             items = await self.inbox.lock(conn, items)
             for item in items:
@@ -100,6 +126,10 @@ class WorkerPool:
                     blocked.add(item.conversation_key)
                     continue
                 done.append((item, outcome))
+        return done, failed
+
+    async def _after_commit(self, done: list[tuple[QueuedItem, Outcome]],
+                            failed: list[tuple[QueuedItem, str]]) -> None:
         now = time.time()
         for item, outcome in done:
             self.handled += 1
@@ -118,7 +148,6 @@ class WorkerPool:
             if await self.inbox.retry_later(item, error):
                 log.error("message %d dead-lettered after %d attempts: %s", item.id,
                           item.attempts + 1, error)
-        await self.inbox.settle(claimed)
 
 
 @dataclass(frozen=True, slots=True)
