@@ -155,7 +155,8 @@ async def main() -> None:
     print(f"\nend-to-end on {backend}, 1 process, {args.workers} worker tasks, "
           f"{args.messages} messages over {args.conversations} conversations, "
           f"offered rate {args.rate or 'unlimited'}/s")
-    print(f"  posted in        {post_time:8.2f} s  ({args.messages / post_time:8.0f} msg/s accepted)")
+    accepted = args.messages / post_time
+    print(f"  posted in        {post_time:8.2f} s  ({accepted:8.0f} msg/s accepted)")
     print(f"  answered in      {span:8.2f} s  ({args.messages / span:8.0f} msg/s end to end)")
     print(f"  latency p50      {statistics.median(lat) * 1000:8.1f} ms")
     print(f"  latency p99      {pct(lat, 0.99) * 1000:8.1f} ms")

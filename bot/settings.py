@@ -34,7 +34,8 @@ class Settings(BaseSettings):
         "sqlite+aiosqlite:///./storedesk.db",
         description="SQLAlchemy URL: sqlite+aiosqlite:///file.db or postgresql+asyncpg://...",
     )
-    redis_url: str | None = Field(None, description="Redis URL; switches the queue to Redis Streams")
+    redis_url: str | None = Field(
+        None, description="Redis URL; switches the queue to Redis Streams")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     public_url: str = Field(
@@ -61,7 +62,8 @@ class Settings(BaseSettings):
     # --- queue ----------------------------------------------------------------------------
     workers: int = Field(2, ge=1, le=64, description="Worker tasks taking inbound messages")
     queue_batch: int = Field(64, ge=1, le=1000)
-    max_attempts: int = Field(5, ge=1, le=100, description="Tries before a message is dead-lettered")
+    max_attempts: int = Field(5, ge=1, le=100,
+                              description="Tries before a message is dead-lettered")
     send_concurrency: int = Field(16, ge=1, le=256)
     send_max_attempts: int = Field(8, ge=1, le=100)
 

@@ -100,7 +100,7 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "unavailable", "database": str(exc)}, status=503)
     try:
         await service.inbox.ping()
-    except Exception as exc:  # reported, not raised
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
         return web.json_response({"status": "unavailable", "database": "ok",
                                   "queue": f"{type(exc).__name__}: {exc}"}, status=503)
     return web.json_response({"status": "ready", "database": "ok", "queue": "ok"})

@@ -10,6 +10,7 @@ backoff that honours the platform's Retry-After.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -120,7 +121,7 @@ class WorkerPool:
                     async with conn.begin_nested():
                         outcome = await self.handler.handle(conn, item.message)
                         await Inbox.complete(conn, item.id)
-                except Exception as exc:  # noqa: BLE001 - any bug must not lose the message
+                except Exception as exc:
                     log.exception("handling message %d (%s) failed", item.id, item.message.channel)
                     failed.append((item, f"{type(exc).__name__}: {exc}"))
                     blocked.add(item.conversation_key)
@@ -256,7 +257,7 @@ class OutboxSender:
             return self._fail(job, f"{type(exc).__name__}: {exc}"), True
         except ChannelError as exc:
             return self._retry(job, f"{type(exc).__name__}: {exc}"), False
-        except Exception as exc:  # noqa: BLE001 - a channel bug must not lose the reply
+        except Exception as exc:
             log.exception("outbox %d: unexpected error from %s", job.outbox_id, channel)
             return self._retry(job, f"{type(exc).__name__}: {exc}"), False
         self.sent += 1
@@ -308,10 +309,8 @@ class OutboxSender:
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
 
 
 async def _wait_event_or_stop(event: asyncio.Event, stop: asyncio.Event, *,

@@ -12,6 +12,7 @@ conversation, nobody else. The message is committed to the queue before the 202 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -28,7 +29,14 @@ from bot.db.engine import Database
 from bot.db.models import Conversation, Message
 from bot.errors import InputError, RateLimited
 from bot.ratelimit import RateLimiter
-from channels.base import Channel, ChannelContext, InboundMessage, Intake, OutboundMessage, SendResult
+from channels.base import (
+    Channel,
+    ChannelContext,
+    InboundMessage,
+    Intake,
+    OutboundMessage,
+    SendResult,
+)
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "bot" / "static"
@@ -138,10 +146,8 @@ class WebChatChannel(Channel):
         try:
             while (left := deadline - loop.time()) > 0:
                 event.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout=min(left, 1.0))
-                except TimeoutError:
-                    pass
                 messages = await self._transcript(visitor, after)
                 if messages:
                     return messages

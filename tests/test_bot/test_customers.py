@@ -35,7 +35,8 @@ async def test_phone_links_whatsapp_and_email_identities(database_url: str) -> N
     db = await _db(database_url)
     async with db.write() as conn:
         wa, _ = await resolve_customer(conn, channel="whatsapp", address="+393331234567",
-                                       display_name="Ann", email=None, phone="whatsapp:+39 333 123 4567")
+                                       display_name="Ann", email=None,
+                                       phone="whatsapp:+39 333 123 4567")
         mail, _ = await resolve_customer(conn, channel="email", address="ann@example.com",
                                          display_name=None, email="ann@example.com",
                                          phone="+393331234567")
