@@ -415,7 +415,7 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
-async def _wait_any(*events: asyncio.Event, timeout: float,  # noqa: ASYNC109
+async def _wait_any(*events: asyncio.Event, timeout: float,
                     also: asyncio.Future[Any] | None = None) -> None:
     waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(e.wait()) for e in events}
     try:

@@ -103,7 +103,7 @@ class _TwilioHttp(AsyncTwilioHttpClient):  # type: ignore[misc]
     async def request(  # the parent's signature
             self, method: str, url: str, params: Any = None, data: Any = None,
             headers: Any = None, auth: Any = None,
-            timeout: float | None = None,  # noqa: ASYNC109
+            timeout: float | None = None,
             allow_redirects: bool = False) -> Response:
         for real in TWILIO_HOSTS:
             if url.startswith(real):

@@ -86,7 +86,7 @@ class Rig:
                        .scalar_one())
 
 
-async def wait_for(predicate: Any, timeout: float = 15.0) -> None:  # noqa: ASYNC109
+async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
