@@ -50,8 +50,9 @@ FUZZ_SHARE = 0.1
 RERANK_DEPTH = 3
 # IDF raised to this power: above 1 favours the words that single out one entry.
 IDF_POWER = 1.0
-# How many entries the centroid stage hands to exact phrasing scoring.
-CANDIDATE_DEPTH = 10
+# How many entries the centroid stage hands to exact phrasing scoring (10 measured the same
+# accuracy on Banking77/CLINC150/Bitext, every 4th query, for a third more CPU per question).
+CANDIDATE_DEPTH = 6
 # Features present in more entries than this share are skipped by the candidate stage only.
 CANDIDATE_MAX_DF = 0.1
 CANDIDATE_MIN_POSTINGS = 100
@@ -442,6 +443,8 @@ def _groups(features: TextFeatures) -> tuple[Counter[str], Counter[str], Counter
 
 def _top_indices(scores: FloatArray, depth: int) -> list[int]:
     if len(scores) <= depth:
-        return [int(i) for i in np.argsort(-scores)]
-    part = np.argpartition(-scores, depth)[:depth]
-    return [int(i) for i in part[np.argsort(-scores[part])]]
+        top: list[int] = np.argsort(-scores).tolist()
+        return top
+    part = np.argpartition(scores, len(scores) - depth)[len(scores) - depth :]
+    best: list[int] = part[np.argsort(-scores[part])].tolist()
+    return best
