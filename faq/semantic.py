@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ MINILM_ALIASES = frozenset({
 DEFAULT_THREADS = 1
 # Phrasing embeddings kept across reloads, per model; cleared when it grows past this.
 EMBEDDING_CACHE_SIZE = 200_000
+# Recent questions' embeddings ("where is my order?" comes back all day; `explain` scores twice).
+QUERY_CACHE_SIZE = 2_048
 
 _lock = threading.Lock()
 _models: dict[str, Any] = {}
@@ -102,6 +105,7 @@ class SemanticIndex:
 
     def __init__(self, model: Any, entries: Sequence[FaqEntry], *, cache_key: str) -> None:
         self.model = model
+        self._recent: OrderedDict[str, FloatArray] = OrderedDict()
         phrasings = [q for entry in entries for q in entry.questions]
         sizes = [len(entry.questions) for entry in entries]
         self._starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
@@ -134,7 +138,13 @@ class SemanticIndex:
 
     def entry_similarities(self, text: str) -> FloatArray:
         """Per entry: mix of the best phrasing's and the centroid's cosine, clipped to [0, 1]."""
-        query = self._encode([text])[0]
+        query = self._recent.get(text)
+        if query is None:
+            query = self._encode([text])[0]
+            with _lock:
+                self._recent[text] = query
+                if len(self._recent) > QUERY_CACHE_SIZE:
+                    self._recent.popitem(last=False)
         if not len(self._phrasings):
             return np.zeros(0)
         best = np.maximum.reduceat(self._phrasings @ query, self._starts)
