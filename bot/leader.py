@@ -62,7 +62,7 @@ class Leader:
         while not stop.is_set():
             try:
                 lease = await self.acquire(name)
-            except Exception as exc:  # backend down: try again later
+            except Exception as exc:  # noqa: BLE001 - backend down: try again later
                 log.warning("cannot take the %s lock (%s); retrying", name, type(exc).__name__)
                 lease = None
             if lease is None:
@@ -89,7 +89,7 @@ class Leader:
                     break
                 try:
                     renewed = await lease.renew()
-                except Exception:  # a failed renewal means we lost it
+                except Exception:  # noqa: BLE001 - a failed renewal means we lost it
                     renewed = False
                 if not renewed:
                     log.warning("lost the %s lock; stopping it here", name)

@@ -95,7 +95,7 @@ class RedisInbox(Inbox):
             try:
                 await self._announce(message.conversation_key, message.channel,
                                      message.external_id)
-            except Exception as exc:  # the row is committed; the sweeper repairs
+            except Exception as exc:  # noqa: BLE001 - the row is committed; the sweeper repairs
                 log.warning("queued %s but could not announce it on Redis (%s); the sweeper "
                             "will", message.conversation_key, type(exc).__name__)
         return new
@@ -206,7 +206,7 @@ class RedisInbox(Inbox):
             return
         try:
             await self._settle(keys)
-        except Exception as exc:  # never kill the worker loop: the entries stay held, retried
+        except Exception as exc:  # noqa: BLE001 - never kill the worker loop: the entries stay held, retried
             log.warning("could not acknowledge queue entries (%s); retrying later",
                         type(exc).__name__)
             for key in keys:
@@ -299,7 +299,7 @@ class RedisInbox(Inbox):
             await self.redis.xadd(self.dead_stream, {
                 "k": key, "c": channel, "x": external_id, "error": error[:500],
                 "at": datetime.now(UTC).isoformat()}, maxlen=10000, approximate=True)
-        except Exception as exc:  # the row is marked dead; this is a copy
+        except Exception as exc:  # noqa: BLE001 - the row is marked dead; this is a copy
             log.warning("could not write the dead-letter stream: %s", type(exc).__name__)
 
     async def retry_later(self, item: QueuedItem, error: str) -> bool:
@@ -410,7 +410,7 @@ class RedisWakeups:
     async def _publish(self, topic: str) -> None:
         try:
             await self.redis.publish(self.channel, topic)
-        except Exception as exc:  # best effort
+        except Exception as exc:  # noqa: BLE001 - best effort
             log.debug("wake-up not published: %s", type(exc).__name__)
 
     async def listen(self, stop: asyncio.Event, handlers: dict[str, Any]) -> None:
@@ -423,7 +423,7 @@ class RedisWakeups:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["data"] in handlers:
                         handlers[message["data"]]()
-            except Exception as exc:  # Redis away: retry; polling covers the gap
+            except Exception as exc:  # noqa: BLE001 - Redis away: retry; polling covers the gap
                 log.debug("wake-up listener: %s", type(exc).__name__)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)

@@ -102,7 +102,7 @@ def _spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[byt
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-async def _wait_port(port: int, timeout: float = 20.0) -> None:
+async def _wait_port(port: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
