@@ -120,7 +120,8 @@ class LifecycleRules:
                 return False
         if rule.keywords:
             text = s.text.lower()
-            langs = [s.language] if s.language in rule.keywords else list(rule.keywords)
+            langs = [s.language] if s.language and s.language in rule.keywords \
+                else list(rule.keywords)
             if not any((pat := self._patterns.get((i, lang))) and pat.search(text)
                        for lang in langs):
                 return False

@@ -44,11 +44,11 @@ from sqlalchemy.sql.selectable import Select, Subquery
 
 from bot.db.models import Conversation, Customer, Escalation, Message, StageChange
 
-CONVERSATION: Table = Conversation.__table__  # type: ignore[attr-defined]
-CUSTOMER: Table = Customer.__table__  # type: ignore[attr-defined]
-ESCALATION: Table = Escalation.__table__  # type: ignore[attr-defined]
-MESSAGE: Table = Message.__table__  # type: ignore[attr-defined]
-STAGE_CHANGE: Table = StageChange.__table__  # type: ignore[attr-defined]
+CONVERSATION: Table = Conversation.__table__
+CUSTOMER: Table = Customer.__table__
+ESCALATION: Table = Escalation.__table__
+MESSAGE: Table = Message.__table__
+STAGE_CHANGE: Table = StageChange.__table__
 CV, CU, ES, MS, SC = (t.c for t in (CONVERSATION, CUSTOMER, ESCALATION, MESSAGE, STAGE_CHANGE))
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy", "at_risk")
 DIMENSIONS = ("stage", "channel", "language")

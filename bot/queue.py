@@ -256,8 +256,8 @@ class Inbox:
     async def stats(self) -> dict[str, Any]:
         t = InboxItem.__table__.c
         async with self.db.read() as conn:
-            counts = dict((await conn.execute(
-                select(t.status, func.count()).group_by(t.status))).all())
+            counts: dict[str, int] = {str(r[0]): int(r[1]) for r in (await conn.execute(
+                select(t.status, func.count()).group_by(t.status))).all()}
             oldest = (await conn.execute(
                 select(func.min(t.created_at)).where(t.status == "pending"))).scalar()
         age = None

@@ -170,8 +170,8 @@ async def get_queue(request: web.Request) -> web.Response:
     inbox = await service.inbox.stats()
     t = OutboxItem.__table__.c
     async with service.db.read() as conn:
-        outbox = dict((await conn.execute(select(t.status, func.count())
-                                          .group_by(t.status))).all())
+        outbox = {str(r[0]): int(r[1]) for r in (await conn.execute(
+            select(t.status, func.count()).group_by(t.status))).all()}
     return web.json_response({"inbox": inbox, "outbox": outbox})
 
 

@@ -84,11 +84,11 @@ KNOWN_ERRORS = {"63016": "outside the 24-hour window: only an approved template 
 _SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _RETRY_AFTER: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "twilio_retry_after", default=None)
-MESSAGE: Table = Message.__table__  # type: ignore[attr-defined]
-STATE: Table = ChannelState.__table__  # type: ignore[attr-defined]
+MESSAGE: Table = Message.__table__
+STATE: Table = ChannelState.__table__
 MS = MESSAGE.c
-CV = Conversation.__table__.c  # type: ignore[attr-defined]
-OB = OutboxItem.__table__.c  # type: ignore[attr-defined]
+CV = Conversation.__table__.c
+OB = OutboxItem.__table__.c
 CS = STATE.c
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, Table, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -49,6 +49,12 @@ def json_field(default: Any = None) -> Any:
     return Field(default_factory=factory, sa_column=Column(JSON, nullable=True))
 
 
+class Model(SQLModel):
+    """Base of our tables: tells the type checker about the `__table__` SQLAlchemy adds."""
+
+    __table__: ClassVar[Table]
+
+
 class ConversationStatus:
     BOT = "bot"
     WAITING = "waiting"  # escalated, nobody has taken it yet
@@ -57,7 +63,7 @@ class ConversationStatus:
     OPEN = (BOT, WAITING, HUMAN)
 
 
-class Customer(SQLModel, table=True):
+class Customer(Model, table=True):
     id: int | None = Field(default=None, primary_key=True)
     display_name: str | None = None
     email: str | None = Field(default=None, index=True)
@@ -71,7 +77,7 @@ class Customer(SQLModel, table=True):
     created_at: datetime = created()
 
 
-class Identity(SQLModel, table=True):
+class Identity(Model, table=True):
     """One customer address on one channel."""
 
     __table_args__ = (UniqueConstraint("channel", "address"),)
@@ -83,7 +89,7 @@ class Identity(SQLModel, table=True):
     created_at: datetime = created()
 
 
-class Conversation(SQLModel, table=True):
+class Conversation(Model, table=True):
     __table_args__ = (
         Index("ix_conversation_identity_status", "identity_id", "status"),
         Index("ix_conversation_stage_created", "stage", "created_at"),
@@ -107,7 +113,7 @@ class Conversation(SQLModel, table=True):
     resolved_at: datetime | None = ts()
 
 
-class Message(SQLModel, table=True):
+class Message(Model, table=True):
     __table_args__ = (
         Index("ix_message_conversation_id", "conversation_id", "id"),
         Index("ix_message_provider", "channel", "provider_id"),
@@ -135,7 +141,7 @@ class Message(SQLModel, table=True):
     sent_at: datetime | None = ts()
 
 
-class InboxItem(SQLModel, table=True):
+class InboxItem(Model, table=True):
     """The durable inbound queue: one row per accepted platform message."""
 
     __tablename__ = "inbox"
@@ -157,7 +163,7 @@ class InboxItem(SQLModel, table=True):
     done_at: datetime | None = ts()
 
 
-class OutboxItem(SQLModel, table=True):
+class OutboxItem(Model, table=True):
     """The outbound queue: one row per message to deliver, retried with backoff."""
 
     __tablename__ = "outbox"
@@ -174,7 +180,7 @@ class OutboxItem(SQLModel, table=True):
     sent_at: datetime | None = ts()
 
 
-class StageChange(SQLModel, table=True):
+class StageChange(Model, table=True):
     __tablename__ = "stage_change"
     __table_args__ = (
         Index("ix_stage_change_created", "created_at"),
@@ -191,7 +197,7 @@ class StageChange(SQLModel, table=True):
     created_at: datetime = created()
 
 
-class Escalation(SQLModel, table=True):
+class Escalation(Model, table=True):
     __table_args__ = (
         Index("ix_escalation_status_created", "status", "created_at"),
         Index("ix_escalation_created", "created_at"),  # dashboard: escalations per period
@@ -216,7 +222,7 @@ class Escalation(SQLModel, table=True):
     created_at: datetime = created()
 
 
-class DeskJob(SQLModel, table=True):
+class DeskJob(Model, table=True):
     """A Slack post the staff desk owes (card, card update, thread message), written in the
     same transaction as the change it reports and delivered by the desk loop with retries."""
 
@@ -234,7 +240,7 @@ class DeskJob(SQLModel, table=True):
     done_at: datetime | None = ts()
 
 
-class Order(SQLModel, table=True):
+class Order(Model, table=True):
     """What the store told us a customer bought (pushed by API or CSV import)."""
 
     __tablename__ = "orders"
@@ -248,7 +254,7 @@ class Order(SQLModel, table=True):
     placed_at: datetime = created()
 
 
-class ChannelState(SQLModel, table=True):
+class ChannelState(Model, table=True):
     """Small durable state a channel keeps (e.g. the IMAP UID cursor)."""
 
     __tablename__ = "channel_state"
