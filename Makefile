@@ -8,7 +8,7 @@ run:            ## install and start the service on the embedded default (SQLite
 test:           ## install test dependencies (Python and system) and run the whole suite
 	bash .ci/system-deps
 	python -m pip install -q -e '.[test]'
-	python -m pytest
+	STOREDESK_CRASH_MESSAGES=10000 python -m pytest
 
 lint:
 	ruff check bot channels faq tests bench
