@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,6 +62,18 @@ def decode_message(data: dict[str, Any]) -> InboundMessage:
     fields["timestamp"] = datetime.fromisoformat(fields["timestamp"])
     fields["attachments"] = tuple(Attachment(**a) for a in fields.get("attachments") or ())
     return InboundMessage(**fields)
+
+
+def _due_rows(rows: Iterable[Any], now: datetime, blocked: set[str]) -> Iterator[Any]:
+    """Rows that may be handled now, in id order. Once a conversation has a row waiting for a
+    retry (or the caller adds its key to `blocked`), its later rows wait too."""
+    for row in rows:
+        if row.conversation_key in blocked:
+            continue
+        if row.next_attempt_at is not None and row.next_attempt_at > now:
+            blocked.add(row.conversation_key)
+            continue
+        yield row
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,14 +162,8 @@ class Inbox:
         stmt = stmt.order_by(t.id).limit(limit * 4)
         async with self.db.read() as conn:
             rows = (await conn.execute(stmt)).all()
-        blocked: set[str] = set()
         items: list[QueuedItem] = []
-        for row in rows:
-            if row.conversation_key in blocked:
-                continue
-            if row.next_attempt_at is not None and row.next_attempt_at > now:
-                blocked.add(row.conversation_key)
-                continue
+        for row in _due_rows(rows, now, set()):
             try:
                 message = decode_message(row.payload)
             except (TypeError, ValueError, KeyError) as exc:
@@ -218,12 +224,7 @@ class Inbox:
         now = datetime.now(UTC)
         blocked: set[str] = set()
         fresh: list[QueuedItem] = []
-        for row in rows:
-            if row.conversation_key in blocked:
-                continue
-            if row.next_attempt_at is not None and row.next_attempt_at > now:
-                blocked.add(row.conversation_key)
-                continue
+        for row in _due_rows(rows, now, blocked):
             try:
                 message = decode_message(row.payload)
             except (TypeError, ValueError, KeyError):
