@@ -57,7 +57,8 @@ CANDIDATE_DEPTH = 6
 CANDIDATE_MAX_DF = 0.1
 CANDIDATE_MIN_POSTINGS = 100
 # Neural mode (faq/semantic.py): share of the embedding similarity in an entry's score, and how
-# many entries the embeddings add to the lexical shortlist.
+# many entries the embeddings add to the lexical shortlist (a scorer may set its own `share`
+# and `depth` attributes).
 SEMANTIC_SHARE = 0.7
 SEMANTIC_DEPTH = 10
 GROUP_ORDER = ("w", "b", "c")
@@ -304,7 +305,8 @@ class Matcher:
         rough_sims = np.maximum.reduceat(candidate_sims, self._centroid_starts)
         shortlist = _top_indices(rough_sims, max(CANDIDATE_DEPTH, depth))
         if semantic is not None:
-            shortlist = list(dict.fromkeys(shortlist + _top_indices(semantic, SEMANTIC_DEPTH)))
+            depth_added = getattr(self.semantic, "depth", SEMANTIC_DEPTH)
+            shortlist = list(dict.fromkeys(shortlist + _top_indices(semantic, depth_added)))
         dense: FloatArray | None = getattr(self._scratch, "dense", None)
         if dense is None:
             dense = self._scratch.dense = np.zeros(len(self._idf) + 1)
@@ -314,7 +316,7 @@ class Matcher:
         finally:
             dense[features] = 0.0
         if semantic is not None:
-            share = SEMANTIC_SHARE
+            share = getattr(self.semantic, "share", SEMANTIC_SHARE)
             lexical = [
                 (index, (1 - share) * lex + share * float(semantic[index]), best, at, cent, neg)
                 for index, lex, best, at, cent, neg in lexical
