@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bot import metrics_queries as mq
+from bot import rollups
 from bot.errors import InputError, RateLimited
 from bot.ratelimit import RateLimiter
 from bot.reports import conversation_detail
@@ -51,6 +52,8 @@ PERIODS = {"today": None, "7d": 7, "30d": 30, "90d": 90}
 MAX_CUSTOM_DAYS = 366
 LOGIN_LIMIT: web.AppKey[RateLimiter] = web.AppKey("dashboard_login_limit")
 CACHE: web.AppKey[MetricsCache] = web.AppKey("dashboard_cache")
+# how often closed days are rolled up and late rows folded in (bot/rollups.py)
+ROLLUP_SECONDS = 60.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -457,6 +460,20 @@ def add_routes(app: web.Application) -> None:
     async def close_cache(_: web.Application) -> None:
         await cache.close()
 
+    rollup_task: list[asyncio.Task[None]] = []
+
+    async def start_rollups(_: web.Application) -> None:
+        rollup_task.append(asyncio.create_task(
+            rollups.run_forever(service.db, ROLLUP_SECONDS), name="dashboard-rollups"))
+
+    async def stop_rollups(_: web.Application) -> None:
+        for task in rollup_task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.on_startup.append(start_rollups)
+    app.on_cleanup.append(stop_rollups)
     app.on_cleanup.append(close_cache)
     app.router.add_get("/dashboard", page)
     app.router.add_get("/dashboard/", page)

@@ -35,13 +35,12 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    tuple_,
-    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Select, Subquery
 
+from bot import rollups
 from bot.db.models import Conversation, Customer, Escalation, Message, StageChange
 
 CONVERSATION: Table = Conversation.__table__
@@ -187,45 +186,54 @@ def _interpolate(vals: Mapping[int, float], n: int, ps: Sequence[float]) -> dict
 
 # --- stages --------------------------------------------------------------------------------
 
-def _customer_history(since: datetime) -> Subquery:
-    """Stage changes since `since`, each with the customer's previous stage (whatever the
-    conversation). A correlated lookup on (customer_id, created_at, id, to_stage) per row: on
-    SQLite this is several times faster than LAG() over the customer's history."""
-    p = STAGE_CHANGE.alias("p")
-    prev = (select(p.c.to_stage)
-            .where(p.c.customer_id == SC.customer_id,
-                   tuple_(p.c.created_at, p.c.id) < tuple_(SC.created_at, SC.id))
-            .order_by(p.c.created_at.desc(), p.c.id.desc()).limit(1).scalar_subquery())
-    return (select(SC.customer_id, SC.created_at, SC.to_stage, prev.label("prev"))
-            .where(SC.created_at >= since).subquery())
+async def _rolled(conn: AsyncConnection, use_rollups: bool) -> datetime | None:
+    return await rollups.rolled_until(conn) if use_rollups else None
 
 
-async def stages_over_time(conn: AsyncConnection, period: Period) -> dict[str, Any]:
+async def _stage_deltas(conn: AsyncConnection, start: datetime, end: datetime | None,
+                        rolled: datetime | None, label: Callable[[datetime], str]
+                        ) -> dict[str, dict[str, int]]:
+    """Net change of customers per stage in [start, end), per `label` of the change's time:
+    +1 for the stage a customer moves to, -1 for the one they leave."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    part = rollups.split(start, end, rolled)
+    if part.days is not None:
+        rt = rollups.TRANSITIONS.c
+        for day, src, to, n in (await conn.execute(
+                select(rt.day, rt.from_stage, rt.to_stage, func.sum(rt.changes))
+                .where(rt.day >= part.days[0], rt.day < part.days[1])
+                .group_by(rt.day, rt.from_stage, rt.to_stage))).all():
+            bucket = label(datetime.fromisoformat(day).replace(tzinfo=UTC))
+            out[bucket][to] += int(n)
+            if src != "new":
+                out[bucket][src] -= int(n)
+    for a, b in part.live:
+        for t in await rollups.transitions(conn, a, b):
+            out[label(t.at)][t.to] += 1
+            if t.source != "new":
+                out[label(t.at)][t.source] -= 1
+    return out
+
+
+async def stages_over_time(conn: AsyncConnection, period: Period, *,
+                           use_rollups: bool = True) -> dict[str, Any]:
     """Customers in each stage at the end of every bucket, and conversations opened per bucket.
 
     The customer series starts from today's stages (customer.stage) and walks back through the
-    changes since the period started, so its cost follows the period's activity, not history.
+    changes since the period started (day rollups for closed days, live for the rest), so its
+    cost follows the number of days, not the history.
     """
     labels = period.labels()
-    hist = _customer_history(period.start)
-    b = _bucket(conn, hist.c.created_at, period.bucket)
-    when = case((hist.c.created_at >= period.end, literal_column("'~'", String)), else_=b)
-    plus = select(when.label("b"), hist.c.to_stage.label("stage"),
-                  literal_column("1", Integer).label("d"))
-    minus = (select(when.label("b"), hist.c.prev.label("stage"),
-                    literal_column("-1", Integer).label("d"))
-             .where(hist.c.prev.is_not(None)))
-    deltas = union_all(plus, minus).subquery()
-    rows = (await conn.execute(select(deltas.c.b, deltas.c.stage, func.sum(deltas.c.d))
-                               .group_by(deltas.c.b, deltas.c.stage))).all()
-    by_bucket: dict[str, dict[str, int]] = defaultdict(dict)
-    for bkt, stage, total in rows:
-        by_bucket[bkt][stage] = int(total)
+    rolled = await _rolled(conn, use_rollups)
+    in_rolled = rolled if period.bucket == "day" else None  # hour buckets: live
+    by_bucket = await _stage_deltas(conn, period.start, period.end, in_rolled,
+                                    lambda at: _label(at, period.bucket))
+    after = await _stage_deltas(conn, period.end, None, rolled, lambda at: "~")
     now_rows = (await conn.execute(select(CU.stage, func.count()).where(CU.stage.is_not(None))
                                    .group_by(CU.stage))).all()
     running = defaultdict(int, {r[0]: int(r[1]) for r in now_rows})
     stages = _ordered_stages(set(running) | {s for d in by_bucket.values() for s in d})
-    for stage, total in by_bucket.get("~", {}).items():  # changes after the period
+    for stage, total in after.get("~", {}).items():  # changes after the period
         running[stage] -= total
     customers: dict[str, list[int]] = {s: [0] * len(labels) for s in stages}
     for i in range(len(labels) - 1, -1, -1):
@@ -234,19 +242,26 @@ async def stages_over_time(conn: AsyncConnection, period: Period) -> dict[str, A
         for stage, total in by_bucket.get(labels[i], {}).items():
             running[stage] -= total
 
+    rows: list[tuple[str, str, int, int]] = []
+    part = rollups.split(period.start, period.end, in_rolled)
+    if part.days is not None:
+        rc = rollups.CONVERSATIONS.c
+        rows += [(r[0], r[1], int(r[2]), int(r[3])) for r in (await conn.execute(
+            select(rc.day, rc.stage, rc.conversations, rc.customers)
+            .where(rc.day >= part.days[0], rc.day < part.days[1]))).all()]
     cb = _bucket(conn, CV.created_at, period.bucket).label("b")
     cstage = func.coalesce(CV.stage, UNKNOWN).label("stage")
-    rows = (await conn.execute(
+    rows += [(r[0], r[1], int(r[2]), int(r[3])) for r in (await conn.execute(
         select(cb, cstage, func.count(), func.count(CV.customer_id.distinct()))
-        .where(_in(CV.created_at, period)).group_by(cb, cstage))).all()
+        .where(rollups.in_intervals(CV.created_at, part.live)).group_by(cb, cstage))).all()]
     conv_stages = _ordered_stages({r[1] for r in rows})
     index = {label: i for i, label in enumerate(labels)}
     conversations = {s: [0] * len(labels) for s in conv_stages}
     contacting = {s: [0] * len(labels) for s in conv_stages}
     for bkt, stage, n, distinct_customers in rows:
         if bkt in index:
-            conversations[stage][index[bkt]] = int(n)
-            contacting[stage][index[bkt]] = int(distinct_customers)
+            conversations[stage][index[bkt]] += n
+            contacting[stage][index[bkt]] += distinct_customers
     return {"period": period.as_dict(), "labels": labels,
             "customers": [{"stage": s, "counts": customers[s]} for s in stages],
             "customers_now": {s: running_now for s, running_now in
@@ -260,22 +275,36 @@ def _ordered_stages(found: Iterable[str]) -> list[str]:
     return [s for s in STAGES if s in found] + sorted(found - set(STAGES))
 
 
-async def stage_flow(conn: AsyncConnection, period: Period) -> dict[str, Any]:
+async def stage_flow(conn: AsyncConnection, period: Period, *,
+                     use_rollups: bool = True) -> dict[str, Any]:
     """Customers' stage transitions in the period (from the customer's previous stage, or
-    "new"), whichever conversation they happened in; staying in a stage is not a transition."""
-    hist = _customer_history(period.start)
-    src = func.coalesce(hist.c.prev, "new").label("src")
-    rows = (await conn.execute(
-        select(src, hist.c.to_stage, func.count(), func.count(hist.c.customer_id.distinct()))
-        .where(_in(hist.c.created_at, period),
-               or_(hist.c.prev.is_(None), hist.c.prev != hist.c.to_stage))
-        .group_by(src, hist.c.to_stage))).all()
-    flows = [{"from": r[0], "to": r[1], "changes": int(r[2]), "customers": int(r[3])}
-             for r in rows]
+    "new"), whichever conversation they happened in; staying in a stage is not a transition.
+
+    "customers" counts each customer once per transition: a transition counts as a new
+    customer when that customer's previous identical one is older than the period."""
+    changes: dict[tuple[str, str], int] = defaultdict(int)
+    customers: dict[tuple[str, str], int] = defaultdict(int)
+    part = rollups.split(period.start, period.end, await _rolled(conn, use_rollups))
+    if part.days is not None:
+        rt = rollups.TRANSITIONS.c
+        first_in_period = or_(rt.repeat_after.is_(None), rt.repeat_after < period.start)
+        for src, to, n, distinct in (await conn.execute(
+                select(rt.from_stage, rt.to_stage, func.sum(rt.changes),
+                       func.sum(case((first_in_period, rt.changes), else_=0)))
+                .where(rt.day >= part.days[0], rt.day < part.days[1])
+                .group_by(rt.from_stage, rt.to_stage))).all():
+            changes[(src, to)] += int(n)
+            customers[(src, to)] += int(distinct)
+    for a, b in part.live:
+        for t in await rollups.transitions(conn, a, b):
+            changes[(t.source, t.to)] += 1
+            if t.repeat_after is None or t.repeat_after < period.start:
+                customers[(t.source, t.to)] += 1
     order = {s: i for i, s in enumerate(("new", *STAGES))}
-    flows.sort(key=lambda f: (order.get(f["from"], 99), order.get(f["to"], 99)))
-    return {"period": period.as_dict(), "flows": flows,
-            "total": sum(f["changes"] for f in flows)}
+    keys = sorted(changes, key=lambda k: (order.get(k[0], 99), order.get(k[1], 99)))
+    flows = [{"from": k[0], "to": k[1], "changes": changes[k], "customers": customers[k]}
+             for k in keys]
+    return {"period": period.as_dict(), "flows": flows, "total": sum(changes.values())}
 
 
 # --- bot performance -----------------------------------------------------------------------
@@ -332,11 +361,36 @@ async def _previous_csat(conn: AsyncConnection, prev: Subquery, row: Row,
             row(k)["csat_prev_avg"] = _round(csat_sum / csat_n, 2)
 
 
-async def performance(conn: AsyncConnection, period: Period, by: str = "stage") -> dict[str, Any]:
+async def _inbound_counts(conn: AsyncConnection, period: Period, by: str,
+                          use_rollups: bool) -> list[tuple[str, int, int]]:
+    """(group, inbound messages, answered by the bot): day rollups + live SQL for the rest."""
+    key = _dim(by, "message")
+    part = rollups.split(period.start, period.end, await _rolled(conn, use_rollups))
+    out: list[tuple[str, int, int]] = []
+    if part.days is not None:
+        ri = rollups.INBOUND.c
+        col = {"stage": ri.stage, "channel": ri.channel, "language": ri.language}[by]
+        out += [(r[0], int(r[1]), int(r[2])) for r in (await conn.execute(
+            select(col, func.sum(ri.messages), func.sum(ri.answered))
+            .where(ri.day >= part.days[0], ri.day < part.days[1]).group_by(col))).all()]
+    stmt = (select(key.label("g"), func.count(),
+                   func.sum(case((MS.decision == "answer", 1), else_=0)))
+            .where(MS.direction == "in", rollups.in_intervals(MS.created_at, part.live))
+            .group_by(key))
+    if by == "stage":
+        stmt = stmt.select_from(MESSAGE.join(CONVERSATION, CV.id == MS.conversation_id))
+    out += [(r[0], int(r[1]), int(r[2] or 0)) for r in (await conn.execute(stmt)).all()]
+    return out
+
+
+async def performance(conn: AsyncConnection, period: Period, by: str = "stage", *,
+                      use_rollups: bool = True) -> dict[str, Any]:
     """Per stage, channel or language: volume, bot share, escalations, response times, CSAT.
 
-    Five queries whatever the data: totals are sums of the groups (every row has exactly one
-    group), percentiles for all groups and both durations come from one percentile query.
+    Message counts come from the day rollups plus live SQL for the rest of the period;
+    escalations (far fewer rows) are read live from a covering index: totals are sums of the
+    groups (every row has exactly one group), percentiles for all groups and both durations
+    come from one percentile query.
     """
     rows: dict[str, dict[str, Any]] = {}
     total: dict[str, Any] = {"messages": 0, "answered_by_bot": 0, "escalations": 0,
@@ -347,16 +401,10 @@ async def performance(conn: AsyncConnection, period: Period, by: str = "stage") 
             key, {"key": key, "messages": 0, "answered_by_bot": 0, "escalations": 0,
                   "reasons": {}})
 
-    key = _dim(by, "message")
-    stmt = (select(key.label("g"), func.count(),
-                   func.sum(case((MS.decision == "answer", 1), else_=0)))
-            .where(MS.direction == "in", _in(MS.created_at, period)).group_by(key))
-    if by == "stage":
-        stmt = stmt.select_from(MESSAGE.join(CONVERSATION, CV.id == MS.conversation_id))
-    for g, n, answered in (await conn.execute(stmt)).all():
+    for g, n, answered in await _inbound_counts(conn, period, by, use_rollups):
         for r in (row(g), total):
-            r["messages"] += int(n)
-            r["answered_by_bot"] += int(answered or 0)
+            r["messages"] += n
+            r["answered_by_bot"] += answered
 
     esc = _escalations(conn, period, by).subquery()
     await _escalation_stats(conn, esc, row, total)
@@ -393,14 +441,25 @@ def _fill_defaults(r: dict[str, Any]) -> None:
 
 # --- FAQ -----------------------------------------------------------------------------------
 
-async def faq_hits(conn: AsyncConnection, period: Period) -> dict[str, int]:
+async def faq_hits(conn: AsyncConnection, period: Period, *,
+                   use_rollups: bool = True) -> dict[str, int]:
     """Inbound messages the bot answered, per FAQ entry."""
-    rows = (await conn.execute(
-        select(MS.faq_id, func.count())
-        .where(MS.direction == "in", _in(MS.created_at, period), MS.decision == "answer",
-               MS.faq_id.is_not(None))
-        .group_by(MS.faq_id))).all()
-    return {r[0]: int(r[1]) for r in rows}
+    hits: dict[str, int] = defaultdict(int)
+    part = rollups.split(period.start, period.end, await _rolled(conn, use_rollups))
+    if part.days is not None:
+        rf = rollups.FAQ.c
+        for faq_id, n in (await conn.execute(
+                select(rf.faq_id, func.sum(rf.hits))
+                .where(rf.day >= part.days[0], rf.day < part.days[1])
+                .group_by(rf.faq_id))).all():
+            hits[faq_id] += int(n)
+    for faq_id, n in (await conn.execute(
+            select(MS.faq_id, func.count())
+            .where(MS.direction == "in", rollups.in_intervals(MS.created_at, part.live),
+                   MS.decision == "answer", MS.faq_id.is_not(None))
+            .group_by(MS.faq_id))).all():
+        hits[faq_id] += int(n)
+    return dict(hits)
 
 
 async def unanswered_questions(conn: AsyncConnection, period: Period, *,

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot import rollups
 from bot.db.engine import Database
 from bot.db.models import (
     Conversation,
@@ -383,5 +384,6 @@ async def seed_demo(db: Database, entries: Sequence[FaqEntry], *, messages: int 
                     f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
                     f"(SELECT COALESCE(MAX(id), 1) FROM {name}))"))
         await conn.execute(text("ANALYZE"))  # fresh statistics for the planner
+    await rollups.refresh(db, rebuild=True)  # the history is new: roll it all up
     gen.stats.seconds = round(time.perf_counter() - started, 1)
     return gen.stats

@@ -93,6 +93,11 @@ class Conversation(Model, table=True):
     __table_args__ = (
         Index("ix_conversation_identity_status", "identity_id", "status"),
         Index("ix_conversation_stage_created", "stage", "created_at"),
+        # dashboard conversation list: each filter walks its index newest first (id order)
+        Index("ix_conversation_stage_id", "stage", "id"),
+        Index("ix_conversation_status_id", "status", "id"),
+        Index("ix_conversation_language_id", "language", "id"),
+        Index("ix_conversation_channel_id", "channel", "id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     customer_id: int = Field(foreign_key="customer.id", index=True)
@@ -201,6 +206,10 @@ class Escalation(Model, table=True):
     __table_args__ = (
         Index("ix_escalation_status_created", "status", "created_at"),
         Index("ix_escalation_created", "created_at"),  # dashboard: escalations per period
+        # dashboard: performance reads only this index (no table rows) for a period
+        Index("ix_escalation_created_cover", "created_at", "conversation_id", "reason", "csat",
+              "first_response_at", "resolved_at"),
+        Index("ix_escalation_reason_created", "reason", "created_at"),  # unanswered questions
     )
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: int = Field(foreign_key="conversation.id", index=True)
@@ -260,4 +269,63 @@ class ChannelState(Model, table=True):
     __tablename__ = "channel_state"
     key: str = Field(primary_key=True)
     value: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = created()
+
+
+# --- dashboard rollups (bot/rollups.py): per-day aggregates of closed UTC days ------------------
+
+class RollupInbound(Model, table=True):
+    """Inbound messages per day x conversation stage x channel x language."""
+
+    __tablename__ = "rollup_inbound"
+    day: str = Field(primary_key=True)  # "YYYY-MM-DD" (UTC)
+    stage: str = Field(primary_key=True)
+    channel: str = Field(primary_key=True)
+    language: str = Field(primary_key=True)
+    messages: int = 0
+    answered: int = 0
+
+
+class RollupFaq(Model, table=True):
+    """Inbound messages the bot answered, per day x FAQ entry."""
+
+    __tablename__ = "rollup_faq"
+    day: str = Field(primary_key=True)
+    faq_id: str = Field(primary_key=True)
+    hits: int = 0
+
+
+class RollupConversation(Model, table=True):
+    """Conversations opened per day x their current stage, and how many customers opened them."""
+
+    __tablename__ = "rollup_conversation"
+    day: str = Field(primary_key=True)
+    stage: str = Field(primary_key=True)
+    conversations: int = 0
+    customers: int = 0
+
+
+class RollupTransition(Model, table=True):
+    """Customers' stage transitions per day (from the customer's previous stage or "new").
+
+    `repeat_after` is when the same customer last made the same transition (NULL if never), so
+    distinct customers over any period starting at S = the sum of rows with repeat_after < S."""
+
+    __tablename__ = "rollup_transition"
+    __table_args__ = (Index("ix_rollup_transition_day", "day", "from_stage", "to_stage"),)
+    id: int | None = Field(default=None, primary_key=True)
+    day: str
+    from_stage: str
+    to_stage: str
+    repeat_after: datetime | None = ts()
+    changes: int = 0
+
+
+class RollupState(Model, table=True):
+    """How far the rollups go (every day before `rolled_until`) and what they have seen."""
+
+    __tablename__ = "rollup_state"
+    key: str = Field(primary_key=True)
+    rolled_until: datetime | None = ts()
+    seen: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     updated_at: datetime = created()

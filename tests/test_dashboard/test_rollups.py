@@ -1,0 +1,134 @@
+"""Rollup-based answers equal the live SQL answers, whatever the rollups have seen.
+
+The hand-built history of test_metrics (whose right answers are worked out there) is rolled up
+at various points in time, changed behind the rollups' back, and every dashboard metric is
+compared with the same metric computed live, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+
+from bot import metrics_queries as mq
+from bot import rollups
+from bot.customers import merge_customers
+from bot.db.engine import Database
+from tests.test_dashboard.test_metrics import NOW, WEEK, at, build_history
+
+PERIODS = [
+    WEEK,  # starts mid-day: a live first day, rolled days, live today
+    mq.Period(at(4, 0), at(6, 0), "day"),  # whole past days
+    mq.Period(NOW - timedelta(days=30), NOW, "day"),
+    mq.Period(at(9, 0), at(10, 0) + timedelta(days=1), "hour"),  # hour buckets: live
+    mq.Period(at(8, 5, 30), at(9, 23), "day"),  # starts and ends inside a day
+]
+
+
+async def everything(db: Database, *, use_rollups: bool) -> list[Any]:
+    out: list[Any] = []
+    async with db.read() as conn:
+        for period in PERIODS:
+            out.append(await mq.stages_over_time(conn, period, use_rollups=use_rollups))
+            out.append(await mq.stage_flow(conn, period, use_rollups=use_rollups))
+            for by in mq.DIMENSIONS:
+                out.append(await mq.performance(conn, period, by, use_rollups=use_rollups))
+            out.append(await mq.faq_hits(conn, period, use_rollups=use_rollups))
+    return out
+
+
+async def rolled(db: Database) -> datetime | None:
+    async with db.read() as conn:
+        return await rollups.rolled_until(conn)
+
+
+async def assert_rollups_agree(db: Database) -> None:
+    assert await everything(db, use_rollups=True) == await everything(db, use_rollups=False)
+
+
+async def test_rolled_up_answers_equal_live_ones(metrics_db: Database) -> None:
+    await build_history(metrics_db)
+    assert await rolled(metrics_db) is None  # never refreshed: all live
+    stats = await rollups.refresh(metrics_db, now=NOW)
+    assert stats.rebuilt and stats.rolled_until == datetime(2026, 3, 10, tzinfo=UTC)
+    assert await rolled(metrics_db) == datetime(2026, 3, 10, tzinfo=UTC)
+    async with metrics_db.read() as conn:
+        inbound = (await conn.execute(select(func.sum(rollups.INBOUND.c.messages)))).scalar()
+    assert inbound == 8  # every inbound message of the history is in a closed day
+    await assert_rollups_agree(metrics_db)
+    # and the hand-worked answers of test_metrics still hold through the rollups
+    async with metrics_db.read() as conn:
+        flow = await mq.stage_flow(conn, WEEK)
+        total = (await mq.performance(conn, WEEK, "channel"))["total"]
+    assert {(f["from"], f["to"]): f["customers"] for f in flow["flows"]} == {
+        ("new", "awareness"): 1, ("awareness", "consideration"): 1,
+        ("awareness", "at_risk"): 1, ("consideration", "purchase"): 1}
+    assert (total["messages"], total["answered_by_bot"], total["escalations"]) == (7, 4, 4)
+
+
+async def test_lagging_rollups_still_give_exact_answers(metrics_db: Database) -> None:
+    await build_history(metrics_db)
+    await rollups.refresh(metrics_db, now=at(6, 12))  # rolled up to 03-06 only
+    assert await rolled(metrics_db) == datetime(2026, 3, 6, tzinfo=UTC)
+    await assert_rollups_agree(metrics_db)
+    stats = await rollups.refresh(metrics_db, now=NOW)  # the days since, incrementally
+    assert not stats.rebuilt and stats.days == 4
+    await assert_rollups_agree(metrics_db)
+
+
+async def test_late_rows_stage_changes_and_merges_are_folded_in(metrics_db: Database) -> None:
+    await build_history(metrics_db)
+    await rollups.refresh(metrics_db, now=NOW)
+    async with metrics_db.write() as conn:  # a message arrives dated three days ago
+        await conn.execute(insert(mq.MESSAGE).values(
+            conversation_id=2, direction="in", channel="whatsapp", author="customer",
+            text="late", language="it", faq_id="returns", decision="answer",
+            created_at=at(7, 9)))
+    assert await rolled(metrics_db) is None  # stale: answered live until the next refresh
+    await assert_rollups_agree(metrics_db)
+    await rollups.refresh(metrics_db, now=NOW)
+    assert await rolled(metrics_db) is not None
+    await assert_rollups_agree(metrics_db)
+
+    async with metrics_db.write() as conn:  # conversation 1 (messages on 03-05) moves on
+        await conn.execute(insert(mq.STAGE_CHANGE).values(
+            conversation_id=1, customer_id=1, from_stage="consideration", to_stage="advocacy",
+            reason="test", created_at=at(10, 11)))
+        await conn.execute(update(mq.CONVERSATION).where(mq.CV.id == 1)
+                           .values(stage="advocacy"))
+        await conn.execute(update(mq.CUSTOMER).where(mq.CU.id == 1).values(stage="advocacy"))
+    await rollups.refresh(metrics_db, now=NOW + timedelta(hours=1))
+    await assert_rollups_agree(metrics_db)
+
+    async with metrics_db.write() as conn:  # customer 2 turns out to be customer 1
+        await merge_customers(conn, keep=1, drop=2)
+    await rollups.refresh(metrics_db, now=NOW + timedelta(hours=2))
+    await assert_rollups_agree(metrics_db)
+
+
+async def test_concurrent_refreshes_do_not_double_count(metrics_db: Database) -> None:
+    await build_history(metrics_db)
+    other = Database(metrics_db.url)  # another process's engine
+    try:
+        await asyncio.gather(rollups.refresh(metrics_db, now=NOW),
+                             rollups.refresh(other, now=NOW),
+                             rollups.refresh(other, now=NOW, rebuild=True))
+    finally:
+        await other.close()
+    async with metrics_db.read() as conn:
+        inbound = (await conn.execute(select(func.sum(rollups.INBOUND.c.messages)))).scalar()
+    assert inbound == 8
+    await assert_rollups_agree(metrics_db)
+
+
+def test_split_cuts_a_period_at_whole_rolled_up_days() -> None:
+    until = datetime(2026, 3, 10, tzinfo=UTC)
+    part = rollups.split(at(3, 12), at(10, 12), until)
+    assert part.days == ("2026-03-04", "2026-03-10")
+    assert part.live == [(at(3, 12), at(4, 0)), (until, at(10, 12))]
+    assert rollups.split(at(9, 1), at(9, 23), until).days is None  # inside one day
+    assert rollups.split(at(4, 0), None, until).live == [(until, None)]
+    assert rollups.split(at(4, 0), at(6, 0), None).live == [(at(4, 0), at(6, 0))]
