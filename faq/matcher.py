@@ -3,20 +3,23 @@
 Why this shape: an FAQ has few phrasings per entry (often 4-10), so there is nothing to train a
 model on, and the bot must answer in well under a millisecond on a small machine.
 
-1. Every phrasing becomes a sparse vector of feature groups (stemmed words without stopwords,
-   char 4-grams inside words; word pairs are supported but weigh 0: they measured no gain),
+1. Every phrasing becomes a sparse vector of two feature groups (stemmed words without
+   stopwords, char 4-grams inside words; word pairs measured no gain and are not used),
    TF-IDF weighted with IDF counted over *entries*, so a word shared by many entries
    ("order") weighs less than one that singles an entry out. Each group is L2-normalised and
-   weighted, so a dot product is a weighted cosine in [0, 1].
+   weighted, so a dot product is a weighted cosine in [0, 1]. A question is vectorised from a
+   per-matcher cache of its tokens' feature ids: customers reuse the same words.
 2. Candidate stage: one centroid per (entry, language) in an inverted index (flat numpy
    arrays, one `bincount` per question), so cost follows the question's features, not the FAQ
    size; very common features are left out of this stage only.
-3. Exact stage: all phrasings of the shortlisted entries are scored in one vectorised pass; an
-   entry's lexical score mixes its best phrasing and its centroid.
+3. Exact stage: all phrasings and centroids of the shortlisted entries are scored in one
+   gather and one `reduceat` over per-entry CSR blocks built once; an entry's lexical score
+   mixes its best phrasing and its centroid.
 4. The best few are re-ranked with rapidfuzz (word-order-blind edit similarity against their
    phrasings): typos and run-on words. An entry whose negative phrasing fits the question at
    least as well as its own phrasings is pushed down.
 """
+
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from rapidfuzz import fuzz, process
 
 from faq.language import detect_language
 from faq.models import Candidate, FaqEntry, MatchResult
-from faq.normalize import TextFeatures, extract
+from faq.normalize import analyze_token, tokenize
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -42,7 +45,8 @@ DEFAULT_THRESHOLD = 0.34
 DEFAULT_AMBIGUITY_MARGIN = 0.02
 
 # Share of each feature group in the cosine (they sum to 1 so scores stay in [0, 1]).
-GROUP_WEIGHTS = {"w": 0.45, "b": 0.0, "c": 0.55}
+WORD_WEIGHT = 0.45
+CHAR_WEIGHT = 0.55
 # How much of an entry's score comes from its best phrasing versus its centroid.
 BEST_PHRASING_SHARE = 0.5
 # Weight of the rapidfuzz similarity in the final re-ranking of the best few entries.
@@ -61,9 +65,12 @@ CANDIDATE_MIN_POSTINGS = 100
 # and `depth` attributes).
 SEMANTIC_SHARE = 0.7
 SEMANTIC_DEPTH = 10
-GROUP_ORDER = ("w", "b", "c")
-_GROUP_SCALES = tuple(math.sqrt(GROUP_WEIGHTS[g]) for g in GROUP_ORDER)
-_USE_PAIRS = GROUP_WEIGHTS["b"] > 0
+# Distinct tokens whose feature ids a matcher remembers; later new tokens are analysed each time.
+TOKEN_CACHE_SIZE = 200_000
+
+_PHRASING_CENTROID_MIX = np.array([BEST_PHRASING_SHARE, 1 - BEST_PHRASING_SHARE])
+_WORD_SCALE = math.sqrt(WORD_WEIGHT)
+_CHAR_SCALE = math.sqrt(CHAR_WEIGHT)
 
 
 @dataclass(slots=True)
@@ -84,6 +91,22 @@ class SemanticScorer(Protocol):
     """Embedding similarity of a question to every entry, in matcher entry order, in [0, 1]."""
 
     def entry_similarities(self, text: str) -> FloatArray: ...
+
+
+# What one token adds to a vector: known word ids, unseen word keys (they count in the norm
+# only), known char n-gram ids, unseen char n-grams. A plain tuple: read once per token.
+_TokenFeatures = tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...], tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Vector:
+    """A sparse L2-normalised TF-IDF vector: sorted feature ids and their weights."""
+
+    features: IntArray
+    values: FloatArray
+
+    def as_dict(self) -> dict[int, float]:
+        return dict(zip(self.features.tolist(), self.values.tolist(), strict=True))
 
 
 class _PostingIndex:
@@ -116,12 +139,12 @@ class _PostingIndex:
         """Dot product of the query (`features`, `values`) with every row."""
         starts = self.indptr[features]
         lengths = self.indptr[features + 1] - starts
-        total = int(lengths.sum())
+        ends = np.cumsum(lengths)
+        total = int(ends[-1]) if len(ends) else 0
         if total == 0:
             return np.zeros(self.n_rows)
         # Gather all postings of the query's features without a Python loop per posting.
-        offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-        positions = offsets + np.arange(total)
+        positions = np.repeat(starts - ends + lengths, lengths) + np.arange(total)
         contributions = self.weights[positions] * np.repeat(values, lengths)
         sums = np.bincount(self.rows[positions], weights=contributions, minlength=self.n_rows)
         return np.asarray(sums, dtype=np.float64)
@@ -129,26 +152,27 @@ class _PostingIndex:
 
 @dataclass(frozen=True, slots=True)
 class _Block:
-    """The phrasings (or negatives) of one entry as a small CSR: exact scoring in 3 calls."""
+    """One entry's phrasings then centroids as a small CSR, so exact scoring is a gather."""
 
     features: IntArray
     weights: FloatArray
     row_starts: IntArray
-    row_start_list: tuple[int, ...]
-    size: int
+    row_lengths: IntArray
+    n_phrasings: int
+    n_rows: int
 
     @classmethod
-    def build(cls, rows: Sequence[dict[int, float]]) -> _Block:
+    def build(cls, rows: Sequence[dict[int, float]], n_phrasings: int) -> _Block:
         # An empty row would break reduceat; give it a zero-weight feature instead.
         rows = [row or {0: 0.0} for row in rows]
         lengths = [len(row) for row in rows]
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
         return cls(
             features=np.array([f for row in rows for f in row], dtype=np.int64),
             weights=np.array([w for row in rows for w in row.values()], dtype=np.float64),
-            row_starts=starts,
-            row_start_list=tuple(int(x) for x in starts),
-            size=sum(lengths),
+            row_starts=np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64),
+            row_lengths=np.array(lengths, dtype=np.int64),
+            n_phrasings=n_phrasings,
+            n_rows=len(rows),
         )
 
 
@@ -181,42 +205,40 @@ class Matcher:
         phrasings: list[str] = []
         owners: list[int] = []
         self._phrase_ranges: list[tuple[int, int]] = []
-        self._negative_ranges: list[tuple[int, int]] = []
+        negative_ranges: list[tuple[int, int]] = []
         negatives: list[str] = []
         for index, entry in enumerate(self.entries):
             self._phrase_ranges.append((len(phrasings), len(phrasings) + len(entry.questions)))
             phrasings.extend(entry.questions)
             owners.extend([index] * len(entry.questions))
-            self._negative_ranges.append((len(negatives), len(negatives) + len(entry.negatives)))
+            negative_ranges.append((len(negatives), len(negatives) + len(entry.negatives)))
             negatives.extend(entry.negatives)
         self._phrasings = phrasings
-        feats = [extract(p, pairs=_USE_PAIRS) for p in phrasings]
-        self._sorted_phrasings = [f.sorted_text for f in feats]
-        self._vocabs: tuple[dict[str, int], ...] = tuple({} for _ in GROUP_ORDER)
-        self._idf: list[float] = []
-        self._unseen_idf = (math.log(1 + max(len(self.entries), 1)) + 1.0) ** IDF_POWER
-        self._fit_idf(feats, owners)
-        rows = [self._vectorize(f) for f in feats]
+        tokens = [tokenize(p) for p in phrasings]
+        self._sorted_phrasings = [" ".join(sorted(t)) for t in tokens]
+        self._token_cache: dict[str, _TokenFeatures] = {}
+        self._fit_idf(tokens, owners)
+        rows = [self._vectorize(t).as_dict() for t in tokens]
         centroids, centroid_owners = self._centroids(rows, owners, phrasings)
         entry_centroids: list[list[dict[int, float]]] = [[] for _ in self.entries]
         for centroid, owner in zip(centroids, centroid_owners, strict=True):
             entry_centroids[owner].append(centroid)
         # An entry's block holds its phrasings, then its centroids: both scored exactly.
         self._entry_blocks = [
-            _Block.build([*rows[lo:hi], *entry_centroids[index]])
+            _Block.build([*rows[lo:hi], *entry_centroids[index]], hi - lo)
             for index, (lo, hi) in enumerate(self._phrase_ranges)
         ]
         self._centroid_index = _PostingIndex(
-            centroids, len(self._idf), max_df_share=CANDIDATE_MAX_DF
+            centroids, self._n_features, max_df_share=CANDIDATE_MAX_DF
         )
         # Centroid rows are grouped by entry: an entry's centroid score is its best language's.
         self._centroid_starts: IntArray = np.searchsorted(
             np.asarray(centroid_owners, dtype=np.int64), np.arange(len(self.entries))
         ).astype(np.int64)
-        negative_rows = [self._vectorize(extract(n, pairs=_USE_PAIRS)) for n in negatives]
+        negative_rows = [self._vectorize(tokenize(n)).as_dict() for n in negatives]
         self._negative_blocks = [
-            _Block.build(negative_rows[lo:hi]) if hi > lo else None
-            for lo, hi in self._negative_ranges
+            _Block.build(negative_rows[lo:hi], hi - lo) if hi > lo else None
+            for lo, hi in negative_ranges
         ]
         # Scratch vector for the question, one per thread so `match` is safe to call from
         # worker threads too; it is zeroed again after every question.
@@ -229,45 +251,97 @@ class Matcher:
 
     # ---- building -------------------------------------------------------------------------
 
-    def _fit_idf(self, feats: Sequence[TextFeatures], owners: Sequence[int]) -> None:
-        """IDF per feature, counting in how many *entries* (not phrasings) it appears."""
-        n_entries = max(len(self.entries), 1)
-        seen: list[dict[str, set[int]]] = [{} for _ in GROUP_ORDER]
-        for features, owner in zip(feats, owners, strict=True):
-            for group, counts in enumerate(_groups(features)):
-                if not _GROUP_SCALES[group]:
-                    continue
-                for key in counts:
-                    seen[group].setdefault(key, set()).add(owner)
-        for group, keys in enumerate(seen):
-            for key, owner_set in keys.items():
-                self._vocabs[group][key] = len(self._idf)
-                idf = math.log((1 + n_entries) / (1 + len(owner_set))) + 1.0
-                self._idf.append(idf**IDF_POWER)
+    def _fit_idf(self, tokens: Sequence[Sequence[str]], owners: Sequence[int]) -> None:
+        """IDF per feature, counting in how many *entries* (not phrasings) it appears.
 
-    def _vectorize(self, features: TextFeatures) -> dict[int, float]:
+        Word features get ids first, then char n-grams, so a feature's group is `id <
+        self._n_words`.
+        """
+        n_entries = max(len(self.entries), 1)
+        words: dict[str, set[int]] = {}
+        chars: dict[str, set[int]] = {}
+        for phrasing_tokens, owner in zip(tokens, owners, strict=True):
+            word_keys, char_keys = _features(phrasing_tokens)
+            for key in word_keys:
+                words.setdefault(key, set()).add(owner)
+            for key in char_keys:
+                chars.setdefault(key, set()).add(owner)
+        self._word_vocab = {key: i for i, key in enumerate(words)}
+        self._char_vocab = {key: len(words) + i for i, key in enumerate(chars)}
+        self._n_words = len(words)
+        self._n_features = len(words) + len(chars)
+        idf = [
+            (math.log((1 + n_entries) / (1 + len(owner_set))) + 1.0) ** IDF_POWER
+            for group in (words, chars)
+            for owner_set in group.values()
+        ]
+        self._idf_list = idf
+        self._unseen_idf = (math.log(1 + n_entries) + 1.0) ** IDF_POWER
+
+    def _token_features(self, token: str) -> _TokenFeatures:
+        """`token`'s feature ids in this matcher's vocabulary, cached."""
+        cached = self._token_cache.get(token)
+        if cached is not None:
+            return cached
+        word_keys, _, char_keys = analyze_token(token)
+        word_vocab, char_vocab = self._word_vocab, self._char_vocab
+        cached = (
+            tuple(word_vocab[k] for k in word_keys if k in word_vocab),
+            tuple(k for k in word_keys if k not in word_vocab),
+            tuple(char_vocab[k] for k in char_keys if k in char_vocab),
+            tuple(k for k in char_keys if k not in char_vocab),
+        )
+        if len(self._token_cache) < TOKEN_CACHE_SIZE:
+            self._token_cache[token] = cached
+        return cached
+
+    def _vectorize(self, tokens: Sequence[str]) -> _Vector:
         """L2-normalised TF-IDF per group, scaled so the dot product is the weighted cosine.
 
         Unknown features still count in the norm: a question full of words the FAQ never uses
         gets a low score, which is what keeps out-of-scope questions from being answered.
+        Plain Python on the cached ids: a question has a few dozen features, too few for numpy
+        calls to pay for themselves.
         """
-        vector: dict[int, float] = {}
-        idf, unseen = self._idf, self._unseen_idf
-        for counts, vocab, group_scale in zip(
-            _groups(features), self._vocabs, _GROUP_SCALES, strict=True
+        word_ids: list[int] = []
+        char_ids: list[int] = []
+        unseen_words: list[str] = []
+        unseen_chars: list[str] = []
+        cache = self._token_cache
+        for token in tokens:
+            found = cache.get(token) or self._token_features(token)
+            word_ids.extend(found[0])
+            unseen_words.extend(found[1])
+            char_ids.extend(found[2])
+            unseen_chars.extend(found[3])
+        if not word_ids and not unseen_words and tokens:
+            # A question made only of stopwords ("can I?") still needs words: the tokens.
+            for token in tokens:
+                if token in self._word_vocab:
+                    word_ids.append(self._word_vocab[token])
+                else:
+                    unseen_words.append(token)
+        features: list[int] = []
+        values: list[float] = []
+        for ids, unseen, scale in (
+            (word_ids, unseen_words, _WORD_SCALE),
+            (char_ids, unseen_chars, _CHAR_SCALE),
         ):
-            if not counts or not group_scale:
+            if not ids:
                 continue
-            ids = [vocab.get(k, -1) for k in counts]
-            weights = [
-                (1.0 + math.log(tf) if tf > 1 else 1.0) * (idf[f] if f >= 0 else unseen)
-                for f, tf in zip(ids, counts.values(), strict=True)
-            ]
-            scale = group_scale / math.sqrt(sum(w * w for w in weights))
-            for feature, weight in zip(ids, weights, strict=True):
-                if feature >= 0:
-                    vector[feature] = weight * scale
-        return vector
+            idf = self._idf_list
+            if len(set(ids)) == len(ids):
+                weights = [idf[f] for f in ids]
+            else:
+                counts = Counter(ids)
+                ids = list(counts)
+                weights = [idf[f] * (1.0 + math.log(tf)) for f, tf in counts.items()]
+            norm = math.sqrt(
+                sum([w * w for w in weights]) + _unseen_square_sum(unseen, self._unseen_idf)
+            )
+            features.extend(ids)
+            values.extend([w * scale / norm for w in weights])
+        return _Vector(np.array(features, dtype=np.int64), np.array(values, dtype=np.float64))
 
     def _centroids(
         self, rows: Sequence[dict[int, float]], owners: Sequence[int], phrasings: Sequence[str]
@@ -294,13 +368,12 @@ class Matcher:
         """The `depth` best entries for `text`, best first, with their component scores."""
         if not self.entries:
             return []
-        query_features = extract(text, pairs=_USE_PAIRS)
-        query = self._vectorize(query_features)
+        tokens = tokenize(text)
+        query = self._vectorize(tokens)
         semantic = self.semantic.entry_similarities(text) if self.semantic is not None else None
-        if not query and semantic is None:
+        if not len(query.features) and semantic is None:
             return []
-        features = np.fromiter(query.keys(), dtype=np.int64, count=len(query))
-        values = np.fromiter(query.values(), dtype=np.float64, count=len(query))
+        features, values = query.features, query.values
         candidate_sims = self._centroid_index.dot(features, values)
         rough_sims = np.maximum.reduceat(candidate_sims, self._centroid_starts)
         shortlist = _top_indices(rough_sims, max(CANDIDATE_DEPTH, depth))
@@ -309,60 +382,65 @@ class Matcher:
             shortlist = list(dict.fromkeys(shortlist + _top_indices(semantic, depth_added)))
         dense: FloatArray | None = getattr(self._scratch, "dense", None)
         if dense is None:
-            dense = self._scratch.dense = np.zeros(len(self._idf) + 1)
+            dense = self._scratch.dense = np.zeros(self._n_features + 1)
         dense[features] = values
         try:
-            lexical = self._exact_scores(shortlist, dense)
+            lexical, sims, row_offsets = self._exact_scores(shortlist, dense)
+            if semantic is not None:
+                share = getattr(self.semantic, "share", SEMANTIC_SHARE)
+                lexical = (1 - share) * lexical + share * semantic[shortlist]
+            order = np.argsort(-lexical, kind="stable")[:depth].tolist()
+            finalists = [
+                self._finalist(shortlist[i], float(lexical[i]), sims, row_offsets[i], dense)
+                for i in order
+            ]
         finally:
             dense[features] = 0.0
-        if semantic is not None:
-            share = getattr(self.semantic, "share", SEMANTIC_SHARE)
-            lexical = [
-                (index, (1 - share) * lex + share * float(semantic[index]), best, at, cent, neg)
-                for index, lex, best, at, cent, neg in lexical
-            ]
-        lexical.sort(key=lambda item: item[1], reverse=True)
-        return self._rerank(query_features.sorted_text, lexical[:depth], semantic)
+        return self._rerank(" ".join(sorted(tokens)), finalists, semantic)
 
     def _exact_scores(
         self, shortlist: Sequence[int], dense: FloatArray
-    ) -> list[tuple[int, float, float, int, float, float]]:
-        """(entry, lexical, best phrasing sim, its index, centroid sim, negative sim) per entry.
+    ) -> tuple[FloatArray, list[float], list[int]]:
+        """Lexical score per shortlisted entry, every row's similarity, and each entry's first row.
 
-        The shortlisted entries' phrasing blocks are concatenated and scored in one gather and
-        one `reduceat`; the per-entry bookkeeping is done on Python floats, which is cheaper
-        than many tiny numpy calls.
+        The entries' blocks (phrasings, then centroids) are scored in one gather and one
+        `reduceat`; best phrasing and best centroid per entry in one `maximum.reduceat`.
         """
         blocks = [self._entry_blocks[index] for index in shortlist]
-        starts: list[int] = []
-        offset = 0
+        segments: list[int] = []
+        row_offsets: list[int] = []
+        row = 0
         for block in blocks:
-            starts.extend(offset + start for start in block.row_start_list)
-            offset += block.size
+            row_offsets.append(row)
+            segments.append(row)
+            segments.append(row + block.n_phrasings)
+            row += block.n_rows
         features = np.concatenate([block.features for block in blocks])
         weights = np.concatenate([block.weights for block in blocks])
-        sims = np.add.reduceat(dense[features] * weights, starts).tolist()
-        out: list[tuple[int, float, float, int, float, float]] = []
-        share = BEST_PHRASING_SHARE
-        row = 0
-        for index, block in zip(shortlist, blocks, strict=True):
-            lo, hi = self._phrase_ranges[index]
-            block_sims = sims[row : row + hi - lo]
-            centroid_sim = max(sims[row + hi - lo : row + len(block.row_start_list)])
-            row += len(block.row_start_list)
-            best_sim = max(block_sims)
-            best_at = lo + block_sims.index(best_sim)
-            negative_sim = 0.0
-            negatives = self._negative_blocks[index]
-            if negatives is not None:
-                negative_sim = float(
-                    np.add.reduceat(
-                        dense[negatives.features] * negatives.weights, negatives.row_starts
-                    ).max()
-                )
-            lexical = share * best_sim + (1 - share) * centroid_sim
-            out.append((index, lexical, best_sim, best_at, centroid_sim, negative_sim))
-        return out
+        lengths = np.concatenate([block.row_lengths for block in blocks])
+        row_starts = np.cumsum(lengths) - lengths
+        sims = np.add.reduceat(dense[features] * weights, row_starts)
+        best = np.maximum.reduceat(sims, segments).reshape(-1, 2)
+        return best @ _PHRASING_CENTROID_MIX, sims.tolist(), row_offsets
+
+    def _finalist(
+        self, index: int, lexical: float, sims: list[float], row: int, dense: FloatArray
+    ) -> tuple[int, float, float, int, float, float]:
+        """(entry, lexical, best phrasing sim, its index, centroid sim, negative sim)."""
+        block = self._entry_blocks[index]
+        phrasing_sims = sims[row : row + block.n_phrasings]
+        best_sim = max(phrasing_sims)
+        centroid_sim = max(sims[row + block.n_phrasings : row + block.n_rows])
+        best_at = self._phrase_ranges[index][0] + phrasing_sims.index(best_sim)
+        negative_sim = 0.0
+        negatives = self._negative_blocks[index]
+        if negatives is not None:
+            negative_sim = float(
+                np.add.reduceat(
+                    dense[negatives.features] * negatives.weights, negatives.row_starts
+                ).max()
+            )
+        return index, lexical, best_sim, best_at, centroid_sim, negative_sim
 
     def _rerank(
         self,
@@ -404,7 +482,6 @@ class Matcher:
             )
         scored.sort(key=lambda c: c.score, reverse=True)
         return scored
-
     def match(self, text: str, lang: str | None = None) -> MatchResult:
         """Best entry for `text` and whether to answer, escalate, or treat it as ambiguous.
 
@@ -439,14 +516,34 @@ class Matcher:
         return self._by_id.get(entry_id)
 
 
-def _groups(features: TextFeatures) -> tuple[Counter[str], Counter[str], Counter[str]]:
-    return features.words, features.bigrams, features.chars
+def _features(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Word and char feature keys of a tokenised text (the tokens themselves as words when
+    they are all stopwords)."""
+    words: list[str] = []
+    chars: list[str] = []
+    for token in tokens:
+        word_keys, _, char_keys = analyze_token(token)
+        words.extend(word_keys)
+        chars.extend(char_keys)
+    return (words or list(tokens)), chars
+
+
+def _unseen_square_sum(keys: Sequence[str], idf: float) -> float:
+    """Squared norm that features missing from the vocabulary add (each at the highest IDF)."""
+    if not keys:
+        return 0.0
+    if len(set(keys)) == len(keys):
+        return len(keys) * idf * idf
+    return sum((1.0 + math.log(tf)) ** 2 for tf in Counter(keys).values()) * idf * idf
 
 
 def _top_indices(scores: FloatArray, depth: int) -> list[int]:
     if len(scores) <= depth:
         top: list[int] = np.argsort(-scores).tolist()
         return top
-    part = np.argpartition(scores, len(scores) - depth)[len(scores) - depth :]
-    best: list[int] = part[np.argsort(-scores[part])].tolist()
+    # Partition the negated scores: with the many zeros of a large FAQ, selecting the smallest
+    # is several times faster than selecting the largest.
+    part = np.argpartition(-scores, depth)[:depth]
+    best: list[int] = part[np.argsort(-scores[part], kind="stable")].tolist()
     return best
+
