@@ -2,12 +2,19 @@
 
 Starts `python -m bot serve` on a fresh SQLite file (or the DATABASE_URL you pass), posts
 messages over many conversations at a fixed rate from this process, waits until every one is
-answered, then reads accept and delivery times from the database:
+handled and every reply delivered, then reads accept and delivery times from the database:
 
-    python bench/e2e.py                        # 10,000 messages, 200 conversations, 1,000/s
+    python bench/e2e.py                        # 10,000 messages, 2,000 conversations, 1,000/s
     python bench/e2e.py --rate 0               # as fast as the client can post
 
-Latency = reply delivered (message.sent_at) - message accepted (inbox.created_at).
+The traffic looks like a shop's: each conversation asks a few different questions of the
+sample FAQ in English, Italian or Thai (phrasings of its entries, lightly reworded), and one
+conversation in ten asks something the FAQ cannot answer, is escalated, and from then on waits
+for a person (the bot records its messages and stays silent).
+
+Latency = reply delivered (message.sent_at) - message accepted (inbox.created_at); for a message
+that gets no reply by design, handled (inbox.done_at) - accepted. The server's CPU time per
+message is printed too: it does not depend on what else the machine is doing.
 """
 
 from __future__ import annotations
@@ -33,10 +40,49 @@ sys.path.insert(0, str(ROOT))
 from bot.db.engine import Database  # noqa: E402
 from bot.db.models import InboxItem, Message  # noqa: E402
 
-QUESTIONS = ["How much does shipping cost?", "Quanto costa la spedizione?", "ค่าส่งเท่าไหร่",
-             "Where is my order?", "How do I return an item?", "Do you ship to Norway?",
-             "Which payment methods do you accept?", "Posso pagare con PayPal?",
-             "Do you sell garden furniture?", "What size should I take?"]
+UNANSWERABLE = ["Do you sell garden furniture?", "Avete mobili da giardino?",
+                "Can I bring my dog to the warehouse?"]
+
+
+def faq_questions() -> list[list[str]]:
+    """Per answerable sample FAQ entry, its phrasings, lightly reworded as customers type."""
+    from faq.loader import load_faq_dir
+
+    loaded = load_faq_dir(ROOT / "faq" / "sample")
+    entries = getattr(loaded, "entries", loaded)
+    out = []
+    for entry in entries:
+        if entry.escalate:
+            continue
+        out.append([q.rstrip("?").lower() if n % 2 else f"hi, {q}"
+                    for n, q in enumerate(entry.questions)])
+    return out
+
+
+def conversation_texts(total: int, conversations: int) -> list[tuple[str, str]]:
+    """(visitor, text) in posting order: round-robin over conversations, so every conversation
+    has a message in flight at once; different entries within a conversation."""
+    entries = faq_questions()
+    per_conv = -(-total // conversations)
+    out: list[tuple[str, str]] = []
+    for turn in range(per_conv):
+        for conv in range(conversations):
+            if len(out) == total:
+                return out
+            visitor = f"bench-visitor-{conv:06d}"
+            if conv % 10 == 9 and turn == 2:
+                text = UNANSWERABLE[conv % len(UNANSWERABLE)]
+            else:
+                phrasings = entries[(conv * 7 + turn) % len(entries)]
+                text = phrasings[(conv + turn) % len(phrasings)]
+            out.append((visitor, text))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -59,8 +105,8 @@ async def wait_port(port: int) -> None:
 async def post_all(port: int, total: int, conversations: int, rate: float,
                    concurrency: int) -> float:
     queue: asyncio.Queue[tuple[int, str, str] | None] = asyncio.Queue()
-    for n in range(total):
-        queue.put_nowait((n, f"bench-visitor-{n % conversations:05d}", QUESTIONS[n % 10]))
+    for n, (visitor, text) in enumerate(conversation_texts(total, conversations)):
+        queue.put_nowait((n, visitor, text))
     errors = 0
     start = time.perf_counter()
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -105,22 +151,25 @@ async def wait_drained(db: Database, total: int, timeout: float) -> None:
     raise SystemExit(f"only {done} of {total} messages handled in {timeout} s")
 
 
-async def latencies(db: Database) -> tuple[list[float], float]:
+async def latencies(db: Database) -> tuple[list[float], float, dict[str, int]]:
+    """Per message: reply delivered (or, with no reply, handled) minus accepted; the span from
+    the first acceptance to the last delivery; inbound messages per decision."""
     async with db.read() as conn:
-        accepted = dict((await conn.execute(select(InboxItem.external_id,
-                                                   InboxItem.created_at))).all())
+        accepted = {ext: (created, done) for ext, created, done in (await conn.execute(
+            select(InboxItem.external_id, InboxItem.created_at, InboxItem.done_at))).all()}
         inbound = dict((await conn.execute(select(Message.id, Message.external_id)
                                            .where(Message.direction == "in"))).all())
+        decisions = dict((await conn.execute(
+            select(Message.decision, func.count()).where(Message.direction == "in")
+            .group_by(Message.decision))).all())
         replies = (await conn.execute(select(Message.meta, Message.sent_at)
                                       .where(Message.direction == "out"))).all()
-    values = []
-    first = min(accepted.values())
-    last = first
+    finished = {ext: done for ext, (_, done) in accepted.items()}
     for meta, sent_at in replies:
-        accepted_at = accepted[inbound[meta["in_reply_to"]]]
-        values.append((sent_at - accepted_at).total_seconds())
-        last = max(last, sent_at)
-    return values, (last - first).total_seconds()
+        finished[inbound[meta["in_reply_to"]]] = sent_at
+    first = min(created for created, _ in accepted.values())
+    values = [(finished[ext] - created).total_seconds() for ext, (created, _) in accepted.items()]
+    return values, (max(finished.values()) - first).total_seconds(), decisions
 
 
 def pct(values: list[float], q: float) -> float:
@@ -131,12 +180,14 @@ def pct(values: list[float], q: float) -> float:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--conversations", type=int, default=200)
+    parser.add_argument("--conversations", type=int, default=0,
+                        help="default: one per 5 messages")
     parser.add_argument("--rate", type=float, default=1000.0, help="messages/s, 0 = unlimited")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
     args = parser.parse_args()
+    args.conversations = args.conversations or max(1, args.messages // 5)
 
     tmp = Path(tempfile.mkdtemp(prefix="storedesk-bench-"))
     url = args.database_url or f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
@@ -147,10 +198,12 @@ async def main() -> None:
     db = Database(url)
     try:
         await wait_port(port)
+        cpu_before = cpu_seconds(server.pid)
         post_time = await post_all(port, args.messages, args.conversations, args.rate,
                                    args.concurrency)
         await wait_drained(db, args.messages, timeout=600)
-        lat, span = await latencies(db)
+        cpu_used = cpu_seconds(server.pid) - cpu_before
+        lat, span, decisions = await latencies(db)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -165,6 +218,10 @@ async def main() -> None:
     print(f"  latency p50      {statistics.median(lat) * 1000:8.1f} ms")
     print(f"  latency p99      {pct(lat, 0.99) * 1000:8.1f} ms")
     print(f"  latency max      {max(lat) * 1000:8.1f} ms")
+    print(f"  server CPU       {cpu_used / args.messages * 1000:8.3f} ms per message "
+          f"({args.messages / cpu_used:.0f} msg/s per core)")
+    print("  decisions        " + ", ".join(f"{k} {v}" for k, v in sorted(decisions.items())))
+    print(f"  load average     {os.getloadavg()[0]:8.1f} (2 cores)")
 
 
 if __name__ == "__main__":

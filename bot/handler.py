@@ -93,7 +93,14 @@ class MessageHandler:
         self.config = config
         self.desk = desk
 
-    async def handle(self, conn: AsyncConnection, msg: InboundMessage) -> Outcome:
+    def match(self, msg: InboundMessage) -> MatchResult | None:
+        """The FAQ match of a message (None for one without text). Pure: callers may run it
+        before opening the transaction, so the write lock is not held while matching."""
+        return self.faq.matcher.match(msg.text) if msg.text.strip() else None
+
+    async def handle(self, conn: AsyncConnection, msg: InboundMessage,
+                     match: MatchResult | None = None) -> Outcome:
+        """Handle one message; `match` is its FAQ match if the caller computed it already."""
         now = datetime.now(UTC)
         customer_id, identity_id = await resolve_customer(
             conn, channel=msg.channel, address=msg.address, display_name=msg.display_name,
@@ -108,8 +115,10 @@ class MessageHandler:
         if conv["status"] in (ConversationStatus.WAITING, ConversationStatus.HUMAN):
             return await self._while_human(conn, msg, conv, lang, now)
 
-        result = self.faq.matcher.match(msg.text, lang) if msg.text.strip() else None
-        reason = self._escalation_reason(msg, conv, result, now)
+        result = match
+        if result is None and msg.text.strip():
+            result = self.faq.matcher.match(msg.text, lang)
+        reason = self.escalation_reason(msg, conv, result, now)
         faq_id = result.faq_id if result else None
         in_id = await self._store_inbound(conn, msg, conv["id"], lang, result,
                                           "escalate" if reason else "answer")
@@ -168,7 +177,7 @@ class MessageHandler:
                 "last_faq_id": None, "last_answer_at": None, "thread": msg.thread,
                 "customer_id": customer_id, "channel": msg.channel}
 
-    def _escalation_reason(self, msg: InboundMessage, conv: dict[str, Any],
+    def escalation_reason(self, msg: InboundMessage, conv: dict[str, Any],
                            result: MatchResult | None, now: datetime) -> str | None:
         if result is None:
             return "attachment" if msg.attachments else "empty_message"

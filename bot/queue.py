@@ -93,6 +93,11 @@ def _insert_ignore(conn: AsyncConnection, table: Any) -> Any:
     raise QueueError(f"unsupported database dialect {dialect}")
 
 
+_COMPLETE = (update(InboxItem.__table__)
+             .where(InboxItem.__table__.c.id.in_(bindparam("ids", expanding=True)))
+             .values(status="done", done_at=bindparam("now")))
+
+
 class Inbox:
     """The inbound queue on the database (SQLite or PostgreSQL)."""
 
@@ -129,25 +134,25 @@ class Inbox:
                 self.wakeup.set()
 
     async def _insert(self, batch: Sequence[tuple[InboundMessage, Any]]) -> list[bool]:
+        """One multi-row INSERT .. ON CONFLICT DO NOTHING; True for the rows it inserted."""
         now = datetime.now(UTC)
-        results: list[bool] = []
-        seen: set[tuple[str, str]] = set()
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for msg, _ in batch:
+            rows.setdefault((msg.channel, msg.external_id), {
+                "channel": msg.channel, "external_id": msg.external_id,
+                "conversation_key": msg.conversation_key,
+                "shard": shard_of(msg.conversation_key), "payload": encode_message(msg),
+                "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now})
         async with self.db.write() as conn:
-            stmt = _insert_ignore(conn, InboxItem.__table__).returning(InboxItem.__table__.c.id)
-            for msg, _ in batch:
-                key = (msg.channel, msg.external_id)
-                if key in seen:
-                    results.append(False)
-                    continue
-                seen.add(key)
-                row = (await conn.execute(stmt, {
-                    "channel": msg.channel, "external_id": msg.external_id,
-                    "conversation_key": msg.conversation_key,
-                    "shard": shard_of(msg.conversation_key), "payload": encode_message(msg),
-                    "status": "pending", "attempts": 0, "next_attempt_at": now,
-                    "created_at": now,
-                })).first()
-                results.append(row is not None)
+            t = InboxItem.__table__.c
+            stmt = _insert_ignore(conn, InboxItem.__table__).returning(t.channel, t.external_id)
+            inserted = {(r[0], r[1]) for r in
+                        (await conn.execute(stmt, list(rows.values()))).all()}
+        results: list[bool] = []
+        for msg, _ in batch:  # a repeat within the batch is a duplicate of the first
+            key = (msg.channel, msg.external_id)
+            results.append(key in inserted)
+            inserted.discard(key)
         return results
 
     async def claim(self, worker: int, workers: int, limit: int) -> list[QueuedItem]:
@@ -179,6 +184,12 @@ class Inbox:
         t = InboxItem.__table__.c
         await conn.execute(update(InboxItem.__table__).where(t.id == item_id)
                            .values(status="done", done_at=datetime.now(UTC)))
+
+    @staticmethod
+    async def complete_many(conn: AsyncConnection, item_ids: Sequence[int]) -> None:
+        """Mark handled rows done, inside the worker's transaction, in one statement."""
+        if item_ids:
+            await conn.execute(_COMPLETE, {"ids": list(item_ids), "now": datetime.now(UTC)})
 
     async def retry_later(self, item: QueuedItem, error: str) -> bool:
         """Record a failed attempt. Returns True if the message was parked as dead."""

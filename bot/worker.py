@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.batch import BatchHandler
 from bot.db.engine import Database
 from bot.db.models import Conversation, Message, OutboxItem
 from bot.errors import (
@@ -50,6 +51,7 @@ class WorkerPool:
         self.db = db
         self.inbox = inbox
         self.handler = handler
+        self.batch_handler = BatchHandler(handler)
         self.workers = workers
         self.batch = batch
         self.on_committed = on_committed
@@ -99,13 +101,17 @@ class WorkerPool:
         await self.inbox.settle(claimed)
 
     async def _handle_batch(self, items: list[QueuedItem]) -> list[tuple[QueuedItem, Outcome]]:
-        done: list[tuple[QueuedItem, Outcome]] = []
+        # FAQ matching is pure CPU: done before the write lock, so accepting new messages
+        # (which needs that lock on SQLite) never waits for it.
+        matches = {item.id: self.handler.match(item.message) for item in items}
         async with self.db.write() as conn:
-            for item in await self.inbox.lock(conn, items):
-                outcome = await self.handler.handle(conn, item.message)
-                await Inbox.complete(conn, item.id)
-                done.append((item, outcome))
-        return done
+            items = await self.inbox.lock(conn, items)
+            outcomes = await self.batch_handler.handle_many(
+                conn, [item.message for item in items],
+                [matches[item.id] if item.id in matches else self.handler.match(item.message)
+                 for item in items])
+            await Inbox.complete_many(conn, [item.id for item in items])
+        return list(zip(items, outcomes, strict=True))
 
     async def _handle_isolated(self, items: list[QueuedItem]) -> tuple[
             list[tuple[QueuedItem, Outcome]], list[tuple[QueuedItem, str]]]:
@@ -156,6 +162,22 @@ class _Job:
     outbox_id: int
     attempts: int
     message: OutboundMessage
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A delivered reply, recorded with the others of its round in one executemany."""
+
+    job: _Job
+    result: SendResult
+
+
+_Update = Callable[[AsyncConnection], Awaitable[None]] | _Sent
+_OUTBOX_SENT = (update(OutboxItem.__table__).where(OB.id == bindparam("ob_id"))
+                .values(status="sent", sent_at=bindparam("now"), attempts=bindparam("attempts")))
+_MESSAGE_SENT = (update(Message.__table__).where(MS.id == bindparam("msg_id"))
+                 .values(status=bindparam("status"), provider_id=bindparam("provider_id"),
+                         sent_at=bindparam("now"), error=None))
 
 
 class OutboxSender:
@@ -229,13 +251,22 @@ class OutboxSender:
         results = await asyncio.gather(*(self._send_in_order(js)
                                          for js in by_conversation.values()))
         updates = [u for batch in results for u in batch]
+        sent = [u for u in updates if isinstance(u, _Sent)]
         async with self.db.write() as conn:
+            if sent:  # the common case, in two statements whatever the batch size
+                now = datetime.now(UTC)
+                await conn.execute(_OUTBOX_SENT, [
+                    {"ob_id": u.job.outbox_id, "attempts": u.job.attempts + 1, "now": now}
+                    for u in sent])
+                await conn.execute(_MESSAGE_SENT, [
+                    {"msg_id": u.job.message.message_id, "status": u.result.status,
+                     "provider_id": u.result.provider_id, "now": now} for u in sent])
             for apply in updates:
-                await apply(conn)
+                if not isinstance(apply, _Sent):
+                    await apply(conn)
 
-    async def _send_in_order(self, jobs: list[_Job]) -> list[Callable[[AsyncConnection],
-                                                                      Awaitable[None]]]:
-        updates: list[Callable[[AsyncConnection], Awaitable[None]]] = []
+    async def _send_in_order(self, jobs: list[_Job]) -> list[_Update]:
+        updates: list[_Update] = []
         async with self.semaphore:
             for job in jobs:
                 update_fn, ok = await self._send_one(job)
@@ -244,8 +275,7 @@ class OutboxSender:
                     break
         return updates
 
-    async def _send_one(self, job: _Job) -> tuple[Callable[[AsyncConnection],
-                                                           Awaitable[None]], bool]:
+    async def _send_one(self, job: _Job) -> tuple[_Update, bool]:
         channel = self.channels.get(job.message.channel)
         try:
             if channel is None:
@@ -265,16 +295,9 @@ class OutboxSender:
             await hook(job.message, result)
         return self._mark_sent(job, result), True
 
-    def _mark_sent(self, job: _Job, result: SendResult) -> Callable[[AsyncConnection],
-                                                                   Awaitable[None]]:
-        async def apply(conn: AsyncConnection) -> None:
-            now = datetime.now(UTC)
-            await conn.execute(update(OutboxItem.__table__).where(OB.id == job.outbox_id)
-                               .values(status="sent", sent_at=now, attempts=job.attempts + 1))
-            await conn.execute(update(Message.__table__).where(MS.id == job.message.message_id)
-                               .values(status=result.status, provider_id=result.provider_id,
-                                       sent_at=now, error=None))
-        return apply
+    @staticmethod
+    def _mark_sent(job: _Job, result: SendResult) -> _Sent:
+        return _Sent(job, result)
 
     def _retry(self, job: _Job, error: str, delay: float | None = None) -> Callable[
             [AsyncConnection], Awaitable[None]]:
