@@ -1,9 +1,13 @@
-"""Dashboard metrics as SQL aggregates: nothing here loads a whole table into Python.
+"""Dashboard metrics: SQL aggregates and per-day rollups; nothing loads a whole table.
 
 Every function takes an open connection and a `Period` and returns plain JSON-ready data.
 The same answers come out of SQLite and PostgreSQL: time buckets are UTC labels built in SQL
-("2026-11-22" or "2026-11-22 13"), and percentiles use PostgreSQL's `percentile_cont` there and
-an ordered window scan (row_number/count) on SQLite, interpolated the way `percentile_cont` does.
+("2026-11-22" or "2026-11-22 13"). Message counts, FAQ hits, conversations opened and stage
+transitions come from the day rollups (bot/rollups.py) for a period's closed days and from
+live SQL for the rest, so the cost follows days, not messages; `use_rollups=False` computes
+everything live (the tests check both agree). Escalation figures are read live in one pass
+over the period's escalations (a few numbers each); percentiles are continuous, interpolated
+the way PostgreSQL's `percentile_cont` does.
 
 Definitions (what an admin reads on the dashboard):
 - customers per stage at the end of each bucket: replayed from `stage_change` (+1 for the new
@@ -24,7 +28,6 @@ from typing import Any
 
 from sqlalchemy import (
     Float,
-    Integer,
     String,
     Table,
     and_,
@@ -32,7 +35,6 @@ from sqlalchemy import (
     cast,
     extract,
     func,
-    literal_column,
     or_,
     select,
 )
@@ -114,74 +116,14 @@ def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-async def percentiles(conn: AsyncConnection, src: Subquery, metrics: Sequence[str],
-                      ps: Sequence[float] = PERCENTILES
-                      ) -> dict[tuple[str, str], dict[float, float]]:
-    """Continuous percentiles of each `metrics` column of `src`, per group `src.c.g` and over
-    all rows (group "all"); NULLs are ignored, groups without values are left out."""
-    if _is_pg(conn):
-        return await _pg_percentiles(conn, src, metrics, ps)
-    return await _sqlite_percentiles(conn, src, metrics, ps)
-
-
-async def _pg_percentiles(conn: AsyncConnection, src: Subquery, metrics: Sequence[str],
-                          ps: Sequence[float]) -> dict[tuple[str, str], dict[float, float]]:
-    out: dict[tuple[str, str], dict[float, float]] = {}
-    cols = [func.percentile_cont(p).within_group(src.c[m].asc()) for m in metrics for p in ps]
-    grouped = select(src.c.g, *cols).group_by(src.c.g)
-    overall = select(literal_column("'all'", String), *cols)
-    for stmt in (grouped, overall):
-        for r in (await conn.execute(stmt)).all():
-            for i, m in enumerate(metrics):
-                values = r[1 + i * len(ps):1 + (i + 1) * len(ps)]
-                if values[0] is not None:
-                    out[(r[0], m)] = {p: float(v) for p, v in zip(ps, values, strict=True)}
-    return out
-
-
-async def _sqlite_percentiles(conn: AsyncConnection, src: Subquery, metrics: Sequence[str],
-                              ps: Sequence[float]) -> dict[tuple[str, str], dict[float, float]]:
-    # One pass of window functions ranks every value within its group and overall;
-    # only the (at most two) rows each percentile interpolates between come back.
-    cols: list[Any] = [src.c.g]
-    wanted = []
-    for m in metrics:
-        v = src.c[m]
-        order = (v.is_(None), v)
-        cols += [v.label(f"v_{m}"),
-                 func.row_number().over(partition_by=src.c.g, order_by=order).label(f"rg_{m}"),
-                 func.count(v).over(partition_by=src.c.g).label(f"ng_{m}"),
-                 func.row_number().over(order_by=order).label(f"ra_{m}"),
-                 func.count(v).over().label(f"na_{m}")]
-    ranked = select(*cols).subquery()
-    for m in metrics:
-        for scope in ("g", "a"):
-            rank_col, n_col = ranked.c[f"r{scope}_{m}"], ranked.c[f"n{scope}_{m}"]
-            for p in ps:
-                lo = cast(p * (n_col - 1), Integer) + 1
-                wanted.append(and_(rank_col <= n_col, or_(rank_col == lo, rank_col == lo + 1)))
-    values: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    counts: dict[tuple[str, str], int] = {}
-    for r in (await conn.execute(select(ranked).where(or_(*wanted)))).mappings():
-        for m in metrics:
-            for scope, group in (("g", r["g"]), ("a", "all")):
-                rank, n = int(r[f"r{scope}_{m}"]), int(r[f"n{scope}_{m}"])
-                if rank <= n:
-                    values[(group, m)][rank] = float(r[f"v_{m}"])
-                    counts[(group, m)] = n
-    return {key: _interpolate(vals, counts[key], ps) for key, vals in values.items()}
-
-
-def _interpolate(vals: Mapping[int, float], n: int, ps: Sequence[float]) -> dict[float, float]:
-    """percentile_cont from the 1-based ranks around each percentile's position."""
-    out: dict[float, float] = {}
-    for p in ps:
-        pos = p * (n - 1)
-        k = int(pos)
-        low = vals[k + 1]
-        high = vals.get(k + 2, low)
-        out[p] = low + (high - low) * (pos - k)
-    return out
+def percentile_cont(ordered: Sequence[float], p: float) -> float:
+    """PostgreSQL's percentile_cont over already sorted values: linear interpolation between
+    the two values around position p * (n - 1)."""
+    pos = p * (len(ordered) - 1)
+    k = int(pos)
+    low = ordered[k]
+    high = ordered[k + 1] if k + 1 < len(ordered) else low
+    return low + (high - low) * (pos - k)
 
 
 # --- stages --------------------------------------------------------------------------------
@@ -329,21 +271,51 @@ def _escalations(conn: AsyncConnection, period: Period, by: str) -> Select[Any]:
 Row = Callable[[str], dict[str, Any]]
 
 
-async def _escalation_stats(conn: AsyncConnection, esc: Subquery, row: Row,
-                            total: dict[str, Any]) -> None:
-    """Reasons, counts and CSAT per group (and summed into the total) in one query."""
+async def _escalation_pass(conn: AsyncConnection, period: Period, by: str, row: Row,
+                           total: dict[str, Any]) -> list[dict[str, Any]]:
+    """Reasons, counts, CSAT, percentiles and the CSAT trend from one pass over the period's
+    escalations (a covering index on escalation time + the conversation's key): a handful of
+    numbers per escalation, never messages. Returns the CSAT trend."""
+    esc = _escalations(conn, period, by).subquery()
+    b = _bucket(conn, esc.c.created_at, period.bucket)
+    reasons: dict[tuple[str, str], int] = defaultdict(int)
     csat: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for g, reason, n, csat_sum, csat_n in (await conn.execute(
-            select(esc.c.g, esc.c.reason, func.count(), func.sum(esc.c.csat),
-                   func.count(esc.c.csat)).group_by(esc.c.g, esc.c.reason))).all():
-        for k, r in ((g, row(g)), ("all", total)):
-            r["reasons"][reason] = r["reasons"].get(reason, 0) + int(n)
-            r["escalations"] += int(n)
-            csat[k][0] += int(csat_sum or 0)
-            csat[k][1] += int(csat_n)
+    trend: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    firsts: dict[str, list[float]] = defaultdict(list)
+    resolves: dict[str, list[float]] = defaultdict(list)
+    result = await conn.execute(select(esc.c.g, esc.c.reason, esc.c.csat, b, esc.c.first,
+                                       esc.c.resolve))
+    for g, reason, score, bucket, first, resolve in result.tuples():
+        reasons[(g, reason)] += 1
+        if score is not None:
+            c = csat[g]
+            c[0] += score
+            c[1] += 1
+            t = trend[bucket]
+            t[0] += score
+            t[1] += 1
+        if first is not None:
+            firsts[g].append(first)
+        if resolve is not None:
+            resolves[g].append(resolve)
+    for (g, reason), n in reasons.items():
+        for r in (row(g), total):
+            r["reasons"][reason] = r["reasons"].get(reason, 0) + n
+            r["escalations"] += n
+    csat["all"] = [sum(c[0] for c in csat.values()), sum(c[1] for c in csat.values())]
     for k, (csat_sum, csat_n) in csat.items():
         row(k).update(csat_avg=_round(csat_sum / csat_n, 2) if csat_n else None,
                       csat_count=csat_n)
+    for name, found in (("first_response", firsts), ("resolution", resolves)):
+        if found:
+            found["all"] = [v for values in found.values() for v in values]
+        for k, values in found.items():
+            values.sort()
+            r = row(k)
+            r[f"{name}_p50_s"] = _round(percentile_cont(values, 0.5))
+            r[f"{name}_p90_s"] = _round(percentile_cont(values, 0.9))
+    return [{"bucket": bkt, "avg": _round(sc / n, 2), "count": n}
+            for bkt, (sc, n) in sorted(trend.items())]
 
 
 async def _previous_csat(conn: AsyncConnection, prev: Subquery, row: Row,
@@ -388,9 +360,8 @@ async def performance(conn: AsyncConnection, period: Period, by: str = "stage", 
     """Per stage, channel or language: volume, bot share, escalations, response times, CSAT.
 
     Message counts come from the day rollups plus live SQL for the rest of the period;
-    escalations (far fewer rows) are read live from a covering index: totals are sums of the
-    groups (every row has exactly one group), percentiles for all groups and both durations
-    come from one percentile query.
+    escalations (far fewer rows than messages, and still changing as people answer them) are
+    read live in one pass, plus one aggregate for the previous period's CSAT.
     """
     rows: dict[str, dict[str, Any]] = {}
     total: dict[str, Any] = {"messages": 0, "answered_by_bot": 0, "escalations": 0,
@@ -406,19 +377,9 @@ async def performance(conn: AsyncConnection, period: Period, by: str = "stage", 
             r["messages"] += n
             r["answered_by_bot"] += answered
 
-    esc = _escalations(conn, period, by).subquery()
-    await _escalation_stats(conn, esc, row, total)
-    await _previous_csat(conn, _escalations(conn, period.previous(), by).subquery(), row, rows)
-    found = await percentiles(conn, esc, ("first", "resolve"))
-    for (g, metric), pct in found.items():
-        name = {"first": "first_response", "resolve": "resolution"}[metric]
-        r = row(g)
-        r[f"{name}_p50_s"] = _round(pct[0.5])
-        r[f"{name}_p90_s"] = _round(pct[0.9])
-
-    b = _bucket(conn, esc.c.created_at, period.bucket).label("b")
-    trend = (await conn.execute(select(b, func.sum(esc.c.csat), func.count(esc.c.csat))
-                                .where(esc.c.csat.is_not(None)).group_by(b).order_by(b))).all()
+    trend = await _escalation_pass(conn, period, by, row, total)
+    rated = _escalations(conn, period.previous(), by).where(ES.csat.is_not(None))
+    await _previous_csat(conn, rated.subquery(), row, rows)
     ordered = sorted(rows.values(), key=lambda r: (
         STAGES.index(r["key"]) if by == "stage" and r["key"] in STAGES else 99, r["key"]))
     for r in (*ordered, total):
@@ -426,8 +387,7 @@ async def performance(conn: AsyncConnection, period: Period, by: str = "stage", 
             else None
         _fill_defaults(r)
     return {"period": period.as_dict(), "by": by, "rows": ordered, "total": total,
-            "csat_trend": [{"bucket": t[0], "avg": _round(int(t[1]) / int(t[2]), 2),
-                            "count": int(t[2])} for t in trend]}
+            "csat_trend": trend}
 
 
 def _fill_defaults(r: dict[str, Any]) -> None:

@@ -130,8 +130,10 @@ async def rolled_until(conn: AsyncConnection) -> datetime | None:
     for table, key in ((MESSAGE, "message"), (CONVERSATION, "conversation"),
                        (STAGE_CHANGE, "stage_change")):
         # only the id condition, so both databases walk the primary key from `seen`
-        oldest = (await conn.execute(select(func.min(table.c.created_at))
-                                     .where(table.c.id > int(seen.get(key, 0))))).scalar()
+        # (min over an expression: SQLite would otherwise walk the created_at index)
+        first = func.min(func.coalesce(table.c.created_at, table.c.created_at))
+        oldest = (await conn.execute(select(first).where(
+            table.c.id > int(seen.get(key, 0))))).scalar()
         if oldest is not None and oldest < until:
             return None
     return until
