@@ -13,8 +13,11 @@ model on, and the bot must answer in well under a millisecond on a small machine
    arrays, one `bincount` per question), so cost follows the question's features, not the FAQ
    size; very common features are left out of this stage only.
 3. Exact stage: all phrasings and centroids of the shortlisted entries are scored in one
-   gather and one `reduceat` over per-entry CSR blocks built once; an entry's lexical score
-   mixes its best phrasing and its centroid.
+   gather and one `reduceat` over per-entry CSR blocks built once. An entry's lexical score
+   mixes its best phrasing, its centroid and its *coverage*: the share of the question's
+   weight carried by features found in any of the entry's phrasings. With few phrasings per
+   entry, the words of a question are often spread over several of them; the best phrasing
+   sees one, the centroid dilutes them, coverage counts them all.
 4. The best few are re-ranked with rapidfuzz (word-order-blind edit similarity against their
    phrasings): typos and run-on words. An entry whose negative phrasing fits the question at
    least as well as its own phrasings is pushed down.
@@ -49,6 +52,10 @@ WORD_WEIGHT = 0.45
 CHAR_WEIGHT = 0.55
 # How much of an entry's score comes from its best phrasing versus its centroid.
 BEST_PHRASING_SHARE = 0.5
+# Share of the coverage (question weight on the entry's vocabulary) in the lexical score. Every
+# other query: 0.1 / 0.2 / 0.3 gave Banking77 0.728 / 0.730 / 0.730 and CLINC150 0.789 / 0.790
+# / 0.786 (0.717 and 0.773 without); the 10%-OOS threshold stays near 0.34.
+COVERAGE_SHARE = 0.2
 # Weight of the rapidfuzz similarity in the final re-ranking of the best few entries.
 FUZZ_SHARE = 0.1
 RERANK_DEPTH = 3
@@ -85,6 +92,7 @@ class ScoredCandidate:
     fuzzy_similarity: float
     negative_similarity: float
     semantic_similarity: float = 0.0
+    coverage: float = 0.0
 
 
 class SemanticScorer(Protocol):
@@ -96,6 +104,8 @@ class SemanticScorer(Protocol):
 # What one token adds to a vector: known word ids, unseen word keys (they count in the norm
 # only), known char n-gram ids, unseen char n-grams. A plain tuple: read once per token.
 _TokenFeatures = tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...], tuple[str, ...]]
+# (entry, lexical, best phrasing sim, its index, centroid sim, negative sim, coverage)
+_Finalist = tuple[int, float, float, int, float, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +170,7 @@ class _Block:
     row_lengths: IntArray
     n_phrasings: int
     n_rows: int
+    vocabulary: IntArray  # every feature of the entry's phrasings, once
 
     @classmethod
     def build(cls, rows: Sequence[dict[int, float]], n_phrasings: int) -> _Block:
@@ -173,6 +184,11 @@ class _Block:
             row_lengths=np.array(lengths, dtype=np.int64),
             n_phrasings=n_phrasings,
             n_rows=len(rows),
+            vocabulary=np.array(
+                sorted({f for row in rows[:n_phrasings] for f, w in row.items() if w > 0})
+                or [0],
+                dtype=np.int64,
+            ),
         )
 
 
@@ -385,13 +401,15 @@ class Matcher:
             dense = self._scratch.dense = np.zeros(self._n_features + 1)
         dense[features] = values
         try:
-            lexical, sims, row_offsets = self._exact_scores(shortlist, dense)
+            lexical, coverage, sims, row_offsets = self._exact_scores(shortlist, dense)
             if semantic is not None:
                 share = getattr(self.semantic, "share", SEMANTIC_SHARE)
                 lexical = (1 - share) * lexical + share * semantic[shortlist]
             order = np.argsort(-lexical, kind="stable")[:depth].tolist()
             finalists = [
-                self._finalist(shortlist[i], float(lexical[i]), sims, row_offsets[i], dense)
+                self._finalist(
+                    shortlist[i], float(lexical[i]), coverage[i], sims, row_offsets[i], dense
+                )
                 for i in order
             ]
         finally:
@@ -400,33 +418,48 @@ class Matcher:
 
     def _exact_scores(
         self, shortlist: Sequence[int], dense: FloatArray
-    ) -> tuple[FloatArray, list[float], list[int]]:
-        """Lexical score per shortlisted entry, every row's similarity, and each entry's first row.
+    ) -> tuple[FloatArray, list[float], list[float], list[int]]:
+        """Per shortlisted entry: lexical score and coverage; every row's similarity, and each
+        entry's first row.
 
         The entries' blocks (phrasings, then centroids) are scored in one gather and one
-        `reduceat`; best phrasing and best centroid per entry in one `maximum.reduceat`.
+        `reduceat`; best phrasing and best centroid per entry in one `maximum.reduceat`;
+        coverage (sum of the squared question weights on the entry's vocabulary) in one more.
         """
         blocks = [self._entry_blocks[index] for index in shortlist]
         segments: list[int] = []
         row_offsets: list[int] = []
-        row = 0
+        vocabulary_starts: list[int] = []
+        row = position = 0
         for block in blocks:
             row_offsets.append(row)
             segments.append(row)
             segments.append(row + block.n_phrasings)
             row += block.n_rows
+            vocabulary_starts.append(position)
+            position += len(block.vocabulary)
         features = np.concatenate([block.features for block in blocks])
         weights = np.concatenate([block.weights for block in blocks])
         lengths = np.concatenate([block.row_lengths for block in blocks])
         row_starts = np.cumsum(lengths) - lengths
         sims = np.add.reduceat(dense[features] * weights, row_starts)
         best = np.maximum.reduceat(sims, segments).reshape(-1, 2)
-        return best @ _PHRASING_CENTROID_MIX, sims.tolist(), row_offsets
+        known = dense[np.concatenate([block.vocabulary for block in blocks])]
+        coverage = np.add.reduceat(known * known, vocabulary_starts)
+        lexical = (1 - COVERAGE_SHARE) * (best @ _PHRASING_CENTROID_MIX)
+        lexical += COVERAGE_SHARE * coverage
+        return lexical, coverage.tolist(), sims.tolist(), row_offsets
 
     def _finalist(
-        self, index: int, lexical: float, sims: list[float], row: int, dense: FloatArray
-    ) -> tuple[int, float, float, int, float, float]:
-        """(entry, lexical, best phrasing sim, its index, centroid sim, negative sim)."""
+        self,
+        index: int,
+        lexical: float,
+        coverage: float,
+        sims: list[float],
+        row: int,
+        dense: FloatArray,
+    ) -> _Finalist:
+        """The parts of one of the best entries' score, for re-ranking and `explain`."""
         block = self._entry_blocks[index]
         phrasing_sims = sims[row : row + block.n_phrasings]
         best_sim = max(phrasing_sims)
@@ -440,12 +473,12 @@ class Matcher:
                     dense[negatives.features] * negatives.weights, negatives.row_starts
                 ).max()
             )
-        return index, lexical, best_sim, best_at, centroid_sim, negative_sim
+        return index, lexical, best_sim, best_at, centroid_sim, negative_sim, coverage
 
     def _rerank(
         self,
         sorted_query: str,
-        finalists: Sequence[tuple[int, float, float, int, float, float]],
+        finalists: Sequence[_Finalist],
         semantic: FloatArray | None = None,
     ) -> list[ScoredCandidate]:
         """Blend in rapidfuzz similarity (typos, word order) and apply negatives."""
@@ -461,7 +494,7 @@ class Matcher:
             fuzzy_all[position] = similarity
         scored: list[ScoredCandidate] = []
         offset = 0
-        for index, lexical, best_sim, best_at, centroid_sim, negative_sim in finalists:
+        for index, lexical, best_sim, best_at, centroid_sim, negative_sim, coverage in finalists:
             lo, hi = self._phrase_ranges[index]
             fuzzy = max(fuzzy_all[offset : offset + hi - lo]) / 100.0
             offset += hi - lo
@@ -478,6 +511,7 @@ class Matcher:
                     fuzzy_similarity=fuzzy,
                     negative_similarity=negative_sim,
                     semantic_similarity=0.0 if semantic is None else float(semantic[index]),
+                    coverage=coverage,
                 )
             )
         scored.sort(key=lambda c: c.score, reverse=True)

@@ -35,7 +35,9 @@ _LATIN_ACCENT = re.compile(r"[\u0300-\u036f]")
 _THAI_REPEAT = re.compile(r"([\u0e00-\u0e7f])\1{2,}")
 
 # Words that carry almost no meaning in a support question. Kept short on purpose: IDF
-# weighting already discounts common words, this list only removes the noisiest ones.
+# weighting already discounts common words, this list only removes the noisiest ones. The
+# Italian side mirrors the English one (articles, prepositions and their elided forms "all'",
+# "sull'", "quest'", pronouns and possessives, forms of avere/essere, "per favore").
 STOPWORDS = frozenset(
     _words(
     """
@@ -45,13 +47,18 @@ STOPWORDS = frozenset(
     il lo la i gli le un una uno di da del della dello dei degli delle al alla allo ai agli alle
     dal dalla dall dell nel nella nell sul sulla e ed o ma che mi ti ci si vi ne per con su
     l un c d
+    all sull dallo dagli dalle nei negli nelle nello sui sugli sulle sullo col coi tra fra po
+    quest quell questo questa questi queste quello quella quelli quelle
+    io tu lui lei noi voi loro mio mia miei mie tuo tua tuoi tue suo sua suoi sue
+    nostro nostra nostri nostre vostro vostra vostri vostre
+    ho hai ha abbiamo avete hanno sono sei siamo siete sara saranno favore
     """
     )
 )
 
-_EN_SUFFIXES = ("ing", "edly", "ed", "ies", "es", "s", "ly")
-_IT_SUFFIXES = ("zioni", "zione", "mente", "ando", "endo", "are", "ere", "ire", "ato", "ata",
-                "ati", "ate", "ito", "ita", "iti", "ite", "o", "a", "i", "e")
+_IT_NOMINALISED = ("azioni", "azione", "izioni", "izione", "uzioni", "uzione")
+_IT_SUFFIXES = ("mente", "ando", "endo", "are", "ere", "ire", "ato", "ata", "ati", "ate", "ito",
+                "ita", "iti", "ite", "o", "a", "i", "e")
 
 
 def normalize(text: str) -> str:
@@ -70,16 +77,44 @@ def normalize(text: str) -> str:
 
 
 def stem(word: str) -> str:
-    """A deliberately crude stemmer for English and Italian: strip one common suffix.
+    """A deliberately small stemmer for English and Italian: strip one common suffix.
 
-    It only has to make "orders"/"ordered"/"ordine"/"ordini" land near each other; char
-    n-grams cover what it misses.
+    It only has to make "orders"/"ordered"/"ordine"/"ordini", "fee"/"fees",
+    "delivery"/"deliveries", "shipped"/"ship" and "prenota"/"prenotazione" land on the same
+    stem; char n-grams cover what it misses. Stems never go under 3 letters.
     """
-    if len(word) <= 4 or not word.isascii():
+    if len(word) <= 3 or not word.isascii():
         return word
-    for suffix in _EN_SUFFIXES + _IT_SUFFIXES:
+    base = _strip_suffix(word)
+    if len(base) >= 6 and base.endswith("ll"):
+        base = base[:-1]  # cancelled, installs -> cancel, instal like cancel, install
+    return base
+
+
+def _strip_suffix(word: str) -> str:
+    if word.endswith(("ies", "ied")) and len(word) >= 5:
+        return word[:-3] + "y"  # deliveries, applied
+    for suffix in ("ing", "edly", "ed"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            base = word[: -len(suffix)]
+            if len(base) >= 4 and base[-1] == base[-2] and base[-1] not in "lsz":
+                base = base[:-1]  # shipped, topping -> ship, top
+            return base
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        base = word[:-1]
+        # charges -> charg, like charge below; but not "uses" -> "us"
+        return base[:-1] if base.endswith("e") and len(base) >= 5 else base
+    if word.endswith("ly") and len(word) >= 6:
+        return word[:-2]
+    for suffix in _IT_NOMINALISED:  # prenotazione -> prenot, like prenota / prenotare
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    for suffix in _IT_SUFFIXES:
         if word.endswith(suffix) and len(word) - len(suffix) >= 4:
-            return word[: len(word) - len(suffix)]
+            base = word[: -len(suffix)]
+            if suffix in ("e", "i") and base.endswith(("ch", "gh")):
+                base = base[:-1]  # banche, luoghi -> banc, luog like banca, luogo
+            return base
     return word
 
 

@@ -128,3 +128,15 @@ def test_matching_from_several_threads_gives_the_same_answers(sample_matcher: Ma
     with ThreadPoolExecutor(max_workers=4) as pool:
         parallel = list(pool.map(lambda q: sample_matcher.match(q).faq_id, questions))
     assert parallel == serial
+
+
+def test_coverage_counts_question_words_spread_over_several_phrasings() -> None:
+    expiry = ("my card expires soon", "how do I renew it", "is the renewal free")
+    lost = ("I lost my card", "my card was stolen", "block my card please")
+    matcher = Matcher([_entry("card_expiry", expiry), _entry("lost_card", lost)])
+    top = matcher.explain("card expires, how do I renew", limit=2)
+    assert top[0].entry_id == "card_expiry"
+    # every feature of the question is in some phrasing of card_expiry, none in one alone
+    assert top[0].coverage == pytest.approx(1.0)
+    assert top[0].phrasing_similarity < 0.9
+    assert top[1].coverage < 0.2

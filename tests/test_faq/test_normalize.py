@@ -1,0 +1,52 @@
+"""Text normalisation: equal meaning should give equal features, in English and Italian."""
+
+from __future__ import annotations
+
+import pytest
+
+from faq.normalize import STOPWORDS, extract, stem, tokenize
+
+
+@pytest.mark.parametrize(
+    ("variants"),
+    [
+        ("fee", "fees"),
+        ("delivery", "deliveries"),
+        ("apply", "applied"),
+        ("ship", "ships", "shipped", "shipping"),
+        ("charge", "charges", "charged", "charging"),
+        ("cancel", "cancelled", "cancelling", "cancella", "cancellare"),
+        ("install", "installed", "installs"),
+        ("prenota", "prenotare", "prenotazione", "prenotazioni"),
+        ("spedire", "spedito", "spedizione"),
+        ("banca", "banche"),
+        ("ordine", "ordini"),
+    ],
+)
+def test_inflected_forms_share_a_stem(variants: tuple[str, ...]) -> None:
+    assert len({stem(word) for word in variants}) == 1, [stem(w) for w in variants]
+
+
+@pytest.mark.parametrize(
+    ("different"), [("card", "car"), ("status", "stat"), ("address", "addre"), ("bus", "bu")]
+)
+def test_stems_do_not_merge_unrelated_words(different: tuple[str, str]) -> None:
+    assert stem(different[0]) != different[1]
+
+
+def test_italian_elisions_and_accents_become_plain_words() -> None:
+    assert tokenize("Dov'è l'ordine? È arrivato all'indirizzo sbagliato") == [
+        "dov", "e", "l", "ordine", "e", "arrivato", "all", "indirizzo", "sbagliato",
+    ]
+
+
+def test_italian_function_words_are_not_word_features() -> None:
+    # "all'", "quest'", possessives and forms of avere/essere carry no intent, like "my", "is".
+    for word in ("all", "sull", "quest", "mio", "mie", "ho", "sono", "favore"):
+        assert word in STOPWORDS
+    features = extract("Per favore, quest'ordine è il mio?", pairs=False)
+    assert set(features.words) == {stem("ordine")}
+
+
+def test_a_question_of_stopwords_still_has_words() -> None:
+    assert set(extract("can I?", pairs=False).words) == {"can", "i"}
