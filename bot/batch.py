@@ -1,16 +1,15 @@
 """Handle a batch of customer messages with a few set-based statements instead of ~12 each.
 
 Why: on the embedded SQLite default, SQLAlchemy's cost per statement, not SQLite, limits how many
-messages one process handles. The common case - a known customer writing in an open conversation
-that the bot answers (or that a person owns) - needs only state that can be read for the whole
-batch at once and rows that can be written with one executemany per table.
+messages one process handles. The common cases - a customer writing in a conversation the bot
+answers or a person owns, a new web chat visitor, a new conversation - need only state that can
+be read for the whole batch at once and rows that can be written with one executemany per table.
 
-Everything else goes through `MessageHandler.handle`: a new customer or conversation, contact
-details that may link or merge customers, platform threads, escalations, possible survey answers,
-and messages to a person's conversation while the Slack desk is connected. Before such a message
-the rows planned so far are written and the batch's cached state is dropped, so both paths see the
-same database, in message order, and produce the same rows (tests/test_bot/test_batch.py compares
-them).
+Everything else goes through `MessageHandler.handle`: contact details that may link or merge
+customers, platform threads, escalations, possible survey answers, and messages to a person's
+conversation while the Slack desk is connected. Before such a message the rows planned so far
+are written and the batch's cached state is dropped, so both paths see the same database, in
+message order, and produce the same rows (tests/test_bot/test_batch.py compares them).
 """
 
 from __future__ import annotations
@@ -60,6 +59,10 @@ _OPEN_CONVERSATIONS = (
     .where(CV.identity_id.in_(bindparam("identities", expanding=True)),
            CV.status != ConversationStatus.RESOLVED)
     .order_by(CV.id.desc()))
+_INSERT_CUSTOMER = insert(Customer.__table__).returning(CU.id, sort_by_parameter_order=True)
+_INSERT_IDENTITY = insert(Identity.__table__).returning(ID.id, sort_by_parameter_order=True)
+_INSERT_CONVERSATION = insert(Conversation.__table__).returning(CV.id,
+                                                                sort_by_parameter_order=True)
 _INSERT_INBOUND = insert(Message.__table__).returning(MS.id, sort_by_parameter_order=True)
 _INSERT_OUTBOUND = insert(Message.__table__).returning(MS.id, sort_by_parameter_order=True)
 _INSERT_OUTBOX = insert(OutboxItem.__table__)
@@ -75,16 +78,21 @@ _UPDATE_CUSTOMER_STAGE = (update(Customer.__table__).where(CU.id == bindparam("c
 
 @dataclass(slots=True)
 class _Known:
-    """What the general path would read about a sender: identity, customer, open conversation."""
+    """What the general path would read about a sender: identity, customer, open conversation.
 
-    identity_id: int
-    customer_id: int
+    `identity_id` / `customer_id` are None for a sender first seen in this batch until the batch
+    is written (and a new conversation's "id" likewise)."""
+
+    identity_id: int | None
+    customer_id: int | None
     merged: bool
     email: str | None
     phone: str | None
     display_name: str | None
     facts: CustomerFacts
     conv: dict[str, Any] | None
+    new_customer: dict[str, Any] | None = None  # rows to insert first
+    new_identity: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -92,6 +100,7 @@ class _Planned:
     """The rows one fast-path message will write."""
 
     index: int  # position in the batch, for its Outcome
+    sender: _Known
     conv: dict[str, Any]
     inbound: dict[str, Any]
     reply: dict[str, Any] | None
@@ -99,12 +108,25 @@ class _Planned:
 
 
 @dataclass(slots=True)
+class _StageChange:
+    sender: _Known
+    conv: dict[str, Any]
+    old: str | None
+    new: str
+    reason: str
+    at: datetime
+
+
+@dataclass(slots=True)
 class _Pending:
     planned: list[_Planned] = field(default_factory=list)
-    per_conversation: dict[int, int] = field(default_factory=dict)
-    stage_changes: list[dict[str, Any]] = field(default_factory=list)
-    conversations: dict[int, dict[str, Any]] = field(default_factory=dict)
-    customer_stages: dict[int, str] = field(default_factory=dict)
+    new_senders: list[_Known] = field(default_factory=list)
+    new_conversations: list[tuple[_Known, dict[str, Any], dict[str, Any]]] = field(
+        default_factory=list)  # (sender, conversation state, row)
+    per_conversation: dict[int, int] = field(default_factory=dict)  # by id() of the state
+    stage_changes: list[_StageChange] = field(default_factory=list)
+    conversations: dict[int, tuple[dict[str, Any], datetime]] = field(default_factory=dict)
+    customer_stages: dict[int, tuple[_Known, str]] = field(default_factory=dict)
 
 
 class BatchHandler:
@@ -127,8 +149,7 @@ class BatchHandler:
         for index, (msg, match) in enumerate(zip(messages, matches, strict=True)):
             if known is None:
                 known = await self._load(conn, messages[index:])
-            sender = known.get((msg.channel, msg.address))
-            planned = self._plan(index, msg, match, sender, pending)
+            planned = self._plan(index, msg, match, known, pending)
             if planned is None:  # general path, after what is planned so far is written
                 await self._write(conn, pending, outcomes)
                 pending = _Pending()
@@ -153,7 +174,7 @@ class BatchHandler:
         by_identity = {k.identity_id: k for k in known.values()}
         if by_identity:
             rows = (await conn.execute(_OPEN_CONVERSATIONS,
-                                       {"identities": sorted(by_identity)})).all()
+                                       {"identities": sorted(i for i in by_identity if i)})).all()
             for row in rows:  # newest first: keep the first per identity
                 sender = by_identity[row.identity_id]
                 if sender.conv is None:
@@ -163,16 +184,23 @@ class BatchHandler:
         return known
 
     def _plan(self, index: int, msg: InboundMessage, match: MatchResult | None,
-              sender: _Known | None, pending: _Pending) -> _Planned | None:
+              known: dict[tuple[str, str], _Known], pending: _Pending) -> _Planned | None:
         """The fast-path rows for `msg`, or None when it needs the general path."""
         handler = self.handler
-        if (sender is None or sender.conv is None or sender.merged or msg.thread
-                or sender.conv["customer_id"] != sender.customer_id
-                or not _contact_known(msg, sender)
-                or (handler.desk is not None and _MAYBE_RATING.match(msg.text))):
+        if msg.thread or (handler.desk is not None and _MAYBE_RATING.match(msg.text)):
+            return None
+        now = datetime.now(UTC)
+        sender = known.get((msg.channel, msg.address))
+        if sender is None:
+            if normalise_email(msg.email) or normalise_phone(msg.phone):
+                return None  # may join or merge with a customer known by email or phone
+            sender = known[(msg.channel, msg.address)] = self._new_sender(msg, now, pending)
+        elif (sender.merged or not _contact_known(msg, sender) or (
+                sender.conv is not None and sender.conv["customer_id"] != sender.customer_id)):
             return None
         conv = sender.conv
-        now = datetime.now(UTC)
+        if conv is None:
+            conv = sender.conv = self._new_conversation(msg, sender, now, pending)
         lang = msg.language_hint or detect_language(
             msg.text, default=conv["language"] or handler.config.default_language)
         silent = conv["status"] in (ConversationStatus.WAITING, ConversationStatus.HUMAN)
@@ -180,9 +208,11 @@ class BatchHandler:
             return None  # the desk relays it to the staff thread
         if not silent and (match is None
                            or handler.escalation_reason(msg, conv, match, now) is not None):
+            # A sender or conversation first seen here is written before the general path
+            # runs, which then finds them as it would have created them.
             return None
         inbound = {
-            "conversation_id": conv["id"], "direction": "in", "channel": msg.channel,
+            "direction": "in", "channel": msg.channel,
             "external_id": msg.external_id, "author": "customer", "text": msg.text,
             "attachments": [a.as_dict() for a in msg.attachments] or None, "language": lang,
             "faq_id": None if silent or match is None else match.faq_id,
@@ -197,20 +227,42 @@ class BatchHandler:
             text, reply_lang = match.entry.answer_for(
                 lang, handler.config.default_language,
                 {"store_name": handler.config.store_name})
-            reply = {"conversation_id": conv["id"], "direction": "out",
-                     "channel": conv["channel"], "author": "bot", "text": text,
-                     "language": reply_lang, "faq_id": match.faq_id, "status": "pending",
-                     "meta": None, "created_at": datetime.now(UTC)}
+            reply = {"direction": "out", "channel": conv["channel"], "author": "bot",
+                     "text": text, "language": reply_lang, "faq_id": match.faq_id,
+                     "status": "pending", "meta": None, "created_at": datetime.now(UTC)}
             conv.update(last_faq_id=match.faq_id, last_answer_at=now, language=lang)
-        pending.conversations[conv["id"]] = {
-            "conv_id": conv["id"], "language": conv["language"], "stage": conv["stage"],
-            "last_faq_id": conv["last_faq_id"], "last_answer_at": conv["last_answer_at"],
-            "last_inbound_at": now, "updated_at": now}
-        turn = pending.per_conversation.get(conv["id"], 0)
-        pending.per_conversation[conv["id"]] = turn + 1
-        planned = _Planned(index, conv, inbound, reply, turn)
+        pending.conversations[id(conv)] = (conv, now)
+        turn = pending.per_conversation.get(id(conv), 0)
+        pending.per_conversation[id(conv)] = turn + 1
+        planned = _Planned(index, sender, conv, inbound, reply, turn)
         pending.planned.append(planned)
         return planned
+
+    @staticmethod
+    def _new_sender(msg: InboundMessage, now: datetime, pending: _Pending) -> _Known:
+        """As `resolve_customer` for an address never seen, without email or phone."""
+        sender = _Known(None, None, False, None, None, msg.display_name, CustomerFacts(), None,
+                        new_customer={"display_name": msg.display_name, "email": None,
+                                      "phone": None, "orders_count": 0, "total_spent": 0.0,
+                                      "created_at": now},
+                        new_identity={"channel": msg.channel, "address": msg.address,
+                                      "display_name": msg.display_name, "created_at": now})
+        pending.new_senders.append(sender)
+        return sender
+
+    @staticmethod
+    def _new_conversation(msg: InboundMessage, sender: _Known, now: datetime,
+                          pending: _Pending) -> dict[str, Any]:
+        """As `MessageHandler._conversation` when the address has no open conversation."""
+        conv: dict[str, Any] = {
+            "id": None, "status": ConversationStatus.BOT, "language": msg.language_hint,
+            "stage": None, "last_faq_id": None, "last_answer_at": None, "thread": None,
+            "customer_id": sender.customer_id, "channel": msg.channel}
+        pending.new_conversations.append((sender, conv, {
+            "channel": msg.channel, "address": msg.address, "thread": None,
+            "status": ConversationStatus.BOT, "language": msg.language_hint,
+            "meta": dict(msg.meta), "created_at": now, "updated_at": now}))
+        return conv
 
     def _plan_stage(self, msg: InboundMessage, conv: dict[str, Any], sender: _Known, lang: str,
                     match: MatchResult, pending: _Pending) -> None:
@@ -223,30 +275,69 @@ class BatchHandler:
         if decision is None:
             return
         reason = decision.reason + (f" ({match.faq_id})" if faq_stage else "")
-        pending.stage_changes.append({
-            "conversation_id": conv["id"], "customer_id": sender.customer_id,
-            "from_stage": conv["stage"], "to_stage": decision.stage, "reason": reason[:500],
-            "created_at": datetime.now(UTC)})
+        pending.stage_changes.append(_StageChange(sender, conv, conv["stage"], decision.stage,
+                                                  reason[:500], datetime.now(UTC)))
         conv["stage"] = decision.stage
-        pending.customer_stages[sender.customer_id] = decision.stage
+        pending.customer_stages[id(sender)] = (sender, decision.stage)
 
     async def _write(self, conn: AsyncConnection, pending: _Pending,
                      outcomes: list[Outcome | None]) -> None:
-        """Write the planned rows: per round (a conversation's n-th message), its inbound
-        messages, then its replies, so ids keep every conversation's transcript in order."""
+        """Write what was planned: new customers, identities and conversations first; then per
+        round (a conversation's n-th message) its inbound messages and its replies, so ids keep
+        every conversation's transcript in order; then stage history and conversation state."""
+        await self._write_new_senders(conn, pending)
+        if pending.new_conversations:
+            rows = [{**row, "customer_id": sender.customer_id, "identity_id": sender.identity_id}
+                    for sender, _, row in pending.new_conversations]
+            ids = (await conn.execute(_INSERT_CONVERSATION, rows)).scalars().all()
+            for (sender, conv, _), conv_id in zip(pending.new_conversations, ids, strict=True):
+                conv.update(id=conv_id, customer_id=sender.customer_id)
         if not pending.planned:
             return
         self.fast += len(pending.planned)
+        await self._write_messages(conn, pending, outcomes)
+        if pending.stage_changes:
+            await conn.execute(_INSERT_STAGE_CHANGE, [
+                {"conversation_id": c.conv["id"], "customer_id": c.sender.customer_id,
+                 "from_stage": c.old, "to_stage": c.new, "reason": c.reason, "created_at": c.at}
+                for c in pending.stage_changes])
+        await conn.execute(_UPDATE_CONVERSATION, [
+            {"conv_id": conv["id"], "language": conv["language"], "stage": conv["stage"],
+             "last_faq_id": conv["last_faq_id"], "last_answer_at": conv["last_answer_at"],
+             "last_inbound_at": at, "updated_at": at}
+            for conv, at in pending.conversations.values()])
+        if pending.customer_stages:
+            await conn.execute(_UPDATE_CUSTOMER_STAGE, [
+                {"cust_id": sender.customer_id, "stage": stage}
+                for sender, stage in pending.customer_stages.values()])
+
+    @staticmethod
+    async def _write_new_senders(conn: AsyncConnection, pending: _Pending) -> None:
+        senders = pending.new_senders
+        if not senders:
+            return
+        customers = [s.new_customer for s in senders if s.new_customer is not None]
+        ids = (await conn.execute(_INSERT_CUSTOMER, customers)).scalars().all()
+        identities = []
+        for sender, customer_id in zip(senders, ids, strict=True):
+            sender.customer_id = customer_id
+            identities.append({**(sender.new_identity or {}), "customer_id": customer_id})
+        ids = (await conn.execute(_INSERT_IDENTITY, identities)).scalars().all()
+        for sender, identity_id in zip(senders, ids, strict=True):
+            sender.identity_id = identity_id
+            sender.new_customer = sender.new_identity = None
+
+    async def _write_messages(self, conn: AsyncConnection, pending: _Pending,
+                              outcomes: list[Outcome | None]) -> None:
         rounds = max(p.round for p in pending.planned) + 1
         for turn in range(rounds):
             planned = [p for p in pending.planned if p.round == turn]
-            in_ids = (await conn.execute(_INSERT_INBOUND,
-                                         [p.inbound for p in planned])).scalars().all()
+            in_ids = (await conn.execute(_INSERT_INBOUND, [
+                {**p.inbound, "conversation_id": p.conv["id"]} for p in planned])).scalars().all()
             replies = []
             for p, in_id in zip(planned, in_ids, strict=True):
-                p.inbound["id"] = in_id
                 if p.reply is not None:
-                    p.reply["meta"] = {"in_reply_to": in_id}
+                    p.reply.update(conversation_id=p.conv["id"], meta={"in_reply_to": in_id})
                     replies.append(p)
             out_ids: list[int] = []
             if replies:
@@ -265,12 +356,6 @@ class BatchHandler:
                 else:
                     outcomes[p.index] = Outcome(p.conv["id"], "answer", None, p.reply["faq_id"],
                                                 reply_ids[p.index])
-        if pending.stage_changes:
-            await conn.execute(_INSERT_STAGE_CHANGE, pending.stage_changes)
-        await conn.execute(_UPDATE_CONVERSATION, list(pending.conversations.values()))
-        if pending.customer_stages:
-            await conn.execute(_UPDATE_CUSTOMER_STAGE, [
-                {"cust_id": cid, "stage": stage} for cid, stage in pending.customer_stages.items()])
 
 
 def _contact_known(msg: InboundMessage, sender: _Known) -> bool:

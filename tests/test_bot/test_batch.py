@@ -147,24 +147,26 @@ async def test_batches_write_what_one_by_one_writes(make_settings: Any, tmp_path
 
 async def test_batch_keeps_a_conversations_turns_in_order(make_settings: Any,
                                                           tmp_path: Path) -> None:
-    """Three questions of one conversation in one batch: question, answer, question, answer."""
+    """A new visitor's four questions in one batch: question, answer, question, answer..."""
     async with two_services(make_settings, "sqlite", tmp_path) as (_, svc):
         batch = BatchHandler(svc.handler)
-        first = InboundMessage(channel="webchat", external_id="a0",
-                               address="visitor-eeeeeeeeeeeeeeee", text="Where is my order?")
-        texts = ["How much does shipping cost?", "Posso pagare con PayPal?",
-                 "How do I return an item?"]
-        later = [InboundMessage(channel="webchat", external_id=f"a{n + 1}",
+        texts = ["Where is my order?", "How much does shipping cost?",
+                 "Posso pagare con PayPal?", "How do I return an item?"]
+        chunk = [InboundMessage(channel="webchat", external_id=f"a{n}",
                                 address="visitor-eeeeeeeeeeeeeeee", text=t)
                  for n, t in enumerate(texts)]
-        for chunk in ([first], later):
-            async with svc.db.write() as conn:
-                await batch.handle_many(conn, chunk, [svc.handler.match(m) for m in chunk])
+        async with svc.db.write() as conn:
+            outcomes = await batch.handle_many(conn, chunk,
+                                               [svc.handler.match(m) for m in chunk])
         async with svc.db.read() as conn:
             ms = Message.__table__.c
-            rows = (await conn.execute(select(ms.direction, ms.text, ms.language)
-                                       .order_by(ms.id))).all()
-    assert batch.fast == 3
+            rows = (await conn.execute(select(ms.id, ms.direction, ms.text, ms.language,
+                                              ms.meta).order_by(ms.id))).all()
+            conversations = (await conn.execute(select(Conversation.__table__.c.id))).all()
+    assert batch.fast == 4 and batch.general == 0
+    assert len(conversations) == 1
     assert [r.direction for r in rows] == ["in", "out"] * 4
-    assert [r.text for r in rows[2::2]] == texts
-    assert [r.language for r in rows[3::2]] == ["en", "it", "en"]
+    assert [r.text for r in rows[0::2]] == texts
+    assert [r.language for r in rows[1::2]] == ["en", "en", "it", "en"]
+    assert [r.meta["in_reply_to"] for r in rows[1::2]] == [r.id for r in rows[0::2]]
+    assert [o.reply_message_id for o in outcomes] == [r.id for r in rows[1::2]]
