@@ -138,7 +138,7 @@ async def _stage_deltas(conn: AsyncConnection, start: datetime, end: datetime | 
     """Net change of customers per stage in [start, end), per `label` of the change's time:
     +1 for the stage a customer moves to, -1 for the one they leave."""
     out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    part = rollups.split(start, end, rolled)
+    part = rollups.split(start, end, rolled, subtract=True)
     if part.days is not None:
         rt = rollups.TRANSITIONS.c
         for day, src, to, n in (await conn.execute(
@@ -149,11 +149,14 @@ async def _stage_deltas(conn: AsyncConnection, start: datetime, end: datetime | 
             out[bucket][to] += int(n)
             if src != "new":
                 out[bucket][src] -= int(n)
-    for a, b in part.live:
-        for t in await rollups.transitions(conn, a, b):
-            out[label(t.at)][t.to] += 1
-            if t.source != "new":
-                out[label(t.at)][t.source] -= 1
+    for sign, intervals in ((1, part.live), (-1, part.minus)):
+        for a, b in intervals:
+            for t in await rollups.transitions(conn, a, b):
+                # a change before the period (minus) counts in its first day's bucket
+                bucket = label(max(t.at, start))
+                out[bucket][t.to] += sign
+                if t.source != "new":
+                    out[bucket][t.source] -= sign
     return out
 
 
@@ -174,15 +177,18 @@ async def stages_over_time(conn: AsyncConnection, period: Period, *,
     now_rows = (await conn.execute(select(CU.stage, func.count()).where(CU.stage.is_not(None))
                                    .group_by(CU.stage))).all()
     running = defaultdict(int, {r[0]: int(r[1]) for r in now_rows})
-    stages = _ordered_stages(set(running) | {s for d in by_bucket.values() for s in d})
+    now_stages = set(running)
+    touched = set(running) | {s for d in (*by_bucket.values(), *after.values()) for s in d}
     for stage, total in after.get("~", {}).items():  # changes after the period
         running[stage] -= total
-    customers: dict[str, list[int]] = {s: [0] * len(labels) for s in stages}
+    customers: dict[str, list[int]] = {s: [0] * len(labels) for s in touched}
     for i in range(len(labels) - 1, -1, -1):
-        for stage in stages:
+        for stage in touched:
             customers[stage][i] = running[stage]
         for stage, total in by_bucket.get(labels[i], {}).items():
             running[stage] -= total
+    # stages customers are in now, or were in at the end of some bucket
+    stages = _ordered_stages(s for s in touched if any(customers[s]) or s in now_stages)
 
     rows: list[tuple[str, str, int, int]] = []
     part = rollups.split(period.start, period.end, in_rolled)
@@ -226,7 +232,8 @@ async def stage_flow(conn: AsyncConnection, period: Period, *,
     customer when that customer's previous identical one is older than the period."""
     changes: dict[tuple[str, str], int] = defaultdict(int)
     customers: dict[tuple[str, str], int] = defaultdict(int)
-    part = rollups.split(period.start, period.end, await _rolled(conn, use_rollups))
+    part = rollups.split(period.start, period.end, await _rolled(conn, use_rollups),
+                         subtract=True)
     if part.days is not None:
         rt = rollups.TRANSITIONS.c
         first_in_period = or_(rt.repeat_after.is_(None), rt.repeat_after < period.start)
@@ -237,11 +244,13 @@ async def stage_flow(conn: AsyncConnection, period: Period, *,
                 .group_by(rt.from_stage, rt.to_stage))).all():
             changes[(src, to)] += int(n)
             customers[(src, to)] += int(distinct)
-    for a, b in part.live:
-        for t in await rollups.transitions(conn, a, b):
-            changes[(t.source, t.to)] += 1
-            if t.repeat_after is None or t.repeat_after < period.start:
-                customers[(t.source, t.to)] += 1
+    for sign, intervals in ((1, part.live), (-1, part.minus)):
+        for a, b in intervals:
+            for t in await rollups.transitions(conn, a, b):
+                changes[(t.source, t.to)] += sign
+                if t.repeat_after is None or t.repeat_after < period.start:
+                    customers[(t.source, t.to)] += sign
+    changes = defaultdict(int, {k: n for k, n in changes.items() if n})
     order = {s: i for i, s in enumerate(("new", *STAGES))}
     keys = sorted(changes, key=lambda k: (order.get(k[0], 99), order.get(k[1], 99)))
     flows = [{"from": k[0], "to": k[1], "changes": changes[k], "customers": customers[k]}
@@ -337,7 +346,8 @@ async def _inbound_counts(conn: AsyncConnection, period: Period, by: str,
                           use_rollups: bool) -> list[tuple[str, int, int]]:
     """(group, inbound messages, answered by the bot): day rollups + live SQL for the rest."""
     key = _dim(by, "message")
-    part = rollups.split(period.start, period.end, await _rolled(conn, use_rollups))
+    part = rollups.split(period.start, period.end, await _rolled(conn, use_rollups),
+                         subtract=True)
     out: list[tuple[str, int, int]] = []
     if part.days is not None:
         ri = rollups.INBOUND.c
@@ -345,14 +355,22 @@ async def _inbound_counts(conn: AsyncConnection, period: Period, by: str,
         out += [(r[0], int(r[1]), int(r[2])) for r in (await conn.execute(
             select(col, func.sum(ri.messages), func.sum(ri.answered))
             .where(ri.day >= part.days[0], ri.day < part.days[1]).group_by(col))).all()]
-    stmt = (select(key.label("g"), func.count(),
-                   func.sum(case((MS.decision == "answer", 1), else_=0)))
-            .where(MS.direction == "in", rollups.in_intervals(MS.created_at, part.live))
-            .group_by(key))
-    if by == "stage":
-        stmt = stmt.select_from(MESSAGE.join(CONVERSATION, CV.id == MS.conversation_id))
-    out += [(r[0], int(r[1]), int(r[2] or 0)) for r in (await conn.execute(stmt)).all()]
-    return out
+    for sign, intervals in ((1, part.live), (-1, part.minus)):
+        if not intervals:
+            continue
+        stmt = (select(key.label("g"), func.count(),
+                       func.sum(case((MS.decision == "answer", 1), else_=0)))
+                .where(MS.direction == "in", rollups.in_intervals(MS.created_at, intervals))
+                .group_by(key))
+        if by == "stage":
+            stmt = stmt.select_from(MESSAGE.join(CONVERSATION, CV.id == MS.conversation_id))
+        out += [(r[0], sign * int(r[1]), sign * int(r[2] or 0))
+                for r in (await conn.execute(stmt)).all()]
+    summed: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for g, n, answered in out:
+        summed[g][0] += n
+        summed[g][1] += answered
+    return [(g, n, answered) for g, (n, answered) in summed.items() if n]
 
 
 async def performance(conn: AsyncConnection, period: Period, by: str = "stage", *,
@@ -405,7 +423,8 @@ async def faq_hits(conn: AsyncConnection, period: Period, *,
                    use_rollups: bool = True) -> dict[str, int]:
     """Inbound messages the bot answered, per FAQ entry."""
     hits: dict[str, int] = defaultdict(int)
-    part = rollups.split(period.start, period.end, await _rolled(conn, use_rollups))
+    part = rollups.split(period.start, period.end, await _rolled(conn, use_rollups),
+                         subtract=True)
     if part.days is not None:
         rf = rollups.FAQ.c
         for faq_id, n in (await conn.execute(
@@ -413,13 +432,15 @@ async def faq_hits(conn: AsyncConnection, period: Period, *,
                 .where(rf.day >= part.days[0], rf.day < part.days[1])
                 .group_by(rf.faq_id))).all():
             hits[faq_id] += int(n)
-    for faq_id, n in (await conn.execute(
-            select(MS.faq_id, func.count())
-            .where(MS.direction == "in", rollups.in_intervals(MS.created_at, part.live),
-                   MS.decision == "answer", MS.faq_id.is_not(None))
-            .group_by(MS.faq_id))).all():
-        hits[faq_id] += int(n)
-    return dict(hits)
+    for sign, intervals in ((1, part.live), (-1, part.minus)):
+        if intervals:
+            for faq_id, n in (await conn.execute(
+                    select(MS.faq_id, func.count())
+                    .where(MS.direction == "in", rollups.in_intervals(MS.created_at, intervals),
+                           MS.decision == "answer", MS.faq_id.is_not(None))
+                    .group_by(MS.faq_id))).all():
+                hits[faq_id] += sign * int(n)
+    return {faq_id: n for faq_id, n in hits.items() if n}
 
 
 async def unanswered_questions(conn: AsyncConnection, period: Period, *,

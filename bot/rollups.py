@@ -19,7 +19,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,18 +79,29 @@ def day_label(at: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Split:
-    """A period cut into whole rolled-up days [days_from, days_to) and live intervals."""
+    """A period cut into whole rolled-up days [days_from, days_to), live intervals to add,
+    and `minus` intervals: rows the rolled-up days include but the period does not."""
 
     days: tuple[str, str] | None
     live: list[Interval]
+    minus: list[Interval] = field(default_factory=list)
 
 
-def split(start: datetime, end: datetime | None, rolled_until: datetime | None) -> Split:
-    """Which part of [start, end) the rollups answer (whole days before `rolled_until`)."""
+def split(start: datetime, end: datetime | None, rolled_until: datetime | None, *,
+          subtract: bool = False) -> Split:
+    """Which part of [start, end) the rollups answer (whole days before `rolled_until`).
+
+    With `subtract` (for counts, where a day minus a part of it is exact), a period starting
+    in the first half of a rolled-up day takes that whole day and subtracts the hours before
+    `start`, so at most half a day is ever read live at that end.
+    """
     if rolled_until is None:
         return Split(None, [(start, end)])
     first = ceil_day(start)
     last = rolled_until if end is None else min(floor_day(end), rolled_until)
+    minus: list[Interval] = []
+    if subtract and start < first and first - start > DAY / 2 and first <= last:
+        first, minus = floor_day(start), [(floor_day(start), start)]
     if first >= last:
         return Split(None, [(start, end)])
     live: list[Interval] = []
@@ -98,7 +109,7 @@ def split(start: datetime, end: datetime | None, rolled_until: datetime | None) 
         live.append((start, first))
     if end is None or last < end:
         live.append((last, end))
-    return Split((day_label(first), day_label(last)), live)
+    return Split((day_label(first), day_label(last)), live, minus)
 
 
 def in_intervals(col: Any, intervals: Iterable[Interval]) -> ColumnElement[bool]:

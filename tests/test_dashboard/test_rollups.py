@@ -25,7 +25,20 @@ PERIODS = [
     mq.Period(NOW - timedelta(days=30), NOW, "day"),
     mq.Period(at(9, 0), at(10, 0) + timedelta(days=1), "hour"),  # hour buckets: live
     mq.Period(at(8, 5, 30), at(9, 23), "day"),  # starts and ends inside a day
+    mq.Period(at(8, 10, 3), NOW, "day"),  # early in a day: that day minus its first hours
+    mq.Period(at(5, 9, 30), at(9, 0), "day"),
 ]
+
+
+async def add_repeated_transitions(db: Database) -> None:
+    """Customer 3 goes retention -> at_risk twice (03-04 and 03-08): one customer, two changes.
+    """
+    async with db.write() as conn:
+        await conn.execute(insert(mq.STAGE_CHANGE), [
+            {"conversation_id": 4, "customer_id": 3, "from_stage": None, "to_stage": to,
+             "reason": "test", "created_at": when}
+            for to, when in (("at_risk", at(4, 8)), ("retention", at(6, 8)),
+                             ("at_risk", at(8, 11)))])
 
 
 async def everything(db: Database, *, use_rollups: bool) -> list[Any]:
@@ -67,6 +80,19 @@ async def test_rolled_up_answers_equal_live_ones(metrics_db: Database) -> None:
         ("new", "awareness"): 1, ("awareness", "consideration"): 1,
         ("awareness", "at_risk"): 1, ("consideration", "purchase"): 1}
     assert (total["messages"], total["answered_by_bot"], total["escalations"]) == (7, 4, 4)
+
+
+async def test_a_customer_repeating_a_transition_counts_once(metrics_db: Database) -> None:
+    await build_history(metrics_db)
+    await add_repeated_transitions(metrics_db)
+    await rollups.refresh(metrics_db, now=NOW)
+    await assert_rollups_agree(metrics_db)
+    for period, expected in ((WEEK, (2, 1)), (mq.Period(at(5, 0), NOW, "day"), (1, 1)),
+                             (mq.Period(at(8, 10, 3), NOW, "day"), (1, 1))):
+        async with metrics_db.read() as conn:
+            flow = await mq.stage_flow(conn, period)
+        found = {(f["from"], f["to"]): (f["changes"], f["customers"]) for f in flow["flows"]}
+        assert found[("retention", "at_risk")] == expected, period
 
 
 async def test_lagging_rollups_still_give_exact_answers(metrics_db: Database) -> None:
