@@ -32,7 +32,7 @@ async def build_history(db: Database) -> None:
         ("customer", mq.CUSTOMER), ("conversation", mq.CONVERSATION), ("message", mq.MESSAGE),
         ("stage_change", mq.STAGE_CHANGE), ("escalation", mq.ESCALATION))}
     from bot.db.models import Identity
-    identity = Identity.__table__  # type: ignore[attr-defined]
+    identity = Identity.__table__
     async with db.write() as conn:
         await conn.execute(insert(t["customer"]), [
             {"id": 1, "display_name": "Ada", "stage": "purchase", "created_at": at(28)},
@@ -190,8 +190,9 @@ async def test_percentiles_match_percentile_cont_definition(metrics_db: Database
         assert {p: mq.percentile_cont(ordered, p) for p in ps} == pytest.approx(ps)
     if metrics_db.is_sqlite:
         return
-    parts = [select(literal_column(f"'{g}'").label("g"), literal_column(str(v)).label("v"))
-             for g, vs in values.items() if g != "all" for v in vs]
+    parts: list[Any] = [select(literal_column(f"'{g}'").label("g"),
+                               literal_column(str(v)).label("v"))
+                        for g, vs in values.items() if g != "all" for v in vs]
     src = union_all(*parts).subquery()
     async with metrics_db.read() as conn:
         for group, ps in expected.items():
