@@ -199,8 +199,10 @@ async def main() -> None:
     try:
         await wait_port(port)
         cpu_before = cpu_seconds(server.pid)
+        client_before = time.process_time()
         post_time = await post_all(port, args.messages, args.conversations, args.rate,
                                    args.concurrency)
+        client_cpu = time.process_time() - client_before
         await wait_drained(db, args.messages, timeout=600)
         cpu_used = cpu_seconds(server.pid) - cpu_before
         lat, span, decisions = await latencies(db)
@@ -220,6 +222,7 @@ async def main() -> None:
     print(f"  latency max      {max(lat) * 1000:8.1f} ms")
     print(f"  server CPU       {cpu_used / args.messages * 1000:8.3f} ms per message "
           f"({args.messages / cpu_used:.0f} msg/s per core)")
+    print(f"  client CPU       {client_cpu / args.messages * 1000:8.3f} ms per message posted")
     print("  decisions        " + ", ".join(f"{k} {v}" for k, v in sorted(decisions.items())))
     print(f"  load average     {os.getloadavg()[0]:8.1f} (2 cores)")
 

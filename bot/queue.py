@@ -49,8 +49,12 @@ def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
     return float(min(cap, base * (2 ** max(0, attempt - 1))))
 
 
+_MESSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(InboundMessage))
+
+
 def encode_message(msg: InboundMessage) -> dict[str, Any]:
-    data = dataclasses.asdict(msg)
+    # Field by field rather than dataclasses.asdict, which deep-copies what is replaced below.
+    data = {name: getattr(msg, name) for name in _MESSAGE_FIELDS}
     data["timestamp"] = msg.timestamp.isoformat()
     data["attachments"] = [a.as_dict() for a in msg.attachments]
     data["meta"] = dict(msg.meta)
