@@ -22,25 +22,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    Float,
     String,
     Table,
     and_,
     case,
-    cast,
-    extract,
     func,
     or_,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import Select, Subquery
+from sqlalchemy.sql.selectable import Select
 
 from bot import rollups
 from bot.db.models import Conversation, Customer, Escalation, Message, StageChange
@@ -100,12 +97,6 @@ def _bucket(conn: AsyncConnection, col: Any, bucket: str) -> ColumnElement[str]:
         return func.to_char(func.timezone("UTC", col), fmt, type_=String)
     # SQLite keeps UTC as "YYYY-MM-DD HH:MM:SS.ffffff"
     return func.substr(col, 1, 13 if bucket == "hour" else 10, type_=String)
-
-
-def _seconds(conn: AsyncConnection, later: Any, earlier: Any) -> ColumnElement[float]:
-    if _is_pg(conn):
-        return cast(extract("epoch", later) - extract("epoch", earlier), Float)
-    return (func.julianday(later) - func.julianday(earlier)) * 86400.0
 
 
 def _in(col: Any, period: Period) -> ColumnElement[bool]:
@@ -268,75 +259,116 @@ def _dim(by: str, table: str) -> Any:
     return func.coalesce(col, UNKNOWN)
 
 
-def _escalations(conn: AsyncConnection, period: Period, by: str) -> Select[Any]:
+def _escalations(conn: AsyncConnection, by: str) -> Select[Any]:
     return (select(_dim(by, "escalation").label("g"), ES.reason, ES.csat, ES.created_at,
-                   _seconds(conn, ES.first_response_at, ES.created_at).label("first"),
-                   _seconds(conn, ES.resolved_at, ES.created_at).label("resolve"))
-            .select_from(ESCALATION.join(CONVERSATION,
-                                                   CV.id == ES.conversation_id))
-            .where(_in(ES.created_at, period)))
+                   rollups.seconds(conn, ES.first_response_at, ES.created_at).label("first"),
+                   rollups.seconds(conn, ES.resolved_at, ES.created_at).label("resolve"))
+            .select_from(ESCALATION.join(CONVERSATION, CV.id == ES.conversation_id)))
 
 
 Row = Callable[[str], dict[str, Any]]
 
 
-async def _escalation_pass(conn: AsyncConnection, period: Period, by: str, row: Row,
-                           total: dict[str, Any]) -> list[dict[str, Any]]:
-    """Reasons, counts, CSAT, percentiles and the CSAT trend from one pass over the period's
-    escalations (a covering index on escalation time + the conversation's key): a handful of
-    numbers per escalation, never messages. Returns the CSAT trend."""
-    esc = _escalations(conn, period, by).subquery()
+@dataclass(slots=True)
+class _Escalations:
+    """What the performance panel needs from escalations, summed over days and live rows."""
+
+    reasons: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    csat: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    trend: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    firsts: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    resolves: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def finish(self, row: Row, total: dict[str, Any]) -> list[dict[str, Any]]:
+        """Fill the rows and the total; returns the CSAT trend."""
+        for (g, reason), n in self.reasons.items():
+            for r in (row(g), total):
+                r["reasons"][reason] = r["reasons"].get(reason, 0) + n
+                r["escalations"] += n
+        csat = dict(self.csat)
+        csat["all"] = [sum(c[0] for c in csat.values()), sum(c[1] for c in csat.values())]
+        for k, (csat_sum, csat_n) in csat.items():
+            if csat_n or k == "all":
+                row(k).update(csat_avg=_round(csat_sum / csat_n, 2) if csat_n else None,
+                              csat_count=csat_n)
+        for name, found in (("first_response", self.firsts), ("resolution", self.resolves)):
+            groups = {g: values for g, values in found.items() if values}
+            if groups:
+                groups["all"] = [v for values in groups.values() for v in values]
+            for k, values in groups.items():
+                values.sort()
+                r = row(k)
+                r[f"{name}_p50_s"] = _round(percentile_cont(values, 0.5))
+                r[f"{name}_p90_s"] = _round(percentile_cont(values, 0.9))
+        return [{"bucket": bkt, "avg": _round(sc / n, 2), "count": n}
+                for bkt, (sc, n) in sorted(self.trend.items()) if n]
+
+
+async def _escalation_figures(conn: AsyncConnection, period: Period, by: str,
+                              rolled: datetime | None) -> _Escalations:
+    """Escalations of the period: rolled-up days (unless they changed since) + a pass over
+    the remaining escalations (a handful of numbers each, never messages)."""
+    acc = _Escalations()
+    part = await rollups.escalation_split(conn, period.start, period.end,
+                                          rolled if period.bucket == "day" else None)
+    if part.days is not None:
+        re = rollups.ESCALATIONS.c
+        result = await conn.execute(
+            select(re.day, re.grp, re.reasons, re.csat_sum, re.csat_count,
+                   re.first_response_s, re.resolution_s)
+            .where(re.dim == by, re.day >= part.days[0], re.day < part.days[1]))
+        for day, g, reasons, csat_sum, csat_n, firsts, resolves in result.tuples():
+            if day in part.skip:
+                continue
+            for reason, n in reasons.items():
+                acc.reasons[(g, reason)] += int(n)
+            for target in (acc.csat[g], acc.trend[day]):
+                target[0] += csat_sum
+                target[1] += csat_n
+            acc.firsts[g] += firsts
+            acc.resolves[g] += resolves
+    if not part.live:
+        return acc
+    esc = _escalations(conn, by).where(rollups.in_intervals(ES.created_at, part.live)).subquery()
     b = _bucket(conn, esc.c.created_at, period.bucket)
-    reasons: dict[tuple[str, str], int] = defaultdict(int)
-    csat: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    trend: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    firsts: dict[str, list[float]] = defaultdict(list)
-    resolves: dict[str, list[float]] = defaultdict(list)
     result = await conn.execute(select(esc.c.g, esc.c.reason, esc.c.csat, b, esc.c.first,
                                        esc.c.resolve))
     for g, reason, score, bucket, first, resolve in result.tuples():
-        reasons[(g, reason)] += 1
+        acc.reasons[(g, reason)] += 1
         if score is not None:
-            c = csat[g]
-            c[0] += score
-            c[1] += 1
-            t = trend[bucket]
-            t[0] += score
-            t[1] += 1
+            for target in (acc.csat[g], acc.trend[bucket]):
+                target[0] += score
+                target[1] += 1
         if first is not None:
-            firsts[g].append(first)
+            acc.firsts[g].append(first)
         if resolve is not None:
-            resolves[g].append(resolve)
-    for (g, reason), n in reasons.items():
-        for r in (row(g), total):
-            r["reasons"][reason] = r["reasons"].get(reason, 0) + n
-            r["escalations"] += n
-    csat["all"] = [sum(c[0] for c in csat.values()), sum(c[1] for c in csat.values())]
-    for k, (csat_sum, csat_n) in csat.items():
-        row(k).update(csat_avg=_round(csat_sum / csat_n, 2) if csat_n else None,
-                      csat_count=csat_n)
-    for name, found in (("first_response", firsts), ("resolution", resolves)):
-        if found:
-            found["all"] = [v for values in found.values() for v in values]
-        for k, values in found.items():
-            values.sort()
-            r = row(k)
-            r[f"{name}_p50_s"] = _round(percentile_cont(values, 0.5))
-            r[f"{name}_p90_s"] = _round(percentile_cont(values, 0.9))
-    return [{"bucket": bkt, "avg": _round(sc / n, 2), "count": n}
-            for bkt, (sc, n) in sorted(trend.items())]
+            acc.resolves[g].append(resolve)
+    return acc
 
 
-async def _previous_csat(conn: AsyncConnection, prev: Subquery, row: Row,
-                         rows: Mapping[str, Any]) -> None:
+async def _previous_csat(conn: AsyncConnection, period: Period, by: str,
+                         rolled: datetime | None, row: Row, rows: Mapping[str, Any]) -> None:
     """CSAT of the period before, for the groups seen now and the total."""
     before: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for g, csat_sum, csat_n in (await conn.execute(
-            select(prev.c.g, func.sum(prev.c.csat), func.count(prev.c.csat))
-            .group_by(prev.c.g))).all():
+    part = await rollups.escalation_split(conn, period.start, period.end, rolled)
+    found: list[tuple[str, int, int]] = []
+    if part.days is not None:
+        re = rollups.ESCALATIONS.c
+        found += [(g, int(s), int(n)) for day, g, s, n in (await conn.execute(
+            select(re.day, re.grp, re.csat_sum, re.csat_count)
+            .where(re.dim == by, re.day >= part.days[0], re.day < part.days[1]))).tuples()
+            if day not in part.skip]
+    if part.live:
+        rated = (_escalations(conn, by)
+                 .where(rollups.in_intervals(ES.created_at, part.live), ES.csat.is_not(None))
+                 .subquery())
+        found += [(g, int(s or 0), int(n)) for g, s, n in (await conn.execute(
+            select(rated.c.g, func.sum(rated.c.csat), func.count(rated.c.csat))
+            .group_by(rated.c.g))).tuples()]
+    for g, csat_sum, csat_n in found:
         for k in (g, "all"):
-            before[k][0] += int(csat_sum or 0)
-            before[k][1] += int(csat_n)
+            before[k][0] += csat_sum
+            before[k][1] += csat_n
     for k, (csat_sum, csat_n) in before.items():
         if csat_n and (k == "all" or k in rows):
             row(k)["csat_prev_avg"] = _round(csat_sum / csat_n, 2)
@@ -395,9 +427,9 @@ async def performance(conn: AsyncConnection, period: Period, by: str = "stage", 
             r["messages"] += n
             r["answered_by_bot"] += answered
 
-    trend = await _escalation_pass(conn, period, by, row, total)
-    rated = _escalations(conn, period.previous(), by).where(ES.csat.is_not(None))
-    await _previous_csat(conn, rated.subquery(), row, rows)
+    rolled = await _rolled(conn, use_rollups)
+    trend = (await _escalation_figures(conn, period, by, rolled)).finish(row, total)
+    await _previous_csat(conn, period.previous(), by, rolled, row, rows)
     ordered = sorted(rows.values(), key=lambda r: (
         STAGES.index(r["key"]) if by == "stage" and r["key"] in STAGES else 99, r["key"]))
     for r in (*ordered, total):
@@ -501,8 +533,8 @@ async def escalation_details(conn: AsyncConnection, conversation_id: int) -> lis
     rows = (await conn.execute(
         select(ES.id, ES.reason, ES.question, ES.status, ES.team, ES.taken_by, ES.taken_at,
                ES.first_response_at, ES.resolved_at, ES.csat, ES.created_at,
-               _seconds(conn, ES.first_response_at, ES.created_at).label("first"),
-               _seconds(conn, ES.resolved_at, ES.created_at).label("resolve"))
+               rollups.seconds(conn, ES.first_response_at, ES.created_at).label("first"),
+               rollups.seconds(conn, ES.resolved_at, ES.created_at).label("resolve"))
         .where(ES.conversation_id == conversation_id).order_by(ES.id))).all()
     return [{"id": r.id, "reason": r.reason, "question": r.question, "status": r.status,
              "team": r.team, "taken_by": r.taken_by,

@@ -23,7 +23,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, case, delete, false, func, insert, or_, select, text
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Integer,
+    Table,
+    and_,
+    case,
+    cast,
+    delete,
+    extract,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -33,8 +49,11 @@ from bot.db.engine import Database
 from bot.db.models import (
     Conversation,
     Customer,
+    Escalation,
     Message,
     RollupConversation,
+    RollupEscalation,
+    RollupEscalationCheck,
     RollupFaq,
     RollupInbound,
     RollupState,
@@ -52,8 +71,12 @@ FAQ: Table = RollupFaq.__table__
 CONVERSATIONS: Table = RollupConversation.__table__
 TRANSITIONS: Table = RollupTransition.__table__
 STATE: Table = RollupState.__table__
-ROLLUPS = (INBOUND, FAQ, CONVERSATIONS, TRANSITIONS)
-CV, CU, MS, SC = (t.c for t in (CONVERSATION, CUSTOMER, MESSAGE, STAGE_CHANGE))
+ESCALATION: Table = Escalation.__table__
+ESCALATIONS: Table = RollupEscalation.__table__
+CHECKS: Table = RollupEscalationCheck.__table__
+ROLLUPS = (INBOUND, FAQ, CONVERSATIONS, TRANSITIONS, ESCALATIONS, CHECKS)
+CV, CU, MS, SC, ES = (t.c for t in (CONVERSATION, CUSTOMER, MESSAGE, STAGE_CHANGE, ESCALATION))
+DIMENSIONS = ("stage", "channel", "language")
 STATE_KEY = "daily"
 CLOSE_MARGIN = timedelta(minutes=10)  # a transaction open longer than this may land late
 UNKNOWN = "unknown"
@@ -85,6 +108,7 @@ class Split:
     days: tuple[str, str] | None
     live: list[Interval]
     minus: list[Interval] = field(default_factory=list)
+    skip: frozenset[str] = frozenset()  # days in `days` answered live instead
 
 
 def split(start: datetime, end: datetime | None, rolled_until: datetime | None, *,
@@ -148,6 +172,92 @@ async def rolled_until(conn: AsyncConnection) -> datetime | None:
         if oldest is not None and oldest < until:
             return None
     return until
+
+
+# --- escalations ---------------------------------------------------------------------------------
+
+def seconds(conn: AsyncConnection, later: Any, earlier: Any) -> ColumnElement[float]:
+    """`later - earlier` in seconds, computed by the database."""
+    if conn.dialect.name == "postgresql":
+        return cast(extract("epoch", later) - extract("epoch", earlier), Float)
+    return (func.julianday(later) - func.julianday(earlier)) * 86400.0
+
+
+def _millis(conn: AsyncConnection, col: Any) -> ColumnElement[int]:
+    if conn.dialect.name == "postgresql":
+        return cast(extract("epoch", col) * 1000, BigInteger)
+    return cast((func.julianday(col) - 2440587.5) * 86400000.0, Integer)
+
+
+async def escalation_fingerprints(conn: AsyncConnection, first: str,
+                                  last: str) -> dict[str, str]:
+    """Per day in [first, last): counts, CSAT and the sums of answer and resolution times of
+    its escalations, from the covering index on escalation time (no table rows, no join)."""
+    day = day_of(conn, ES.created_at)
+    start = datetime.fromisoformat(first).replace(tzinfo=UTC)
+    end = datetime.fromisoformat(last).replace(tzinfo=UTC)
+    rows = (await conn.execute(
+        select(day, func.count(), func.count(ES.first_response_at), func.count(ES.resolved_at),
+               func.count(ES.csat), func.coalesce(func.sum(ES.csat), 0),
+               func.coalesce(func.sum(_millis(conn, ES.first_response_at)), 0),
+               func.coalesce(func.sum(_millis(conn, ES.resolved_at)), 0))
+        .where(ES.created_at >= start, ES.created_at < end).group_by(day))).all()
+    return {str(r[0]): ",".join(str(int(v)) for v in r[1:]) for r in rows}
+
+
+async def escalation_split(conn: AsyncConnection, start: datetime, end: datetime,
+                           rolled: datetime | None) -> Split:
+    """`split` for escalations: a rolled-up day whose escalations changed since (an answer,
+    a resolution, a CSAT score) is answered live."""
+    part = split(start, end, rolled)
+    if part.days is None:
+        return part
+    now = await escalation_fingerprints(conn, *part.days)
+    stored = dict((await conn.execute(
+        select(CHECKS.c.day, CHECKS.c.fingerprint)
+        .where(CHECKS.c.day >= part.days[0], CHECKS.c.day < part.days[1]))).tuples().all())
+    stale = {d for d in set(now) | set(stored) if now.get(d) != stored.get(d)}
+    if not stale:
+        return part
+    live = [*part.live, *((a, b) for a, b in _ranges(stale))]
+    return Split(part.days, live, part.minus, frozenset(stale))
+
+
+async def _build_escalations(conn: AsyncConnection, start: datetime, end: datetime) -> None:
+    dims = [func.coalesce(CV.stage, UNKNOWN), func.coalesce(CV.channel, UNKNOWN),
+            func.coalesce(CV.language, UNKNOWN)]
+    result = await conn.execute(
+        select(day_of(conn, ES.created_at), *dims, ES.reason, ES.csat,
+               seconds(conn, ES.first_response_at, ES.created_at),
+               seconds(conn, ES.resolved_at, ES.created_at))
+        .select_from(ESCALATION.join(CONVERSATION, CV.id == ES.conversation_id))
+        .where(ES.created_at >= start, ES.created_at < end))
+    acc: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for day, stage, channel, language, reason, csat, first, resolve in result.tuples():
+        for dim, g in zip(DIMENSIONS, (stage, channel, language), strict=True):
+            a = acc.get((day, dim, g))
+            if a is None:
+                a = acc[(day, dim, g)] = {"day": day, "dim": dim, "grp": g, "escalations": 0,
+                                          "reasons": {}, "csat_sum": 0, "csat_count": 0,
+                                          "first_response_s": [], "resolution_s": []}
+            a["escalations"] += 1
+            a["reasons"][reason] = a["reasons"].get(reason, 0) + 1
+            if csat is not None:
+                a["csat_sum"] += int(csat)
+                a["csat_count"] += 1
+            if first is not None:
+                a["first_response_s"].append(float(first))
+            if resolve is not None:
+                a["resolution_s"].append(float(resolve))
+    for a in acc.values():
+        a["first_response_s"].sort()
+        a["resolution_s"].sort()
+    if acc:
+        await conn.execute(insert(ESCALATIONS), list(acc.values()))
+    checks = await escalation_fingerprints(conn, day_label(start), day_label(end))
+    if checks:
+        await conn.execute(insert(CHECKS), [{"day": d, "fingerprint": f}
+                                            for d, f in checks.items()])
 
 
 # --- stage transitions -------------------------------------------------------------------------
@@ -228,6 +338,7 @@ async def _build(conn: AsyncConnection, start: datetime, end: datetime) -> None:
         ["day", "stage", "conversations", "customers"],
         select(cday, cstage, func.count(), func.count(CV.customer_id.distinct()))
         .where(CV.created_at >= start, CV.created_at < end).group_by(cday, cstage)))
+    await _build_escalations(conn, start, end)
     counted: dict[tuple[str, str, str, datetime | None], int] = defaultdict(int)
     for t in await transitions(conn, start, end):
         counted[(day_label(t.at), t.source, t.to, t.repeat_after)] += 1
@@ -270,6 +381,14 @@ async def _dirty_days(conn: AsyncConnection, seen: dict[str, Any], now_seen: dic
         MS.conversation_id.in_(conversations), MS.created_at < until))
     dirty |= await _days(conn, select(day_of(conn, CV.created_at)).distinct().where(
         CV.id.in_(conversations), CV.created_at < until))
+    dirty |= await _days(conn, select(day_of(conn, ES.created_at)).distinct().where(
+        ES.conversation_id.in_(conversations), ES.created_at < until))
+    # escalations answered, resolved or rated since they were rolled up
+    if (first := await _first_day(conn)) is not None and first < until:
+        now = await escalation_fingerprints(conn, day_label(first), day_label(until))
+        stored = dict((await conn.execute(select(CHECKS.c.day, CHECKS.c.fingerprint)))
+                      .tuples().all())
+        dirty |= {d for d in set(now) | set(stored) if now.get(d) != stored.get(d)}
     # a change dated in the past re-orders that customer's later transitions
     backdated = (await conn.execute(
         select(changed.c.customer_id, func.min(changed.c.created_at))
@@ -291,7 +410,7 @@ async def _dirty_days(conn: AsyncConnection, seen: dict[str, Any], now_seen: dic
 
 
 async def _first_day(conn: AsyncConnection) -> datetime | None:
-    found = [at for table in (MESSAGE, CONVERSATION, STAGE_CHANGE)
+    found = [at for table in (MESSAGE, CONVERSATION, STAGE_CHANGE, ESCALATION)
              if (at := (await conn.execute(select(func.min(table.c.created_at)))).scalar())]
     return floor_day(min(found)) if found else None
 

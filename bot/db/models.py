@@ -321,6 +321,33 @@ class RollupTransition(Model, table=True):
     changes: int = 0
 
 
+class RollupEscalation(Model, table=True):
+    """Escalations per day x dimension ("stage", "channel" or "language") x group: counts,
+    CSAT sums and the sorted durations (seconds), so exact percentiles of a period merge days.
+    """
+
+    __tablename__ = "rollup_escalation"
+    day: str = Field(primary_key=True)
+    dim: str = Field(primary_key=True)
+    grp: str = Field(primary_key=True)
+    escalations: int = 0
+    reasons: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    csat_sum: int = 0
+    csat_count: int = 0
+    first_response_s: list[float] = Field(sa_column=Column(JSON, nullable=False))
+    resolution_s: list[float] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class RollupEscalationCheck(Model, table=True):
+    """A day's escalations summed up when rolled up (counts, CSAT, answer and resolution
+    times): escalations keep changing as people answer them, and a day whose sums differ now
+    is answered live."""
+
+    __tablename__ = "rollup_escalation_check"
+    day: str = Field(primary_key=True)
+    fingerprint: str
+
+
 class RollupState(Model, table=True):
     """How far the rollups go (every day before `rolled_until`) and what they have seen."""
 

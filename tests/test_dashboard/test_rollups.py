@@ -70,7 +70,9 @@ async def test_rolled_up_answers_equal_live_ones(metrics_db: Database) -> None:
     assert await rolled(metrics_db) == datetime(2026, 3, 10, tzinfo=UTC)
     async with metrics_db.read() as conn:
         inbound = (await conn.execute(select(func.sum(rollups.INBOUND.c.messages)))).scalar()
-    assert inbound == 8  # every inbound message of the history is in a closed day
+        escalated = (await conn.execute(select(func.sum(rollups.ESCALATIONS.c.escalations))
+                                        .where(rollups.ESCALATIONS.c.dim == "stage"))).scalar()
+    assert (inbound, escalated) == (8, 5)  # the whole history is in closed days
     await assert_rollups_agree(metrics_db)
     # and the hand-worked answers of test_metrics still hold through the rollups
     async with metrics_db.read() as conn:
@@ -126,6 +128,18 @@ async def test_late_rows_stage_changes_and_merges_are_folded_in(metrics_db: Data
         await conn.execute(update(mq.CONVERSATION).where(mq.CV.id == 1)
                            .values(stage="advocacy"))
         await conn.execute(update(mq.CUSTOMER).where(mq.CU.id == 1).values(stage="advocacy"))
+    await rollups.refresh(metrics_db, now=NOW + timedelta(hours=1))
+    await assert_rollups_agree(metrics_db)
+
+    async with metrics_db.write() as conn:  # an escalation of 03-09 is resolved and rated
+        await conn.execute(update(mq.ESCALATION).where(mq.ES.reason == "no_match",
+                                                       mq.ES.conversation_id == 3)
+                           .values(resolved_at=at(10, 11), csat=1, status="resolved"))
+    await assert_rollups_agree(metrics_db)  # that day is answered live until the refresh
+    async with metrics_db.read() as conn:
+        total = (await mq.performance(conn, WEEK, "channel"))["total"]
+    # resolutions 1800, 3600, 7200 and now 86400 s: p90 = 7200 + 0.7 * (86400 - 7200)
+    assert (total["csat_count"], total["resolution_p90_s"]) == (4, 62640.0)
     await rollups.refresh(metrics_db, now=NOW + timedelta(hours=1))
     await assert_rollups_agree(metrics_db)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-23 02:15:45.725890
+Create Date: 2026-11-23 02:30:49.239614
 """
 from __future__ import annotations
 
@@ -29,6 +29,23 @@ def upgrade() -> None:
     sa.Column('conversations', sa.Integer(), nullable=False),
     sa.Column('customers', sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint('day', 'stage')
+    )
+    op.create_table('rollup_escalation',
+    sa.Column('day', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('dim', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('grp', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('escalations', sa.Integer(), nullable=False),
+    sa.Column('reasons', sa.JSON(), nullable=False),
+    sa.Column('csat_sum', sa.Integer(), nullable=False),
+    sa.Column('csat_count', sa.Integer(), nullable=False),
+    sa.Column('first_response_s', sa.JSON(), nullable=False),
+    sa.Column('resolution_s', sa.JSON(), nullable=False),
+    sa.PrimaryKeyConstraint('day', 'dim', 'grp')
+    )
+    op.create_table('rollup_escalation_check',
+    sa.Column('day', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('fingerprint', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.PrimaryKeyConstraint('day')
     )
     op.create_table('rollup_faq',
     sa.Column('day', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -96,5 +113,7 @@ def downgrade() -> None:
     op.drop_table('rollup_state')
     op.drop_table('rollup_inbound')
     op.drop_table('rollup_faq')
+    op.drop_table('rollup_escalation_check')
+    op.drop_table('rollup_escalation')
     op.drop_table('rollup_conversation')
     # ### end Alembic commands ###
