@@ -29,6 +29,7 @@ _DIGIT = re.compile(r"\d")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _THAI_RUN = re.compile(r"[\u0e00-\u0e7f]+")
 _TOKEN = re.compile(r"[a-z\u00df-\u024f]+|[\u0e00-\u0e7f]+|" + ORDER_TOKEN + "|" + NUMBER_TOKEN)
+_ASCII_WORD = re.compile(r"[a-z]+")
 _NON_WORD = re.compile(r"[^\w\u0e00-\u0e7f]+")
 _LATIN_ACCENT = re.compile(r"[\u0300-\u036f]")
 # Thai marks that writers add, drop or repeat freely (mai yamok, paiyannoi, thanthakhat aside).
@@ -168,6 +169,9 @@ def analyze_token(token: str) -> tuple[tuple[str, ...], str | None, tuple[str, .
 
 def tokenize(text: str) -> list[str]:
     """Tokens of the normalised text (Latin words, Thai runs, order/number tokens)."""
+    if text.isascii() and not _DIGIT.search(text):
+        # Most questions: plain ASCII letters and punctuation, where normalising only lowers.
+        return _ASCII_WORD.findall(text.lower())
     return _TOKEN.findall(normalize(text))
 
 
