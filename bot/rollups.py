@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Date,
     Float,
     Integer,
     Table,
@@ -193,7 +194,9 @@ async def escalation_fingerprints(conn: AsyncConnection, first: str,
                                   last: str) -> dict[str, str]:
     """Per day in [first, last): counts, CSAT and the sums of answer and resolution times of
     its escalations, from the covering index on escalation time (no table rows, no join)."""
-    day = day_of(conn, ES.created_at)
+    # PostgreSQL: a date cast is cheaper than to_char per row (the label is made here)
+    day = (cast(func.timezone("UTC", ES.created_at), Date)
+           if conn.dialect.name == "postgresql" else day_of(conn, ES.created_at))
     start = datetime.fromisoformat(first).replace(tzinfo=UTC)
     end = datetime.fromisoformat(last).replace(tzinfo=UTC)
     rows = (await conn.execute(
