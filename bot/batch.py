@@ -59,12 +59,13 @@ _OPEN_CONVERSATIONS = (
     .where(CV.identity_id.in_(bindparam("identities", expanding=True)),
            CV.status != ConversationStatus.RESOLVED)
     .order_by(CV.id.desc()))
-_INSERT_CUSTOMER = insert(Customer.__table__).returning(CU.id, sort_by_parameter_order=True)
-_INSERT_IDENTITY = insert(Identity.__table__).returning(ID.id, sort_by_parameter_order=True)
-_INSERT_CONVERSATION = insert(Conversation.__table__).returning(CV.id,
-                                                                sort_by_parameter_order=True)
-_INSERT_INBOUND = insert(Message.__table__).returning(MS.id, sort_by_parameter_order=True)
-_INSERT_OUTBOUND = insert(Message.__table__).returning(MS.id, sort_by_parameter_order=True)
+# Multi-row INSERT .. RETURNING id. SQLAlchemy's sort_by_parameter_order would fall back to one
+# statement per row here (no sentinel column); `_ids` sorts instead (see there).
+_INSERT_CUSTOMER = insert(Customer.__table__).returning(CU.id)
+_INSERT_IDENTITY = insert(Identity.__table__).returning(ID.id)
+_INSERT_CONVERSATION = insert(Conversation.__table__).returning(CV.id)
+_INSERT_INBOUND = insert(Message.__table__).returning(MS.id)
+_INSERT_OUTBOUND = insert(Message.__table__).returning(MS.id)
 _INSERT_OUTBOX = insert(OutboxItem.__table__)
 _INSERT_STAGE_CHANGE = insert(StageChange.__table__)
 _UPDATE_CONVERSATION = (
@@ -289,7 +290,7 @@ class BatchHandler:
         if pending.new_conversations:
             rows = [{**row, "customer_id": sender.customer_id, "identity_id": sender.identity_id}
                     for sender, _, row in pending.new_conversations]
-            ids = (await conn.execute(_INSERT_CONVERSATION, rows)).scalars().all()
+            ids = await _ids(conn, _INSERT_CONVERSATION, rows)
             for (sender, conv, _), conv_id in zip(pending.new_conversations, ids, strict=True):
                 conv.update(id=conv_id, customer_id=sender.customer_id)
         if not pending.planned:
@@ -317,12 +318,12 @@ class BatchHandler:
         if not senders:
             return
         customers = [s.new_customer for s in senders if s.new_customer is not None]
-        ids = (await conn.execute(_INSERT_CUSTOMER, customers)).scalars().all()
+        ids = await _ids(conn, _INSERT_CUSTOMER, customers)
         identities = []
         for sender, customer_id in zip(senders, ids, strict=True):
             sender.customer_id = customer_id
             identities.append({**(sender.new_identity or {}), "customer_id": customer_id})
-        ids = (await conn.execute(_INSERT_IDENTITY, identities)).scalars().all()
+        ids = await _ids(conn, _INSERT_IDENTITY, identities)
         for sender, identity_id in zip(senders, ids, strict=True):
             sender.identity_id = identity_id
             sender.new_customer = sender.new_identity = None
@@ -332,8 +333,8 @@ class BatchHandler:
         rounds = max(p.round for p in pending.planned) + 1
         for turn in range(rounds):
             planned = [p for p in pending.planned if p.round == turn]
-            in_ids = (await conn.execute(_INSERT_INBOUND, [
-                {**p.inbound, "conversation_id": p.conv["id"]} for p in planned])).scalars().all()
+            in_ids = await _ids(conn, _INSERT_INBOUND, [
+                {**p.inbound, "conversation_id": p.conv["id"]} for p in planned])
             replies = []
             for p, in_id in zip(planned, in_ids, strict=True):
                 if p.reply is not None:
@@ -341,8 +342,8 @@ class BatchHandler:
                     replies.append(p)
             out_ids: list[int] = []
             if replies:
-                out_ids = list((await conn.execute(
-                    _INSERT_OUTBOUND, [p.reply for p in replies if p.reply])).scalars().all())
+                out_ids = await _ids(conn, _INSERT_OUTBOUND,
+                                     [p.reply for p in replies if p.reply])
                 now = datetime.now(UTC)
                 await conn.execute(_INSERT_OUTBOX, [
                     {"message_id": out_id, "conversation_id": p.conv["id"],
@@ -356,6 +357,20 @@ class BatchHandler:
                 else:
                     outcomes[p.index] = Outcome(p.conv["id"], "answer", None, p.reply["faq_id"],
                                                 reply_ids[p.index])
+
+
+async def _ids(conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert `rows` and return their new ids in the order of `rows`.
+
+    The rows go in one multi-row INSERT whose VALUES are processed in order: SQLite gives each
+    new row max(rowid) + 1 (nobody else writes while this transaction holds the write lock) and
+    PostgreSQL calls the id sequence once per row, in order (other sessions can only leave
+    gaps). So ascending ids are the rows' order, whatever order RETURNING lists them in.
+    """
+    ids = sorted((await conn.execute(stmt, rows)).scalars().all())
+    if len(ids) != len(rows):
+        raise RuntimeError(f"inserted {len(rows)} rows but got {len(ids)} ids back")
+    return ids
 
 
 def _contact_known(msg: InboundMessage, sender: _Known) -> bool:
