@@ -80,6 +80,7 @@ CV, CU, MS, SC, ES = (t.c for t in (CONVERSATION, CUSTOMER, MESSAGE, STAGE_CHANG
 DIMENSIONS = ("stage", "channel", "language")
 STATE_KEY = "daily"
 CLOSE_MARGIN = timedelta(minutes=10)  # a transaction open longer than this may land late
+CHUNK_DAYS = 3  # days built per write transaction (SQLite writers wait that long)
 UNKNOWN = "unknown"
 DAY = timedelta(days=1)
 Interval = tuple[datetime, datetime | None]  # [start, end); None = no end
@@ -437,44 +438,92 @@ class RefreshStats:
     seconds: float = 0.0
 
 
+def _day_labels(start: datetime, end: datetime) -> set[str]:
+    out, at = set(), start
+    while at < end:
+        out.add(day_label(at))
+        at += DAY
+    return out
+
+
+def _chunks(ranges: list[tuple[datetime, datetime]],
+            days: int) -> list[tuple[datetime, datetime]]:
+    """Ranges cut into pieces of at most `days` days."""
+    out = []
+    for start, end in ranges:
+        while start < end:
+            out.append((start, min(end, start + days * DAY)))
+            start = out[-1][1]
+    return out
+
+
 async def refresh(db: Database, *, now: datetime | None = None,
                   rebuild: bool = False) -> RefreshStats:
     """Roll up the closed days not rolled up yet and the dirty ones (all of them if `rebuild`).
+
+    What to do is worked out in a read transaction; the days are then built a few at a time,
+    one short write transaction each (on SQLite the workers wait for the write lock), and
+    `rolled_until` only moves over days built. If another process starts a rebuild meanwhile,
+    this one stops and leaves the work to it.
     """
     started = time.perf_counter()
     closed = floor_day((now or datetime.now(UTC)) - CLOSE_MARGIN)
     stats = RefreshStats()
-    async with db.write() as conn:
-        await _lock(conn)
+    async with db.read() as conn:
         row = (await conn.execute(select(STATE.c.rolled_until, STATE.c.seen)
-                                  .where(STATE.c.key == STATE_KEY))).one()
-        until, seen = row.rolled_until, dict(row.seen or {})
+                                  .where(STATE.c.key == STATE_KEY))).first()
+        until: datetime | None = row.rolled_until if row is not None else None
+        seen: dict[str, Any] = dict(row.seen or {}) if row is not None else {}
         now_seen = await _seen_now(conn)
         if rebuild or until is None:
-            for table in ROLLUPS:
-                await conn.execute(delete(table))
             first = await _first_day(conn)
-            ranges = [(first, closed)] if first is not None and first < closed else []
+            start_from = first if first is not None and first < closed else closed
+            days = _day_labels(start_from, closed)
             stats.rebuilt = True
         else:
-            days = await _dirty_days(conn, seen, now_seen, until)
-            at = until
-            while at < closed:
-                days.add(day_label(at))
-                at += DAY
-            ranges = _ranges(days)
-        for start, end in ranges:
+            days = await _dirty_days(conn, seen, now_seen, until) | _day_labels(until, closed)
+    if stats.rebuilt:
+        async with db.write() as conn:
+            await _lock(conn)
+            for table in ROLLUPS:
+                await conn.execute(delete(table))
+            await conn.execute(STATE.update().where(STATE.c.key == STATE_KEY).values(
+                rolled_until=start_from, seen=now_seen, updated_at=datetime.now(UTC)))
+    elif not days and now_seen == seen:
+        stats.rolled_until = until
+        stats.seconds = round(time.perf_counter() - started, 2)
+        return stats
+    for start, end in _chunks(_ranges(days), CHUNK_DAYS):
+        async with db.write() as conn:
+            await _lock(conn)
+            current = (await conn.execute(select(STATE.c.rolled_until)
+                                          .where(STATE.c.key == STATE_KEY))).scalar()
+            if current is None or start > current:  # another process started over
+                stats.seconds = round(time.perf_counter() - started, 2)
+                return stats
             await _build(conn, start, end)
             stats.days += (end - start).days
-        stats.rolled_until = max(closed, until) if until is not None else closed
+            if end > current:
+                await conn.execute(STATE.update().where(STATE.c.key == STATE_KEY)
+                                   .values(rolled_until=end))
+    async with db.write() as conn:
+        await _lock(conn)
         await conn.execute(STATE.update().where(STATE.c.key == STATE_KEY).values(
-            rolled_until=stats.rolled_until, seen=now_seen, updated_at=datetime.now(UTC)))
+            seen=now_seen, updated_at=datetime.now(UTC)))
+        stats.rolled_until = await rolled_until_raw(conn)
     if stats.rebuilt and not db.is_sqlite:
         async with db.write() as conn:
             for table in ROLLUPS:
                 await conn.execute(text(f"ANALYZE {table.name}"))
     stats.seconds = round(time.perf_counter() - started, 2)
     return stats
+
+
+async def rolled_until_raw(conn: AsyncConnection) -> datetime | None:
+    """`rolled_until` as stored, without the staleness check."""
+    found: datetime | None = (await conn.execute(
+        select(STATE.c.rolled_until).where(STATE.c.key == STATE_KEY))).scalar()
+    return found
 
 
 async def run_forever(db: Database, every: float) -> None:
