@@ -38,7 +38,8 @@ _THAI_REPEAT = re.compile(r"([\u0e00-\u0e7f])\1{2,}")
 # Words that carry almost no meaning in a support question. Kept short on purpose: IDF
 # weighting already discounts common words, this list only removes the noisiest ones. The
 # Italian side mirrors the English one (articles, prepositions and their elided forms "all'",
-# "sull'", "quest'", pronouns and possessives, forms of avere/essere, "per favore").
+# "sull'", "quest'", pronouns and possessives, forms of avere/essere and of the modal verbs,
+# "per favore").
 STOPWORDS = frozenset(
     _words(
     """
@@ -53,6 +54,8 @@ STOPWORDS = frozenset(
     io tu lui lei noi voi loro mio mia miei mie tuo tua tuoi tue suo sua suoi sue
     nostro nostra nostri nostre vostro vostra vostri vostre
     ho hai ha abbiamo avete hanno sono sei siamo siete sara saranno favore
+    posso puoi puo possiamo potete possono potrei potresti potrebbe vorrei vuoi vuole voglio
+    vogliamo devo devi deve dobbiamo dovrei
     """
     )
 )
