@@ -142,6 +142,7 @@ class _PostingIndex:
                 per_feature[feature] = []
         lengths = np.array([len(p) for p in per_feature], dtype=np.int64)
         self.indptr: IntArray = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        self.lengths: IntArray = lengths
         flat = [pair for postings in per_feature for pair in postings]
         self.rows: IntArray = np.array([r for r, _ in flat], dtype=np.int64)
         self.weights: FloatArray = np.array([w for _, w in flat], dtype=np.float64)
@@ -149,13 +150,14 @@ class _PostingIndex:
     def dot(self, features: IntArray, values: FloatArray) -> FloatArray:
         """Dot product of the query (`features`, `values`) with every row."""
         starts = self.indptr[features]
-        lengths = self.indptr[features + 1] - starts
+        lengths = self.lengths[features]
         ends = np.cumsum(lengths)
         total = int(ends[-1]) if len(ends) else 0
         if total == 0:
             return np.zeros(self.n_rows)
         # Gather all postings of the query's features without a Python loop per posting.
-        positions = np.repeat(starts - ends + lengths, lengths) + np.arange(total)
+        positions = np.repeat(starts - ends + lengths, lengths)
+        positions += np.arange(total)
         contributions = self.weights[positions] * np.repeat(values, lengths)
         sums = np.bincount(self.rows[positions], weights=contributions, minlength=self.n_rows)
         return np.asarray(sums, dtype=np.float64)
