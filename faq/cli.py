@@ -278,15 +278,15 @@ def explain(
     matcher = _matcher(faq_dir, None, semantic_model)
     rows = [
         (c.entry_id, f"{c.score:.3f}", f"{c.phrasing_similarity:.3f}",
-         f"{c.centroid_similarity:.3f}", f"{c.fuzzy_similarity:.3f}",
+         f"{c.centroid_similarity:.3f}", f"{c.coverage:.3f}", f"{c.fuzzy_similarity:.3f}",
          f"{c.negative_similarity:.3f}", f"{c.semantic_similarity:.3f}", c.best_phrasing)
         for c in matcher.explain(question, limit=limit)
     ]
     result = matcher.match(question)
     typer.echo(f"decision: {result.decision} (threshold {matcher.threshold:.2f}, "
                f"ambiguity margin {matcher.ambiguity_margin:.2f})")
-    typer.echo(_table(rows, ("entry", "score", "phrasing", "centroid", "fuzzy", "negative",
-                             "semantic", "closest phrasing")))
+    typer.echo(_table(rows, ("entry", "score", "phrasing", "centroid", "coverage", "fuzzy",
+                             "negative", "semantic", "closest phrasing")))
 
 
 def _read_lines(path: Path) -> Iterator[str]:

@@ -90,7 +90,7 @@ def test_eval_reports_accuracy_and_confusions(tmp_path: Path) -> None:
 def test_explain_and_suggest(tmp_path: Path) -> None:
     explain = run_cli("explain", "Posso pagare con PayPal?")
     assert explain.returncode == 0 and "payment_methods" in explain.stdout
-    assert "centroid" in explain.stdout
+    assert "centroid" in explain.stdout and "coverage" in explain.stdout
     questions = tmp_path / "q.txt"
     questions.write_text("do you ship to Canada?\nDo you ship to canada\ncan I pay in bitcoin\n")
     out = tmp_path / "draft.yaml"
