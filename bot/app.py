@@ -15,11 +15,11 @@ from aiohttp import web
 
 from bot.db.engine import Database
 from bot.desk import Desk
-from bot.handler import HandlerConfig, MessageHandler
+from bot.handler import HandlerConfig, MessageHandler, Outcome
 from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
 from bot.metrics import Metrics, metrics_view
-from bot.queue import Inbox
+from bot.queue import Inbox, QueuedItem
 from bot.settings import Settings
 from bot.web import build_http_app
 from bot.worker import OutboxSender, WorkerPool
@@ -68,13 +68,16 @@ class Service:
         self.desk = Desk.from_service(settings, self.db, self.channels, self.faq)
         self.handler = MessageHandler(self.faq, self.lifecycle, HandlerConfig(
             store_name=settings.store_name, default_language=settings.default_language,
-            repeat_window=timedelta(minutes=settings.repeat_window_minutes)), desk=self.desk)
+            repeat_window=timedelta(minutes=settings.repeat_window_minutes),
+            stored_delivery=frozenset(name for name, channel in self.channels.items()
+                                      if channel.delivers_by_storing)), desk=self.desk)
         self.outbox = OutboxSender(self.db, self.metrics.instrument(self.channels),
                                    concurrency=settings.send_concurrency,
                                    max_attempts=settings.send_max_attempts)
         self.workers = WorkerPool(self.db, self.inbox, self.handler, workers=settings.workers,
                                   batch=settings.queue_batch, on_committed=self.outbox.wake)
         self.workers.listeners.append(self.metrics.on_outcome)
+        self.workers.listeners.append(self._replies_stored)
         if self.wakeups is not None:
             self.workers.on_committed = self._replies_committed
         if self.desk is not None:
@@ -124,6 +127,13 @@ class Service:
             log.info("web chat on http://%s:%s/", self.settings.host, self.port)
         elif self.settings.metrics_port is not None:
             await self._start_metrics_site(self.settings.metrics_port)
+
+    def _replies_stored(self, item: QueuedItem, outcome: Outcome) -> None:
+        """Wake web chat readers: their replies were delivered by the commit itself."""
+        if outcome.reply_message_id is not None:
+            channel = self.channels.get(item.message.channel)
+            if channel is not None and channel.delivers_by_storing:
+                channel.replies_stored(item.message.address)
 
     def _replies_committed(self) -> None:
         self.outbox.wake()

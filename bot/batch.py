@@ -228,9 +228,12 @@ class BatchHandler:
             text, reply_lang = match.entry.answer_for(
                 lang, handler.config.default_language,
                 {"store_name": handler.config.store_name})
+            at = datetime.now(UTC)
+            stored = conv["channel"] in handler.config.stored_delivery
             reply = {"direction": "out", "channel": conv["channel"], "author": "bot",
                      "text": text, "language": reply_lang, "faq_id": match.faq_id,
-                     "status": "pending", "meta": None, "created_at": datetime.now(UTC)}
+                     "status": "delivered" if stored else "pending",
+                     "sent_at": at if stored else None, "meta": None, "created_at": at}
             conv.update(last_faq_id=match.faq_id, last_answer_at=now, language=lang)
         pending.conversations[id(conv)] = (conv, now)
         turn = pending.per_conversation.get(id(conv), 0)
@@ -345,11 +348,13 @@ class BatchHandler:
                 out_ids = await _ids(conn, _INSERT_OUTBOUND,
                                      [p.reply for p in replies if p.reply])
                 now = datetime.now(UTC)
-                await conn.execute(_INSERT_OUTBOX, [
-                    {"message_id": out_id, "conversation_id": p.conv["id"],
-                     "channel": p.conv["channel"], "status": "pending", "attempts": 0,
-                     "next_attempt_at": now, "created_at": now}
-                    for p, out_id in zip(replies, out_ids, strict=True)])
+                queued = [{"message_id": out_id, "conversation_id": p.conv["id"],
+                           "channel": p.conv["channel"], "status": "pending", "attempts": 0,
+                           "next_attempt_at": now, "created_at": now}
+                          for p, out_id in zip(replies, out_ids, strict=True)
+                          if p.reply and p.reply["status"] == "pending"]
+                if queued:
+                    await conn.execute(_INSERT_OUTBOX, queued)
             reply_ids = {p.index: out_id for p, out_id in zip(replies, out_ids, strict=True)}
             for p in planned:
                 if p.reply is None:

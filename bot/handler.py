@@ -83,6 +83,8 @@ class HandlerConfig:
     store_name: str = "Our Store"
     default_language: str = "en"
     repeat_window: timedelta = timedelta(minutes=30)
+    #: channels where a stored reply is a delivered one (the web chat): no outbox round trip
+    stored_delivery: frozenset[str] = frozenset()
 
 
 class MessageHandler:
@@ -220,13 +222,17 @@ class MessageHandler:
 
     async def _store_outbound(self, conn: AsyncConnection, conv: dict[str, Any], text: str,
                               lang: str, faq_id: str | None, in_reply_to: int) -> int:
+        now = datetime.now(UTC)
+        stored = conv["channel"] in self.config.stored_delivery
         out_id = int((await conn.execute(insert(Message.__table__).values(
             conversation_id=conv["id"], direction="out", channel=conv["channel"],
-            author="bot", text=text, language=lang, faq_id=faq_id, status="pending",
-            meta={"in_reply_to": in_reply_to}, created_at=datetime.now(UTC),
+            author="bot", text=text, language=lang, faq_id=faq_id,
+            status="delivered" if stored else "pending", sent_at=now if stored else None,
+            meta={"in_reply_to": in_reply_to}, created_at=now,
         ).returning(Message.__table__.c.id))).scalar_one())
-        await enqueue_outbound(conn, message_id=out_id, conversation_id=conv["id"],
-                               channel=conv["channel"])
+        if not stored:
+            await enqueue_outbound(conn, message_id=out_id, conversation_id=conv["id"],
+                                   channel=conv["channel"])
         return out_id
 
     async def _escalate(self, conn: AsyncConnection, conv_id: int, reason: str, question: str,

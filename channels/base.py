@@ -121,9 +121,15 @@ class Channel(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: True when storing a reply is delivering it (the web chat serves its transcript from the
+    #: database): the bot's replies then skip the outbox and `replies_stored` wakes the reader.
+    delivers_by_storing: ClassVar[bool] = False
 
     def __init__(self, intake: Intake) -> None:
         self.intake = intake
+
+    def replies_stored(self, address: str) -> None:  # noqa: B027 - optional hook
+        """Replies to `address` were committed (only for `delivers_by_storing` channels)."""
 
     @classmethod
     def from_context(cls, ctx: ChannelContext) -> Channel | None:

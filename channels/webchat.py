@@ -47,6 +47,7 @@ CV = Conversation.__table__.c
 
 class WebChatChannel(Channel):
     name = "webchat"
+    delivers_by_storing = True
 
     def __init__(self, intake: Intake, db: Database, *, max_text: int, per_minute: int) -> None:
         super().__init__(intake)
@@ -74,6 +75,9 @@ class WebChatChannel(Channel):
         """Replies are already in the database; wake whoever is waiting for this visitor."""
         self.notify(message.address)
         return SendResult(provider_id=None, status="delivered")
+
+    def replies_stored(self, address: str) -> None:
+        self.notify(address)
 
     def notify(self, visitor: str) -> None:
         for event in self._listeners.get(visitor, ()):

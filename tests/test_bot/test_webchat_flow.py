@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.app import Service
-from bot.db.models import Conversation, Escalation, InboxItem, Message
+from bot.db.models import Conversation, Escalation, InboxItem, Message, OutboxItem
 from tests.conftest import chat, transcript
 
 
@@ -171,3 +171,31 @@ async def test_chat_page_is_served(client: aiohttp.ClientSession) -> None:
         assert resp.status == 200
         html = await resp.text()
     assert "<textarea" in html and "/api/webchat/messages" in html
+
+
+async def test_web_chat_reply_is_delivered_by_its_commit(client: aiohttp.ClientSession,
+                                                         service: Service) -> None:
+    """The web chat serves its transcript from the database: the bot's reply is delivered when
+    it is committed (no outbox round trip), and a waiting long-poll wakes up with it."""
+    visitor = "visitor-longpoll-000001"
+    async with client.post("/api/webchat/messages", json={
+            "visitor_id": visitor, "text": "Where is my order?"}) as resp:
+        assert resp.status == 202
+    async with client.get("/api/webchat/messages",
+                          params={"visitor_id": visitor, "after": 0, "wait": 20}) as resp:
+        first = (await resp.json())["messages"]
+    after = max(m["id"] for m in first)
+    if not any(m["from"] == "bot" for m in first):  # the question alone came back first
+        async with client.get("/api/webchat/messages",
+                              params={"visitor_id": visitor, "after": after, "wait": 20}) as resp:
+            first += (await resp.json())["messages"]
+    bot = [m for m in first if m["from"] == "bot"]
+    assert len(bot) == 1 and "Demo Shop" in bot[0]["text"]
+    async with service.db.read() as conn:
+        ms = Message.__table__.c
+        reply = (await conn.execute(select(ms.status, ms.sent_at, ms.id).where(
+            ms.id == bot[0]["id"]))).one()
+        queued = (await conn.execute(select(func.count()).select_from(OutboxItem)
+                                     .where(OutboxItem.message_id == reply.id))).scalar_one()
+    assert reply.status == "delivered" and reply.sent_at is not None
+    assert queued == 0
