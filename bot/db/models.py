@@ -98,6 +98,8 @@ class Conversation(Model, table=True):
         Index("ix_conversation_status_id", "status", "id"),
         Index("ix_conversation_language_id", "language", "id"),
         Index("ix_conversation_channel_id", "channel", "id"),
+        # dashboard: conversations opened per stage in the live part of a period, index only
+        Index("ix_conversation_created_cover", "created_at", "stage", "customer_id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     customer_id: int = Field(foreign_key="customer.id", index=True)

@@ -83,6 +83,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table('conversation', schema=None) as batch_op:
         batch_op.create_index('ix_conversation_channel_id', ['channel', 'id'], unique=False)
+        batch_op.create_index('ix_conversation_created_cover', ['created_at', 'stage', 'customer_id'], unique=False)
         batch_op.create_index('ix_conversation_language_id', ['language', 'id'], unique=False)
         batch_op.create_index('ix_conversation_stage_id', ['stage', 'id'], unique=False)
         batch_op.create_index('ix_conversation_status_id', ['status', 'id'], unique=False)
@@ -105,6 +106,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_conversation_stage_id')
         batch_op.drop_index('ix_conversation_language_id')
         batch_op.drop_index('ix_conversation_channel_id')
+        batch_op.drop_index('ix_conversation_created_cover')
 
     with op.batch_alter_table('rollup_transition', schema=None) as batch_op:
         batch_op.drop_index('ix_rollup_transition_day')
