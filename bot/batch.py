@@ -52,7 +52,9 @@ _IDENTITIES = (
     select(ID.id, ID.channel, ID.address, ID.customer_id, CU.merged_into, CU.email, CU.phone,
            CU.display_name, CU.orders_count, CU.total_spent, CU.last_order_at)
     .join(Customer.__table__, CU.id == ID.customer_id)
-    .where(ID.address.in_(bindparam("addresses", expanding=True))))
+    # Both columns, so the (channel, address) unique index serves the lookup.
+    .where(ID.channel.in_(bindparam("channels", expanding=True)),
+           ID.address.in_(bindparam("addresses", expanding=True))))
 _OPEN_CONVERSATIONS = (
     select(CV.id, CV.identity_id, CV.status, CV.language, CV.stage, CV.last_faq_id,
            CV.last_answer_at, CV.thread, CV.customer_id, CV.channel)
@@ -165,7 +167,8 @@ class BatchHandler:
         addresses = sorted({m.address for m in messages})
         channels = {(m.channel, m.address) for m in messages}
         known: dict[tuple[str, str], _Known] = {}
-        for row in (await conn.execute(_IDENTITIES, {"addresses": addresses})).all():
+        params = {"channels": sorted({c for c, _ in channels}), "addresses": addresses}
+        for row in (await conn.execute(_IDENTITIES, params)).all():
             if (row.channel, row.address) in channels:
                 known[(row.channel, row.address)] = _Known(
                     row.id, row.customer_id, row.merged_into is not None, row.email, row.phone,
