@@ -80,7 +80,7 @@ CV, CU, MS, SC, ES = (t.c for t in (CONVERSATION, CUSTOMER, MESSAGE, STAGE_CHANG
 DIMENSIONS = ("stage", "channel", "language")
 STATE_KEY = "daily"
 CLOSE_MARGIN = timedelta(minutes=10)  # a transaction open longer than this may land late
-CHUNK_DAYS = 3  # days built per write transaction (SQLite writers wait that long)
+CHUNK_DAYS = 1  # days built per write transaction (SQLite writers wait that long)
 UNKNOWN = "unknown"
 DAY = timedelta(days=1)
 Interval = tuple[datetime, datetime | None]  # [start, end); None = no end
