@@ -288,8 +288,9 @@ IDLE_SECONDS = 15 * 60
 class MetricsCache:
     """Answers for the preset periods (today, 7d, 30d, 90d), refreshed in the background.
 
-    On SQLite a 30-day chart over a million messages takes seconds to compute, while an admin
-    expects the page at once and does not need it to the second. So every chart asked for once
+    Charts are computed from day rollups plus live SQL (tens to a few hundred milliseconds at a
+    million messages, see docs/dashboard.md); an admin opening the page several times a minute
+    does not need them recomputed each time. So every chart asked for once
     is served from memory and recomputed by one background task every `ttl` seconds (less often
     if refreshing would take more than a quarter of the time) until nobody asked for it for
     15 minutes; `as_of` in the answer says when it was computed. Custom periods are always

@@ -8,6 +8,7 @@ compared with the same metric computed live, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from bot import metrics_queries as mq
 from bot import rollups
 from bot.customers import merge_customers
 from bot.db.engine import Database
+from bot.settings import Settings
 from tests.test_dashboard.test_metrics import NOW, WEEK, at, build_history
 
 PERIODS = [
@@ -172,3 +174,40 @@ def test_split_cuts_a_period_at_whole_rolled_up_days() -> None:
     assert rollups.split(at(9, 1), at(9, 23), until).days is None  # inside one day
     assert rollups.split(at(4, 0), None, until).live == [(until, None)]
     assert rollups.split(at(4, 0), at(6, 0), None).live == [(at(4, 0), at(6, 0))]
+
+
+async def test_the_service_rolls_up_on_start_and_answers_from_rollups(
+        make_settings: Callable[..., Settings]) -> None:
+    import aiohttp
+
+    from bot.app import Service
+    from tests.conftest import ADMIN_TOKEN
+
+    settings = make_settings(dashboard_cache_seconds=0)
+    db = Database(settings.database_url)
+    await db.upgrade()
+    await build_history(db)
+    service = Service(settings)
+    await service.start(workers=False)
+    try:
+        closed = rollups.floor_day(datetime.now(UTC) - rollups.CLOSE_MARGIN)
+        for _ in range(200):  # the background task's first refresh, a day at a time
+            if await rolled(db) == closed:
+                break
+            await asyncio.sleep(0.05)
+        assert await rolled(db) == closed
+        query = "period=custom&from=2026-03-03&to=2026-03-09&by=channel"
+        async with aiohttp.ClientSession(
+                base_url=f"http://127.0.0.1:{service.port}",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client, \
+                client.get(f"/api/dashboard/performance?{query}") as resp:
+            assert resp.status == 200
+            served = await resp.json()
+        async with db.read() as conn:
+            live = await mq.performance(conn, mq.Period(at(3, 0), at(10, 0), "day"), "channel",
+                                        use_rollups=False)
+        assert served["total"] == live["total"] and served["rows"] == live["rows"]
+        assert served["total"]["escalations"] == 4
+    finally:
+        await service.stop()
+        await db.close()
