@@ -30,6 +30,12 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _THAI_RUN = re.compile(r"[\u0e00-\u0e7f]+")
 _TOKEN = re.compile(r"[a-z\u00df-\u024f]+|[\u0e00-\u0e7f]+|" + ORDER_TOKEN + "|" + NUMBER_TOKEN)
 _ASCII_WORD = re.compile(r"[a-z]+")
+# "don't", "can't", "isn't" -> "do not"...: "not" is a word; a lone "t" was noise.
+_NOT_CONTRACTION = re.compile(r"n't\b")
+_NEGATED_AUXILIARIES = frozenset(_words(
+    "dont doesnt didnt cant couldnt wont wouldnt shouldnt isnt arent wasnt werent havent hasnt"
+    " hadnt"
+))
 _NON_WORD = re.compile(r"[^\w\u0e00-\u0e7f]+")
 _LATIN_ACCENT = re.compile(r"[\u0300-\u036f]")
 # Thai marks that writers add, drop or repeat freely (mai yamok, paiyannoi, thanthakhat aside).
@@ -74,6 +80,9 @@ def normalize(text: str) -> str:
         decomposed = unicodedata.normalize("NFD", text)
         text = unicodedata.normalize("NFC", _LATIN_ACCENT.sub("", decomposed))
         text = _THAI_REPEAT.sub(r"\1", text)
+    if "'" in text:
+        text = text.replace("can't", "can not").replace("won't", "will not")
+        text = _NOT_CONTRACTION.sub(" not", text)
     if _DIGIT.search(text):
         text = _ORDER_ID.sub(f" {ORDER_TOKEN} ", text)
         text = _NUMBER.sub(f" {NUMBER_TOKEN} ", text)
@@ -166,13 +175,15 @@ def analyze_token(token: str) -> tuple[tuple[str, ...], str | None, tuple[str, .
         return tuple(thai_grams(token)), token, chars
     if token in STOPWORDS:
         return (), None, chars
+    if token in _NEGATED_AUXILIARIES:  # "dont", "cant" typed without the apostrophe
+        return ("not",), "not", chars
     stemmed = stem(token)
     return (stemmed,), stemmed, chars
 
 
 def tokenize(text: str) -> list[str]:
     """Tokens of the normalised text (Latin words, Thai runs, order/number tokens)."""
-    if text.isascii() and not _DIGIT.search(text):
+    if text.isascii() and not _DIGIT.search(text) and "'" not in text:
         # Most questions: plain ASCII letters and punctuation, where normalising only lowers.
         return _ASCII_WORD.findall(text.lower())
     return _TOKEN.findall(normalize(text))

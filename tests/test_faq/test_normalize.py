@@ -50,3 +50,21 @@ def test_italian_function_words_are_not_word_features() -> None:
 
 def test_a_question_of_stopwords_still_has_words() -> None:
     assert set(extract("can I?", pairs=False).words) == {"can", "i"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I don't have it", ["i", "do", "not", "have", "it"]),
+        ("it can't be", ["it", "can", "not", "be"]),
+        ("it won’t arrive", ["it", "will", "not", "arrive"]),
+    ],
+)
+def test_english_negative_contractions_become_not(text: str, expected: list[str]) -> None:
+    assert tokenize(text) == expected
+
+
+def test_negation_is_a_word_feature_with_or_without_the_apostrophe() -> None:
+    assert "not" in extract("I don't have my card", pairs=False).words
+    assert "not" in extract("I dont have my card", pairs=False).words
+    assert "not" not in extract("I have my card", pairs=False).words
