@@ -617,12 +617,20 @@ def _lexical(parts: _Parts) -> float:
 
 
 def _smallest_indices(scores: FloatArray, depth: int) -> list[int]:
-    """Indices of the `depth` smallest scores, smallest first (ties in index order)."""
-    if len(scores) <= depth:
-        low: list[int] = np.argsort(scores, kind="stable").tolist()
-        return low
-    part = np.argpartition(scores, depth)[:depth]
-    best: list[int] = part[np.argsort(scores[part], kind="stable")].tolist()
+    """Indices of the `depth` smallest scores, smallest first (ties: lowest index first).
+
+    Overwrites `scores` (callers pass a temporary): for the few entries a question needs,
+    repeated `argmin` is twice as fast as `argpartition` and an `argsort`.
+    """
+    depth = min(depth, len(scores))
+    if depth > 8:
+        order: list[int] = np.argsort(scores, kind="stable")[:depth].tolist()
+        return order
+    best: list[int] = []
+    for _ in range(depth):
+        index = int(scores.argmin())
+        best.append(index)
+        scores[index] = np.inf
     return best
 
 
