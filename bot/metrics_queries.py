@@ -182,12 +182,15 @@ async def stages_over_time(conn: AsyncConnection, period: Period, *,
     stages = _ordered_stages(s for s in touched if any(customers[s]) or s in now_stages)
 
     rows: list[tuple[str, str, int, int]] = []
-    part = rollups.split(period.start, period.end, in_rolled)
+    part = rollups.without(rollups.split(period.start, period.end, in_rolled),
+                           await rollups.stale_days(conn, in_rolled, stage=True),
+                           period.start, period.end)
     if part.days is not None:
         rc = rollups.CONVERSATIONS.c
         rows += [(r[0], r[1], int(r[2]), int(r[3])) for r in (await conn.execute(
             select(rc.day, rc.stage, rc.conversations, rc.customers)
-            .where(rc.day >= part.days[0], rc.day < part.days[1]))).all()]
+            .where(rc.day >= part.days[0], rc.day < part.days[1],
+                   rc.day.not_in(part.skip)))).all()]
     cb = _bucket(conn, CV.created_at, period.bucket).label("b")
     cstage = func.coalesce(CV.stage, UNKNOWN).label("stage")
     rows += [(r[0], r[1], int(r[2]), int(r[3])) for r in (await conn.execute(
@@ -309,12 +312,13 @@ class _Escalations:
 
 
 async def _escalation_figures(conn: AsyncConnection, period: Period, by: str,
-                              rolled: datetime | None) -> _Escalations:
+                              rolled: datetime | None, stale: frozenset[str]) -> _Escalations:
     """Escalations of the period: rolled-up days (unless they changed since) + a pass over
     the remaining escalations (a handful of numbers each, never messages)."""
     acc = _Escalations()
     part = await rollups.escalation_split(conn, period.start, period.end,
                                           rolled if period.bucket == "day" else None)
+    part = rollups.without(part, stale, period.start, period.end)
     if part.days is not None:
         re = rollups.ESCALATIONS.c
         result = await conn.execute(
@@ -351,10 +355,12 @@ async def _escalation_figures(conn: AsyncConnection, period: Period, by: str,
 
 
 async def _previous_csat(conn: AsyncConnection, period: Period, by: str,
-                         rolled: datetime | None, row: Row, rows: Mapping[str, Any]) -> None:
+                         rolled: datetime | None, stale: frozenset[str], row: Row,
+                         rows: Mapping[str, Any]) -> None:
     """CSAT of the period before, for the groups seen now and the total."""
     before: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     part = await rollups.escalation_split(conn, period.start, period.end, rolled)
+    part = rollups.without(part, stale, period.start, period.end)
     found: list[tuple[str, int, int]] = []
     if part.days is not None:
         re = rollups.ESCALATIONS.c
@@ -379,18 +385,20 @@ async def _previous_csat(conn: AsyncConnection, period: Period, by: str,
 
 
 async def _inbound_counts(conn: AsyncConnection, period: Period, by: str,
-                          use_rollups: bool) -> list[tuple[str, int, int]]:
+                          rolled: datetime | None,
+                          stale: frozenset[str]) -> list[tuple[str, int, int]]:
     """(group, inbound messages, answered by the bot): day rollups + live SQL for the rest."""
     key = _dim(by, "message")
-    part = rollups.split(period.start, period.end, await _rolled(conn, use_rollups),
-                         subtract=True)
+    part = rollups.without(rollups.split(period.start, period.end, rolled, subtract=True),
+                           stale, period.start, period.end)
     out: list[tuple[str, int, int]] = []
     if part.days is not None:
         ri = rollups.INBOUND.c
         col = {"stage": ri.stage, "channel": ri.channel, "language": ri.language}[by]
         out += [(r[0], int(r[1]), int(r[2])) for r in (await conn.execute(
             select(col, func.sum(ri.messages), func.sum(ri.answered))
-            .where(ri.day >= part.days[0], ri.day < part.days[1]).group_by(col))).all()]
+            .where(ri.day >= part.days[0], ri.day < part.days[1], ri.day.not_in(part.skip))
+            .group_by(col))).all()]
     for sign, intervals in ((1, part.live), (-1, part.minus)):
         if not intervals:
             continue
@@ -424,14 +432,16 @@ async def performance(conn: AsyncConnection, period: Period, by: str = "stage", 
             key, {"key": key, "messages": 0, "answered_by_bot": 0, "escalations": 0,
                   "reasons": {}})
 
-    for g, n, answered in await _inbound_counts(conn, period, by, use_rollups):
+    rolled = await _rolled(conn, use_rollups)
+    # days changed since the last refresh (late messages; by stage, re-filed days) are live
+    stale = await rollups.stale_days(conn, rolled, stage=by == "stage")
+    for g, n, answered in await _inbound_counts(conn, period, by, rolled, stale):
         for r in (row(g), total):
             r["messages"] += n
             r["answered_by_bot"] += answered
 
-    rolled = await _rolled(conn, use_rollups)
-    trend = (await _escalation_figures(conn, period, by, rolled)).finish(row, total)
-    await _previous_csat(conn, period.previous(), by, rolled, row, rows)
+    trend = (await _escalation_figures(conn, period, by, rolled, stale)).finish(row, total)
+    await _previous_csat(conn, period.previous(), by, rolled, stale, row, rows)
     ordered = sorted(rows.values(), key=lambda r: (
         STAGES.index(r["key"]) if by == "stage" and r["key"] in STAGES else 99, r["key"]))
     for r in (*ordered, total):
@@ -457,13 +467,15 @@ async def faq_hits(conn: AsyncConnection, period: Period, *,
                    use_rollups: bool = True) -> dict[str, int]:
     """Inbound messages the bot answered, per FAQ entry."""
     hits: dict[str, int] = defaultdict(int)
-    part = rollups.split(period.start, period.end, await _rolled(conn, use_rollups),
-                         subtract=True)
+    rolled = await _rolled(conn, use_rollups)
+    part = rollups.without(rollups.split(period.start, period.end, rolled, subtract=True),
+                           await rollups.stale_days(conn, rolled, stage=False), period.start,
+                           period.end)
     if part.days is not None:
         rf = rollups.FAQ.c
         for faq_id, n in (await conn.execute(
                 select(rf.faq_id, func.sum(rf.hits))
-                .where(rf.day >= part.days[0], rf.day < part.days[1])
+                .where(rf.day >= part.days[0], rf.day < part.days[1], rf.day.not_in(part.skip))
                 .group_by(rf.faq_id))).all():
             hits[faq_id] += int(n)
     for sign, intervals in ((1, part.live), (-1, part.minus)):

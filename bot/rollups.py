@@ -155,17 +155,17 @@ def day_of(conn: AsyncConnection, col: Any) -> ColumnElement[str]:
 async def rolled_until(conn: AsyncConnection) -> datetime | None:
     """Every day before this is in the rollups and up to date; None: answer live.
 
-    Rows that arrived since the last refresh dated inside the rolled-up days (a platform
-    timestamp in the past, an import) make the rollups stale until the next refresh: three
-    lookups on the primary keys of the rows added since then tell."""
+    Conversations or stage changes that arrived since the last refresh dated inside the
+    rolled-up days (an import, seed-demo) make them stale until the next refresh: lookups on
+    the primary keys of the rows added since tell. (Late messages, which platforms do send,
+    only make their days live: see `stale_days`.)"""
     row = (await conn.execute(select(STATE.c.rolled_until, STATE.c.seen)
                               .where(STATE.c.key == STATE_KEY))).first()
     if row is None or row.rolled_until is None:
         return None
     until: datetime = row.rolled_until
     seen = row.seen or {}
-    for table, key in ((MESSAGE, "message"), (CONVERSATION, "conversation"),
-                       (STAGE_CHANGE, "stage_change")):
+    for table, key in ((CONVERSATION, "conversation"), (STAGE_CHANGE, "stage_change")):
         # only the id condition, so both databases walk the primary key from `seen`
         # (min over an expression: SQLite would otherwise walk the created_at index)
         first = func.min(func.coalesce(table.c.created_at, table.c.created_at))
@@ -174,6 +174,45 @@ async def rolled_until(conn: AsyncConnection) -> datetime | None:
         if oldest is not None and oldest < until:
             return None
     return until
+
+
+async def stale_days(conn: AsyncConnection, rolled: datetime | None, *,
+                     stage: bool) -> frozenset[str]:
+    """Rolled-up days whose figures changed since the last refresh, found from the few rows
+    added since: messages that arrived dated in a rolled-up day, and with `stage` the days a
+    stage change re-filed (a conversation counts under its current stage, so a change moves
+    its earlier messages, escalations and its opening)."""
+    if rolled is None:
+        return frozenset()
+    seen = (await conn.execute(select(STATE.c.seen).where(STATE.c.key == STATE_KEY))).scalar()
+    seen = seen or {}
+    # the created_at test goes through coalesce so that the primary key range is used
+    late = (select(day_of(conn, MS.created_at)).distinct()
+            .where(MS.id > int(seen.get("message", 0)),
+                   func.coalesce(MS.created_at, MS.created_at) < rolled))
+    days = await _days(conn, late)
+    if stage:
+        changed = select(SC.conversation_id).where(SC.id > int(seen.get("stage_change", 0)))
+        for table, owner in ((MESSAGE, MS.conversation_id), (ESCALATION, ES.conversation_id),
+                             (CONVERSATION, CV.id)):
+            days |= await _days(conn, select(day_of(conn, table.c.created_at)).distinct()
+                                .where(owner.in_(changed), table.c.created_at < rolled))
+    return frozenset(days)
+
+
+def without(part: Split, days: Iterable[str], start: datetime, end: datetime | None) -> Split:
+    """`part` with these rolled-up days answered live instead (within [start, end))."""
+    if part.days is None:
+        return part
+    first, last = part.days
+    moved = {d for d in days if first <= d < last} - part.skip
+    if not moved:
+        return part
+    live = list(part.live)
+    for a, b in _ranges(moved):
+        live.append((max(a, start), b if end is None else min(b, end)))
+    minus = [(a, b) for a, b in part.minus if day_label(a) not in moved]
+    return Split(part.days, live, minus, part.skip | moved)
 
 
 # --- escalations ---------------------------------------------------------------------------------
@@ -221,10 +260,7 @@ async def escalation_split(conn: AsyncConnection, start: datetime, end: datetime
         select(CHECKS.c.day, CHECKS.c.fingerprint)
         .where(CHECKS.c.day >= part.days[0], CHECKS.c.day < part.days[1]))).tuples().all())
     stale = {d for d in set(now) | set(stored) if now.get(d) != stored.get(d)}
-    if not stale:
-        return part
-    live = [*part.live, *((a, b) for a, b in _ranges(stale))]
-    return Split(part.days, live, part.minus, frozenset(stale))
+    return without(part, stale, start, end)
 
 
 async def _build_escalations(conn: AsyncConnection, start: datetime, end: datetime) -> None:

@@ -117,10 +117,14 @@ async def test_late_rows_stage_changes_and_merges_are_folded_in(metrics_db: Data
             conversation_id=2, direction="in", channel="whatsapp", author="customer",
             text="late", language="it", faq_id="returns", decision="answer",
             created_at=at(7, 9)))
-    assert await rolled(metrics_db) is None  # stale: answered live until the next refresh
+    async with metrics_db.read() as conn:  # that day is answered live until the next refresh
+        assert await rollups.stale_days(conn, await rollups.rolled_until(conn),
+                                        stage=False) == {"2026-03-07"}
     await assert_rollups_agree(metrics_db)
     await rollups.refresh(metrics_db, now=NOW)
-    assert await rolled(metrics_db) is not None
+    async with metrics_db.read() as conn:
+        assert await rollups.stale_days(conn, await rollups.rolled_until(conn),
+                                        stage=False) == set()
     await assert_rollups_agree(metrics_db)
 
     async with metrics_db.write() as conn:  # conversation 1 (messages on 03-05) moves on
@@ -130,7 +134,14 @@ async def test_late_rows_stage_changes_and_merges_are_folded_in(metrics_db: Data
         await conn.execute(update(mq.CONVERSATION).where(mq.CV.id == 1)
                            .values(stage="advocacy"))
         await conn.execute(update(mq.CUSTOMER).where(mq.CU.id == 1).values(stage="advocacy"))
+    async with metrics_db.read() as conn:  # its days are answered live until the refresh
+        # opened 02-28, escalated 03-01, messages 02-28 and 03-05
+        assert await rollups.stale_days(conn, await rollups.rolled_until(conn), stage=True) == {
+            "2026-02-28", "2026-03-01", "2026-03-05"}
+    await assert_rollups_agree(metrics_db)
     await rollups.refresh(metrics_db, now=NOW + timedelta(hours=1))
+    async with metrics_db.read() as conn:
+        assert await rollups.stale_days(conn, await rollups.rolled_until(conn), stage=True) == set()
     await assert_rollups_agree(metrics_db)
 
     async with metrics_db.write() as conn:  # an escalation of 03-09 is resolved and rated
@@ -148,6 +159,21 @@ async def test_late_rows_stage_changes_and_merges_are_folded_in(metrics_db: Data
     async with metrics_db.write() as conn:  # customer 2 turns out to be customer 1
         await merge_customers(conn, keep=1, drop=2)
     await rollups.refresh(metrics_db, now=NOW + timedelta(hours=2))
+    await assert_rollups_agree(metrics_db)
+
+
+async def test_a_conversation_dated_in_the_past_makes_everything_live(
+        metrics_db: Database) -> None:
+    await build_history(metrics_db)
+    await rollups.refresh(metrics_db, now=NOW)
+    async with metrics_db.write() as conn:  # e.g. an import: all answers live until refreshed
+        await conn.execute(insert(mq.CONVERSATION).values(
+            id=9, customer_id=3, identity_id=3, channel="telegram", address="a3",
+            language="th", stage="advocacy", status="bot", created_at=at(6), updated_at=at(6)))
+    assert await rolled(metrics_db) is None
+    await assert_rollups_agree(metrics_db)
+    await rollups.refresh(metrics_db, now=NOW)
+    assert await rolled(metrics_db) is not None
     await assert_rollups_agree(metrics_db)
 
 
