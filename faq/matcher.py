@@ -28,6 +28,7 @@ model on, and the bot must answer in well under a millisecond on a small machine
 from __future__ import annotations
 
 import math
+import operator
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -102,9 +103,12 @@ class SemanticScorer(Protocol):
     def entry_similarities(self, text: str) -> FloatArray: ...
 
 
-# What one token adds to a vector: known word ids, unseen word keys (they count in the norm
-# only), known char n-gram ids, unseen char n-grams. A plain tuple: read once per token.
-_TokenFeatures = tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...], tuple[str, ...]]
+# What one token adds to a vector: known word ids, their IDF, unseen word keys (they count in
+# the norm only), and the same for char n-grams. A plain tuple: read once per token.
+_TokenFeatures = tuple[
+    tuple[int, ...], tuple[float, ...], tuple[str, ...],
+    tuple[int, ...], tuple[float, ...], tuple[str, ...],
+]
 # (entry, lexical, best phrasing sim, its index, centroid sim, coverage)
 _Parts = tuple[int, float, float, int, float, float]
 
@@ -310,11 +314,15 @@ class Matcher:
         if cached is not None:
             return cached
         word_keys, _, char_keys = analyze_token(token)
-        word_vocab, char_vocab = self._word_vocab, self._char_vocab
+        word_vocab, char_vocab, idf = self._word_vocab, self._char_vocab, self._idf_list
+        word_ids = tuple(word_vocab[k] for k in word_keys if k in word_vocab)
+        char_ids = tuple(char_vocab[k] for k in char_keys if k in char_vocab)
         cached = (
-            tuple(word_vocab[k] for k in word_keys if k in word_vocab),
+            word_ids,
+            tuple(idf[f] for f in word_ids),
             tuple(k for k in word_keys if k not in word_vocab),
-            tuple(char_vocab[k] for k in char_keys if k in char_vocab),
+            char_ids,
+            tuple(idf[f] for f in char_ids),
             tuple(k for k in char_keys if k not in char_vocab),
         )
         if len(self._token_cache) < TOKEN_CACHE_SIZE:
@@ -330,43 +338,45 @@ class Matcher:
         calls to pay for themselves.
         """
         word_ids: list[int] = []
-        char_ids: list[int] = []
+        word_weights: list[float] = []
         unseen_words: list[str] = []
+        char_ids: list[int] = []
+        char_weights: list[float] = []
         unseen_chars: list[str] = []
         cache = self._token_cache
         for token in tokens:
             found = cache.get(token) or self._token_features(token)
-            word_ids.extend(found[0])
-            unseen_words.extend(found[1])
-            char_ids.extend(found[2])
-            unseen_chars.extend(found[3])
+            word_ids += found[0]
+            word_weights += found[1]
+            unseen_words += found[2]
+            char_ids += found[3]
+            char_weights += found[4]
+            unseen_chars += found[5]
         if not word_ids and not unseen_words and tokens:
             # A question made only of stopwords ("can I?") still needs words: the tokens.
             for token in tokens:
                 if token in self._word_vocab:
                     word_ids.append(self._word_vocab[token])
+                    word_weights.append(self._idf_list[word_ids[-1]])
                 else:
                     unseen_words.append(token)
         features: list[int] = []
         values: list[float] = []
-        for ids, unseen, scale in (
-            (word_ids, unseen_words, _WORD_SCALE),
-            (char_ids, unseen_chars, _CHAR_SCALE),
+        for ids, weights, unseen, scale in (
+            (word_ids, word_weights, unseen_words, _WORD_SCALE),
+            (char_ids, char_weights, unseen_chars, _CHAR_SCALE),
         ):
             if not ids:
                 continue
-            idf = self._idf_list
-            if len(set(ids)) == len(ids):
-                weights = [idf[f] for f in ids]
-            else:
+            if len(set(ids)) < len(ids):  # a repeated feature: TF weighting
                 counts = Counter(ids)
                 ids = list(counts)
+                idf = self._idf_list
                 weights = [idf[f] * (1.0 + math.log(tf)) for f, tf in counts.items()]
-            norm = math.sqrt(
-                sum([w * w for w in weights]) + _unseen_square_sum(unseen, self._unseen_idf)
-            )
-            features.extend(ids)
-            values.extend([w * scale / norm for w in weights])
+            squares = sum(map(operator.mul, weights, weights))
+            norm = math.sqrt(squares + _unseen_square_sum(unseen, self._unseen_idf))
+            features += ids
+            values += map((scale / norm).__mul__, weights)
         return _Vector(np.array(features, dtype=np.int64), np.array(values, dtype=np.float64))
 
     def _centroids(
