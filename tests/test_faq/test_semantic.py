@@ -116,3 +116,47 @@ def test_unknown_model_fails_without_downloading(tmp_path: Path) -> None:
 
     with pytest.raises(FaqError, match="could not be loaded"):
         load_model(str(tmp_path / "no-such-model"))
+
+
+QUESTIONS = [
+    "where is my order?",
+    "Can I pay with PayPal, or only by card? I would rather not give my card number online.",
+    "hi",
+]
+
+
+@needs_model
+def test_direct_encoder_gives_the_library_s_vectors() -> None:
+    """The one-question fast path (traced) and padded batches both match `encode`."""
+    import numpy as np
+
+    from faq.semantic import Encoder, load_model
+
+    model = load_model("minilm", int8=False)
+    expected = model.encode(QUESTIONS, normalize_embeddings=True, convert_to_numpy=True)
+    encoder = Encoder(model)
+    singles = np.stack([encoder.encode([q])[0] for q in QUESTIONS])
+    np.testing.assert_allclose(singles, expected, atol=1e-5)
+    np.testing.assert_allclose(encoder.encode(QUESTIONS), expected, atol=1e-5)
+
+
+@needs_model
+def test_int8_model_is_quantised_and_close_to_float32() -> None:
+    import numpy as np
+
+    from faq.semantic import Encoder, load_model
+
+    int8 = load_model("minilm", int8=True)
+    assert any("quantized" in type(module).__module__ for module in int8.modules())
+    exact = Encoder(load_model("minilm", int8=False)).encode(QUESTIONS)
+    approximate = Encoder(int8).encode(QUESTIONS)
+    assert np.min(np.sum(exact * approximate, axis=1)) > 0.9
+
+
+def test_int8_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faq.semantic import int8_enabled
+
+    monkeypatch.delenv("FAQ_SEMANTIC_INT8", raising=False)
+    assert int8_enabled()
+    monkeypatch.setenv("FAQ_SEMANTIC_INT8", "0")
+    assert not int8_enabled()
