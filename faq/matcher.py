@@ -75,8 +75,9 @@ CANDIDATE_MIN_POSTINGS = 100
 # and `depth` attributes).
 SEMANTIC_SHARE = 0.7
 SEMANTIC_DEPTH = 10
-# Distinct tokens whose feature ids a matcher remembers; later new tokens are analysed each time.
-TOKEN_CACHE_SIZE = 200_000
+# Distinct tokens whose feature ids a matcher remembers (about 1 kB each); later new tokens
+# are analysed each time. Customers' questions reuse a few thousand words.
+TOKEN_CACHE_SIZE = 20_000
 
 _WORD_SCALE = math.sqrt(WORD_WEIGHT)
 _CHAR_SCALE = math.sqrt(CHAR_WEIGHT)

@@ -140,3 +140,16 @@ def test_coverage_counts_question_words_spread_over_several_phrasings() -> None:
     assert top[0].coverage == pytest.approx(1.0)
     assert top[0].phrasing_similarity < 0.9
     assert top[1].coverage < 0.2
+
+
+def test_a_full_token_cache_still_gives_the_same_answers(
+    sample_entries: list[FaqEntry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    questions = ["where is my order #98765", "quanto costa la spedizione", "ลืมรหัสผ่าน",
+                 "can I pay with paypal", "I don't know my password"]
+    cached = Matcher(sample_entries)
+    expected = [(r.faq_id, r.score) for r in map(cached.match, questions)]
+    monkeypatch.setattr("faq.matcher.TOKEN_CACHE_SIZE", 0)
+    uncached = Matcher(sample_entries)
+    assert [(r.faq_id, r.score) for r in map(uncached.match, questions)] == expected
+    assert not uncached._token_cache
