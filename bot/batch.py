@@ -2,12 +2,13 @@
 
 Why: on the embedded SQLite default, SQLAlchemy's cost per statement, not SQLite, limits how many
 messages one process handles. The common cases - a customer writing in a conversation the bot
-answers or a person owns, a new web chat visitor, a new conversation - need only state that can
-be read for the whole batch at once and rows that can be written with one executemany per table.
+answers, escalates, or a person owns; a new web chat visitor; a new conversation - need only
+state that can be read for the whole batch at once and rows that can be written with one
+multi-row statement per table (the desk hears of escalations once the rows are written).
 
 Everything else goes through `MessageHandler.handle`: contact details that may link or merge
-customers, platform threads, escalations, possible survey answers, and messages to a person's
-conversation while the Slack desk is connected. Before such a message the rows planned so far
+customers, platform threads, possible survey answers, and messages to a person's conversation
+while the Slack desk is connected. Before such a message the rows planned so far
 are written and the batch's cached state is dropped, so both paths see the same database, in
 message order, and produce the same rows (tests/test_bot/test_batch.py compares them).
 """
@@ -28,6 +29,7 @@ from bot.db.models import (
     Conversation,
     ConversationStatus,
     Customer,
+    Escalation,
     Identity,
     Message,
     OutboxItem,
@@ -35,6 +37,7 @@ from bot.db.models import (
 )
 from bot.handler import MessageHandler, Outcome
 from bot.lifecycle import StageSignal
+from bot.texts import text_for
 from channels.base import InboundMessage
 from faq.language import detect_language
 from faq.models import MatchResult
@@ -43,6 +46,7 @@ CV = Conversation.__table__.c
 CU = Customer.__table__.c
 ID = Identity.__table__.c
 MS = Message.__table__.c
+ES = Escalation.__table__.c
 
 # A lone 1-5 may answer the desk's satisfaction question: the desk decides, on the general path.
 _MAYBE_RATING = re.compile(r"^\s*[1-5]\s*(?:/\s*5)?\s*[.!]?\s*$")
@@ -68,11 +72,12 @@ _INSERT_IDENTITY = insert(Identity.__table__).returning(ID.id)
 _INSERT_CONVERSATION = insert(Conversation.__table__).returning(CV.id)
 _INSERT_INBOUND = insert(Message.__table__).returning(MS.id)
 _INSERT_OUTBOUND = insert(Message.__table__).returning(MS.id)
+_INSERT_ESCALATION = insert(Escalation.__table__).returning(ES.id)
 _INSERT_OUTBOX = insert(OutboxItem.__table__)
 _INSERT_STAGE_CHANGE = insert(StageChange.__table__)
 _UPDATE_CONVERSATION = (
     update(Conversation.__table__).where(CV.id == bindparam("conv_id"))
-    .values(language=bindparam("language"), stage=bindparam("stage"),
+    .values(status=bindparam("status"), language=bindparam("language"), stage=bindparam("stage"),
             last_faq_id=bindparam("last_faq_id"), last_answer_at=bindparam("last_answer_at"),
             last_inbound_at=bindparam("last_inbound_at"), updated_at=bindparam("updated_at")))
 _UPDATE_CUSTOMER_STAGE = (update(Customer.__table__).where(CU.id == bindparam("cust_id"))
@@ -108,6 +113,7 @@ class _Planned:
     inbound: dict[str, Any]
     reply: dict[str, Any] | None
     round: int  # n-th message of its conversation among the pending ones
+    escalation: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -130,6 +136,7 @@ class _Pending:
     stage_changes: list[_StageChange] = field(default_factory=list)
     conversations: dict[int, tuple[dict[str, Any], datetime]] = field(default_factory=dict)
     customer_stages: dict[int, tuple[_Known, str]] = field(default_factory=dict)
+    escalations: list[tuple[int, int]] = field(default_factory=list)  # (id, conversation id)
 
 
 class BatchHandler:
@@ -210,38 +217,46 @@ class BatchHandler:
         silent = conv["status"] in (ConversationStatus.WAITING, ConversationStatus.HUMAN)
         if silent and handler.desk is not None:
             return None  # the desk relays it to the staff thread
-        if not silent and (match is None
-                           or handler.escalation_reason(msg, conv, match, now) is not None):
-            # A sender or conversation first seen here is written before the general path
-            # runs, which then finds them as it would have created them.
-            return None
+        reason = None if silent else handler.escalation_reason(msg, conv, match, now)
         inbound = {
             "direction": "in", "channel": msg.channel,
             "external_id": msg.external_id, "author": "customer", "text": msg.text,
             "attachments": [a.as_dict() for a in msg.attachments] or None, "language": lang,
             "faq_id": None if silent or match is None else match.faq_id,
             "score": None if silent or match is None else round(match.score, 4),
-            "decision": "silent" if silent else "answer", "status": "received",
-            "meta": dict(msg.meta) or None, "created_at": msg.timestamp,
+            "decision": "silent" if silent else "escalate" if reason else "answer",
+            "status": "received", "meta": dict(msg.meta) or None, "created_at": msg.timestamp,
         }
-        reply = None
+        reply = escalation = None
         if not silent:
-            assert match is not None and match.entry is not None
             self._plan_stage(msg, conv, sender, lang, match, pending)
-            text, reply_lang = match.entry.answer_for(
-                lang, handler.config.default_language,
-                {"store_name": handler.config.store_name})
+            faq_id = match.faq_id if match else None
+            if reason:  # as MessageHandler.handle: acknowledge, wait for a person
+                escalation = {
+                    "reason": reason, "question": msg.text[:2000], "status": "open",
+                    "candidates": [{"faq_id": c.entry_id, "score": round(c.score, 4)}
+                                   for c in (match.candidates if match else ())][:5] or None,
+                    "created_at": datetime.now(UTC)}
+                key = {"asked_for_human": "escalated_human",
+                       "attachment": "attachment_only"}.get(reason, "escalated")
+                text, reply_lang = text_for(key, lang, handler.config.default_language), lang
+                conv.update(status=ConversationStatus.WAITING, language=lang)
+            else:
+                assert match is not None and match.entry is not None
+                text, reply_lang = match.entry.answer_for(
+                    lang, handler.config.default_language,
+                    {"store_name": handler.config.store_name})
+                conv.update(last_faq_id=faq_id, last_answer_at=now, language=lang)
             at = datetime.now(UTC)
             stored = conv["channel"] in handler.config.stored_delivery
             reply = {"direction": "out", "channel": conv["channel"], "author": "bot",
-                     "text": text, "language": reply_lang, "faq_id": match.faq_id,
+                     "text": text, "language": reply_lang, "faq_id": faq_id,
                      "status": "delivered" if stored else "pending",
                      "sent_at": at if stored else None, "meta": None, "created_at": at}
-            conv.update(last_faq_id=match.faq_id, last_answer_at=now, language=lang)
         pending.conversations[id(conv)] = (conv, now)
         turn = pending.per_conversation.get(id(conv), 0)
         pending.per_conversation[id(conv)] = turn + 1
-        planned = _Planned(index, sender, conv, inbound, reply, turn)
+        planned = _Planned(index, sender, conv, inbound, reply, turn, escalation)
         pending.planned.append(planned)
         return planned
 
@@ -272,16 +287,17 @@ class BatchHandler:
         return conv
 
     def _plan_stage(self, msg: InboundMessage, conv: dict[str, Any], sender: _Known, lang: str,
-                    match: MatchResult, pending: _Pending) -> None:
+                    match: MatchResult | None, pending: _Pending) -> None:
         """As `MessageHandler._update_stage`: the rules decide from the answered entry's hint,
         the words, and the customer's order facts."""
-        faq_stage = match.entry.stage if match.entry and match.decision == "answer" else None
+        faq_stage = (match.entry.stage if match and match.entry and match.decision == "answer"
+                     else None)
         signal = StageSignal("message", text=msg.text, language=lang, faq_stage=faq_stage,
                              facts=sender.facts)
         decision = self.handler.lifecycle.rules.decide(conv["stage"], signal)
         if decision is None:
             return
-        reason = decision.reason + (f" ({match.faq_id})" if faq_stage else "")
+        reason = decision.reason + (f" ({match.faq_id})" if faq_stage and match else "")
         pending.stage_changes.append(_StageChange(sender, conv, conv["stage"], decision.stage,
                                                   reason[:500], datetime.now(UTC)))
         conv["stage"] = decision.stage
@@ -309,7 +325,8 @@ class BatchHandler:
                  "from_stage": c.old, "to_stage": c.new, "reason": c.reason, "created_at": c.at}
                 for c in pending.stage_changes])
         await conn.execute(_UPDATE_CONVERSATION, [
-            {"conv_id": conv["id"], "language": conv["language"], "stage": conv["stage"],
+            {"conv_id": conv["id"], "status": conv["status"], "language": conv["language"],
+             "stage": conv["stage"],
              "last_faq_id": conv["last_faq_id"], "last_answer_at": conv["last_answer_at"],
              "last_inbound_at": at, "updated_at": at}
             for conv, at in pending.conversations.values()])
@@ -317,6 +334,10 @@ class BatchHandler:
             await conn.execute(_UPDATE_CUSTOMER_STAGE, [
                 {"cust_id": sender.customer_id, "stage": stage}
                 for sender, stage in pending.customer_stages.values()])
+        if self.handler.desk is not None:
+            for escalation_id, conversation_id in pending.escalations:
+                await self.handler.desk.on_escalation(conn, escalation_id=escalation_id,
+                                                      conversation_id=conversation_id)
 
     @staticmethod
     async def _write_new_senders(conn: AsyncConnection, pending: _Pending) -> None:
@@ -341,6 +362,11 @@ class BatchHandler:
             planned = [p for p in pending.planned if p.round == turn]
             in_ids = await _ids(conn, _INSERT_INBOUND, [
                 {**p.inbound, "conversation_id": p.conv["id"]} for p in planned])
+            escalated = [p for p in planned if p.escalation is not None]
+            esc_ids = dict(zip((p.index for p in escalated), await _ids(
+                conn, _INSERT_ESCALATION, [{**(p.escalation or {}), "conversation_id": p.conv["id"]}
+                                           for p in escalated]), strict=True)) if escalated else {}
+            pending.escalations.extend((esc_ids[p.index], p.conv["id"]) for p in escalated)
             replies = []
             for p, in_id in zip(planned, in_ids, strict=True):
                 if p.reply is not None:
@@ -362,6 +388,10 @@ class BatchHandler:
             for p in planned:
                 if p.reply is None:
                     outcomes[p.index] = Outcome(p.conv["id"], "silent")
+                elif p.escalation is not None:
+                    outcomes[p.index] = Outcome(
+                        p.conv["id"], "escalate", p.escalation["reason"], p.reply["faq_id"],
+                        reply_ids[p.index], esc_ids[p.index])
                 else:
                     outcomes[p.index] = Outcome(p.conv["id"], "answer", None, p.reply["faq_id"],
                                                 reply_ids[p.index])

@@ -93,7 +93,8 @@ async def snapshot(svc: Service) -> dict[str, Any]:
                                        .order_by(ms.id))).all()
         changes = (await conn.execute(select(sc.conversation_id, sc.from_stage, sc.to_stage,
                                              sc.reason).order_by(sc.id))).all()
-        escalations = (await conn.execute(select(es.conversation_id, es.reason, es.question)
+        escalations = (await conn.execute(select(es.conversation_id, es.reason, es.question,
+                                                 es.candidates, es.status)
                                           .order_by(es.id))).all()
         outbox = (await conn.execute(select(ob.message_id, ob.conversation_id, ob.status)))\
             .all()
@@ -142,7 +143,8 @@ async def test_batches_write_what_one_by_one_writes(make_settings: Any, tmp_path
     decisions = [o.decision for o in outcomes]
     assert decisions.count("answer") >= 10 and "escalate" in decisions and "silent" in decisions
     # The comparison means something only if most messages took the set-based path.
-    assert batch.fast >= 10 and batch.fast + batch.general == len(messages)
+    assert batch.fast >= 15 and batch.general >= 1
+    assert batch.fast + batch.general == len(messages)
 
 
 async def test_batch_keeps_a_conversations_turns_in_order(make_settings: Any,
