@@ -15,10 +15,10 @@ model on, and the bot must answer in well under a millisecond on a small machine
 3. Exact stage: all phrasings and centroids of the shortlisted entries are scored in one
    gather and one `reduceat` over per-entry CSR blocks built once. An entry's lexical score
    mixes its best phrasing, its centroid (scaled by how diffuse the entry's phrasings are, see
-   `_centroid_scales`) and its *coverage*: the share of the question's
-   weight carried by features found in any of the entry's phrasings. With few phrasings per
-   entry, the words of a question are often spread over several of them; the best phrasing
-   sees one, the centroid dilutes them, coverage counts them all.
+   `_centroid_scales`) and its *coverage*: the share of the question's weight carried by
+   features found in any of the entry's phrasings. With few phrasings per entry, the words of
+   a question are often spread over several of them; the best phrasing sees one, the centroid
+   dilutes them, coverage counts them all.
 4. The best few are re-ranked with rapidfuzz (word-order-blind edit similarity against their
    phrasings): typos and run-on words. An entry whose negative phrasing fits the question at
    least as well as its own phrasings is pushed down.
@@ -181,9 +181,10 @@ class _Block:
     vocabulary: IntArray  # every feature of the entry's phrasings, once
 
     @classmethod
-    def build(cls, rows: Sequence[dict[int, float]], n_phrasings: int) -> _Block:
-        # An empty row would break reduceat; give it a zero-weight feature instead.
-        rows = [row or {0: 0.0} for row in rows]
+    def build(cls, rows: Sequence[dict[int, float]], n_phrasings: int, zero: int) -> _Block:
+        """`zero` is a feature id the question never has: it fills what would be empty (an
+        empty row or vocabulary would break `reduceat`)."""
+        rows = [row or {zero: 0.0} for row in rows]
         lengths = [len(row) for row in rows]
         row_starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
         return cls(
@@ -195,7 +196,7 @@ class _Block:
             n_rows=len(rows),
             vocabulary=np.array(
                 sorted({f for row in rows[:n_phrasings] for f, w in row.items() if w > 0})
-                or [0],
+                or [zero],
                 dtype=np.int64,
             ),
         )
@@ -255,7 +256,7 @@ class Matcher:
         ]
         # An entry's block holds its phrasings, then its centroids: both scored exactly.
         self._entry_blocks = [
-            _Block.build([*rows[lo:hi], *entry_centroids[index]], hi - lo)
+            _Block.build([*rows[lo:hi], *entry_centroids[index]], hi - lo, self._n_features)
             for index, (lo, hi) in enumerate(self._phrase_ranges)
         ]
         self._centroid_index = _PostingIndex(
@@ -268,7 +269,7 @@ class Matcher:
         self._one_centroid_per_entry = len(centroids) == len(self.entries)
         negative_rows = [self._vectorize(tokenize(n)).as_dict() for n in negatives]
         self._negative_blocks = [
-            _Block.build(negative_rows[lo:hi], hi - lo) if hi > lo else None
+            _Block.build(negative_rows[lo:hi], hi - lo, self._n_features) if hi > lo else None
             for lo, hi in negative_ranges
         ]
         # Scratch vector for the question, one per thread so `match` is safe to call from
