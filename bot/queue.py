@@ -102,6 +102,13 @@ _COMPLETE = (update(InboxItem.__table__)
              .values(status="done", done_at=bindparam("now")))
 
 
+_QUEUED = (select(InboxItem.__table__.c.channel, InboxItem.__table__.c.external_id)
+           .where(InboxItem.__table__.c.channel.in_(bindparam("channels", expanding=True)),
+                  InboxItem.__table__.c.external_id.in_(
+                      bindparam("external_ids", expanding=True))))
+_INSERT_INBOX = insert(InboxItem.__table__)
+
+
 class Inbox:
     """The inbound queue on the database (SQLite or PostgreSQL)."""
 
@@ -138,7 +145,8 @@ class Inbox:
                 self.wakeup.set()
 
     async def _insert(self, batch: Sequence[tuple[InboundMessage, Any]]) -> list[bool]:
-        """One multi-row INSERT .. ON CONFLICT DO NOTHING; True for the rows it inserted."""
+        """Insert the batch in one statement, skipping (channel, external id) already queued;
+        True for the rows it inserted."""
         now = datetime.now(UTC)
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for msg, _ in batch:
@@ -148,10 +156,23 @@ class Inbox:
                 "shard": shard_of(msg.conversation_key), "payload": encode_message(msg),
                 "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now})
         async with self.db.write() as conn:
-            t = InboxItem.__table__.c
-            stmt = _insert_ignore(conn, InboxItem.__table__).returning(t.channel, t.external_id)
-            inserted = {(r[0], r[1]) for r in
-                        (await conn.execute(stmt, list(rows.values()))).all()}
+            if conn.dialect.name == "sqlite":
+                # One writer: what is not there now cannot appear before the commit. (The
+                # dialect's ON CONFLICT insert is never in SQLAlchemy's compiled cache, and
+                # compiling it each time cost more than the whole insert.)
+                found = (await conn.execute(_QUEUED, {
+                    "channels": sorted({c for c, _ in rows}),
+                    "external_ids": sorted({x for _, x in rows})})).all()
+                inserted = set(rows) - {(r[0], r[1]) for r in found}
+                if inserted:
+                    await conn.execute(_INSERT_INBOX, [rows[key] for key in rows
+                                                       if key in inserted])
+            else:  # several processes may accept the same message at once
+                t = InboxItem.__table__.c
+                stmt = _insert_ignore(conn, InboxItem.__table__).returning(t.channel,
+                                                                           t.external_id)
+                inserted = {(r[0], r[1]) for r in
+                            (await conn.execute(stmt, list(rows.values()))).all()}
         results: list[bool] = []
         for msg, _ in batch:  # a repeat within the batch is a duplicate of the first
             key = (msg.channel, msg.external_id)
