@@ -4,6 +4,8 @@ Both the FAQ phrasings and the customer's question go through the same functions
 matters is that equal meaning gives equal features: case, accents, punctuation, Italian
 elisions ("dell'ordine" -> "dell ordine"), order numbers (#12345 -> one token), emoji, and Thai
 text, which has no spaces between words and is therefore cut into character n-grams.
+Italian future-tense verbs keep their accent ("arriverà", not the "-era" of "lettera"): the
+stemmer joins them with the verb's other forms and adds a future feature.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def _words(text: str) -> list[str]:
 CHAR_SIZES = (4,)
 ORDER_TOKEN = "qorderq"
 NUMBER_TOKEN = "qnumq"
+FUTURE_TOKEN = "qfutq"
 
 _ORDER_ID = re.compile(r"#\s?\d+|\b[a-z]{0,3}\d{5,}\b")
 _DIGIT = re.compile(r"\d")
@@ -36,6 +39,12 @@ _NEGATED_AUXILIARIES = frozenset(_words(
     "dont doesnt didnt cant couldnt wont wouldnt shouldnt isnt arent wasnt werent havent hasnt"
     " hadnt"
 ))
+# The Italian future tense, the one inflection whose ending accent folding would hide: "-rà",
+# "-rò" ("arriverà", "cercherò", "sarà"), also typed "-ra'", "-ro'" without accent keys. The
+# accent is kept so the stemmer sees the tense; "però" is a conjunction.
+_IT_FUTURE_ACCENT = re.compile(r"(?<=[a-z]{2}r)(?<!\bper)(?:([\u00e0\u00f2])|([ao])')(?![\w'])")
+_IT_GRAVE = {"a": "\u00e0", "o": "\u00f2"}
+_FUTURE_AUXILIARIES = frozenset(("will", "ll"))
 _NON_WORD = re.compile(r"[^\w\u0e00-\u0e7f]+")
 _LATIN_ACCENT = re.compile(r"[\u0300-\u036f]")
 # Thai marks that writers add, drop or repeat freely (mai yamok, paiyannoi, thanthakhat aside).
@@ -62,13 +71,21 @@ STOPWORDS = frozenset(
     ho hai ha abbiamo avete hanno sono sei siamo siete sara saranno favore
     posso puoi puo possiamo potete possono potrei potresti potrebbe vorrei vuoi vuole voglio
     vogliamo devo devi deve dobbiamo dovrei
+    saro avro avra potro potra dovro dovra vorro vorra
     """
     )
 )
 
 _IT_NOMINALISED = ("azioni", "azione", "izioni", "izione", "uzioni", "uzione")
-_IT_SUFFIXES = ("mente", "ando", "endo", "are", "ere", "ire", "ato", "ata", "ati", "ate", "ito",
-                "ita", "iti", "ite", "o", "a", "i", "e")
+# Future persons without an accent ("arriverai", "spediremo", "costeranno"): "-are" verbs take
+# "-er-" too, "-care"/"-gare" verbs add an "h" ("cercheremo").
+_IT_FUTURE_SUFFIXES = ("eranno", "iranno", "eremo", "iremo", "erete", "irete", "erai", "irai")
+_IT_ACCENTED_FUTURE = ("er\u00e0", "er\u00f2", "ir\u00e0", "ir\u00f2", "r\u00e0", "r\u00f2")
+# The conditional ("costerebbe", "arriverei") first, then infinitives, participles, vowels.
+_IT_SUFFIXES = ("erebbero", "irebbero", "erebbe", "irebbe", "eremmo", "iremmo", "eresti",
+                "iresti", "ereste", "ireste", "erei", "irei", "mente", "ando", "endo", "are",
+                "ere", "ire", "ato", "ata", "ati", "ate", "ito", "ita", "iti", "ite", "o", "a", "i",
+                "e")
 
 
 def normalize(text: str) -> str:
@@ -77,16 +94,55 @@ def normalize(text: str) -> str:
         text = text.lower()
     else:
         text = unicodedata.normalize("NFKC", text).casefold().replace("’", "'")
-        decomposed = unicodedata.normalize("NFD", text)
-        text = unicodedata.normalize("NFC", _LATIN_ACCENT.sub("", decomposed))
+        text = _fold_accents(text)
         text = _THAI_REPEAT.sub(r"\1", text)
     if "'" in text:
+        text = _IT_FUTURE_ACCENT.sub(_grave_accent, text)
         text = text.replace("can't", "can not").replace("won't", "will not")
         text = _NOT_CONTRACTION.sub(" not", text)
     if _DIGIT.search(text):
         text = _ORDER_ID.sub(f" {ORDER_TOKEN} ", text)
         text = _NUMBER.sub(f" {NUMBER_TOKEN} ", text)
     return " ".join(_NON_WORD.sub(" ", text.replace("_", " ")).split())
+
+
+def _fold_accents(text: str) -> str:
+    """Latin letters without their accents, except the accent of the Italian future tense."""
+    kept = []
+    if "\u00e0" in text or "\u00f2" in text:
+        kept = [m.start() for m in _IT_FUTURE_ACCENT.finditer(text) if m.group(1)]
+    decomposed = unicodedata.normalize("NFD", text)
+    folded = unicodedata.normalize("NFC", _LATIN_ACCENT.sub("", decomposed))
+    if not kept:
+        return folded
+    if len(folded) != len(text):  # letters that decompose into more than one (rare): give up
+        return folded
+    letters = list(folded)
+    for at in kept:
+        letters[at] = text[at]
+    return "".join(letters)
+
+
+def _grave_accent(match: re.Match[str]) -> str:
+    """"arrivera'" -> "arriverà": an apostrophe after the future ending stands for the accent."""
+    return match.group(1) or _IT_GRAVE[match.group(2)]
+
+
+def future_stem(word: str) -> str | None:
+    """The stem of an Italian future-tense verb ("arriverà", "spediremo" -> "arriv", "sped"),
+    None for any other word. Contracted futures ("sarà", "avrò", "potrà") keep their letters."""
+    if not word.endswith(_IT_ACCENTED_FUTURE):
+        if not word.endswith(_IT_FUTURE_SUFFIXES):
+            return None
+        for suffix in _IT_FUTURE_SUFFIXES:
+            if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+                base = word[: -len(suffix)]
+                return base[:-1] if base.endswith(("ch", "gh")) else base
+        return None
+    if word.endswith(_IT_ACCENTED_FUTURE[:4]) and len(word) >= 6:
+        base = word[:-3]
+        return base[:-1] if base.endswith(("ch", "gh")) else base
+    return word[:-1] + ("a" if word.endswith("\u00e0") else "o")  # sarà -> sara
 
 
 def stem(word: str) -> str:
@@ -173,10 +229,17 @@ def analyze_token(token: str) -> tuple[tuple[str, ...], str | None, tuple[str, .
         # Thai: short grams stand in for words; the longer char grams fill the char group
         # like for any other script, so Thai scores are on the same scale as Latin ones.
         return tuple(thai_grams(token)), token, chars
+    if token in _FUTURE_AUXILIARIES:  # English "will", "'ll": the future, as Italian "-rà"
+        return (FUTURE_TOKEN,), FUTURE_TOKEN, chars
     if token in STOPWORDS:
         return (), None, chars
     if token in _NEGATED_AUXILIARIES:  # "dont", "cant" typed without the apostrophe
         return ("not",), "not", chars
+    future = future_stem(token)
+    if future is not None:  # Italian future tense: the verb, and the tense as a word of its own
+        if future in STOPWORDS:
+            return (FUTURE_TOKEN,), FUTURE_TOKEN, chars
+        return (future, FUTURE_TOKEN), future, chars
     stemmed = stem(token)
     return (stemmed,), stemmed, chars
 

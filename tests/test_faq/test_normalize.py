@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from faq.normalize import STOPWORDS, extract, stem, tokenize
+from faq.normalize import FUTURE_TOKEN, STOPWORDS, extract, stem, tokenize
 
 
 @pytest.mark.parametrize(
@@ -68,3 +68,43 @@ def test_negation_is_a_word_feature_with_or_without_the_apostrophe() -> None:
     assert "not" in extract("I don't have my card", pairs=False).words
     assert "not" in extract("I dont have my card", pairs=False).words
     assert "not" not in extract("I have my card", pairs=False).words
+
+
+def _words(text: str) -> set[str]:
+    return set(extract(text, pairs=False).words)
+
+
+@pytest.mark.parametrize(
+    ("present", "future"),
+    [
+        ("arriva", "arriverà"),
+        ("arriva", "arriverò"),
+        ("arrivare", "arriveranno"),
+        ("arriva", "arrivera'"),  # typed without accent keys
+        ("spedire", "spediremo"),
+        ("partire", "partirà"),
+        ("costa", "costerà"),
+        ("cerca", "cercherò"),  # -care and -gare verbs add an "h"
+        ("spiega", "spiegherai"),
+    ],
+)
+def test_italian_future_is_the_verb_plus_a_future_feature(present: str, future: str) -> None:
+    assert _words(future) == _words(present) | {FUTURE_TOKEN}
+
+
+@pytest.mark.parametrize("word", ["lettera", "sera", "stasera", "però", "pero'", "arriva"])
+def test_words_that_only_look_like_a_future_stay_as_they_are(word: str) -> None:
+    assert FUTURE_TOKEN not in _words(word)
+    assert _words(word) == {stem(tokenize(word)[0])}
+
+
+def test_essere_and_avere_in_the_future_are_tense_only() -> None:
+    # "sarà", "avrò" carry the tense, like "will" does in English, and no content word.
+    assert _words("sarà") == _words("avrò") == _words("will") == {FUTURE_TOKEN}
+    assert _words("Quando arriverà?") >= {FUTURE_TOKEN}
+    assert _words("When will it arrive?") >= {FUTURE_TOKEN}
+    assert _words("I'll order it") >= {FUTURE_TOKEN}
+
+
+def test_italian_conditional_shares_the_stem() -> None:
+    assert _words("costerebbe") == _words("costa")
