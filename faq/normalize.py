@@ -45,6 +45,10 @@ _NEGATED_AUXILIARIES = frozenset(_words(
 _IT_FUTURE_ACCENT = re.compile(r"(?<=[a-z]{2}r)(?<!\bper)(?:([\u00e0\u00f2])|([ao])')(?![\w'])")
 _IT_GRAVE = {"a": "\u00e0", "o": "\u00f2"}
 _FUTURE_AUXILIARIES = frozenset(("will", "ll"))
+# Question words elided before a vowel ("dov'è", "com'era", "cos'è", "quand'è") are the same
+# words as "dove", "come", "cosa", "quando"; left as "dov", "com" they matched nothing.
+_IT_ELIDED_QUESTION = re.compile(r"\b(dov|com|cos|quand)'(?=[^\W\d_])")
+_IT_UNELIDED = {"dov": "dove ", "com": "come ", "cos": "cosa ", "quand": "quando "}
 _NON_WORD = re.compile(r"[^\w\u0e00-\u0e7f]+")
 _LATIN_ACCENT = re.compile(r"[\u0300-\u036f]")
 # Thai marks that writers add, drop or repeat freely (mai yamok, paiyannoi, thanthakhat aside).
@@ -98,6 +102,7 @@ def normalize(text: str) -> str:
         text = _THAI_REPEAT.sub(r"\1", text)
     if "'" in text:
         text = _IT_FUTURE_ACCENT.sub(_grave_accent, text)
+        text = _IT_ELIDED_QUESTION.sub(_unelided, text)
         text = text.replace("can't", "can not").replace("won't", "will not")
         text = _NOT_CONTRACTION.sub(" not", text)
     if _DIGIT.search(text):
@@ -121,6 +126,10 @@ def _fold_accents(text: str) -> str:
     for at in kept:
         letters[at] = text[at]
     return "".join(letters)
+
+
+def _unelided(match: re.Match[str]) -> str:
+    return _IT_UNELIDED[match.group(1)]
 
 
 def _grave_accent(match: re.Match[str]) -> str:

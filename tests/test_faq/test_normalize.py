@@ -36,8 +36,17 @@ def test_stems_do_not_merge_unrelated_words(different: tuple[str, str]) -> None:
 
 def test_italian_elisions_and_accents_become_plain_words() -> None:
     assert tokenize("Dov'è l'ordine? È arrivato all'indirizzo sbagliato") == [
-        "dov", "e", "l", "ordine", "e", "arrivato", "all", "indirizzo", "sbagliato",
+        "dove", "e", "l", "ordine", "e", "arrivato", "all", "indirizzo", "sbagliato",
     ]
+
+
+@pytest.mark.parametrize(
+    ("elided", "full"),
+    [("Dov'è il pacco?", "Dove è il pacco?"), ("com'era", "come era"), ("cos'è", "cosa è"),
+     ("quand'è", "quando è")],
+)
+def test_elided_question_words_are_the_full_words(elided: str, full: str) -> None:
+    assert tokenize(elided) == tokenize(full)
 
 
 def test_italian_function_words_are_not_word_features() -> None:
