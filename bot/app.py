@@ -134,6 +134,7 @@ class Service:
             channel = self.channels.get(item.message.channel)
             if channel is not None and channel.delivers_by_storing:
                 channel.replies_stored(item.message.address)
+                self.metrics.sends.labels(item.message.channel, "ok").inc()
 
     def _replies_committed(self) -> None:
         self.outbox.wake()
