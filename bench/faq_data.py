@@ -41,12 +41,12 @@ class Dataset:
 
 
 def _split(
-    name: str, rows: Sequence[tuple[str, str]], *, half_cap: bool = False
+    name: str, rows: Sequence[tuple[str, str]], *, half_cap: bool = False, seed: int = SEED
 ) -> tuple[list[FaqEntry], list[tuple[str, str | None]]]:
     by_intent: dict[str, list[str]] = defaultdict(list)
     for text, intent in rows:
         by_intent[intent].append(text)
-    rng = random.Random(f"{SEED}-{name}")
+    rng = random.Random(f"{seed}-{name}")
     entries: list[FaqEntry] = []
     queries: list[tuple[str, str | None]] = []
     for intent in sorted(by_intent):
@@ -92,11 +92,17 @@ def clinc150() -> Dataset:
     return Dataset("CLINC150", entries, queries)
 
 
-def xsid_italian() -> Dataset:
-    path = DATA_DIR / "xsid" / "xsid_it_valid.jsonl"
+def xsid(lang: str = "it", seed: int = SEED) -> Dataset:
+    """xSID in one language (`it` or `en`); another `seed` draws another FAQ from the rows."""
+    path = DATA_DIR / "xsid" / f"xsid_{lang}_valid.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    entries, queries = _split("xsid-it", [(r["text"], r["intent"]) for r in rows], half_cap=True)
-    return Dataset("xSID-it", entries, queries)
+    pairs = [(r["text"], r["intent"]) for r in rows]
+    entries, queries = _split(f"xsid-{lang}", pairs, half_cap=True, seed=seed)
+    return Dataset(f"xSID-{lang}", entries, queries)
+
+
+def xsid_italian() -> Dataset:
+    return xsid("it")
 
 
 ALL = (banking77, bitext, clinc150, xsid_italian)
