@@ -181,6 +181,12 @@ class MessageHandler:
 
     def escalation_reason(self, msg: InboundMessage, conv: dict[str, Any],
                            result: MatchResult | None, now: datetime) -> str | None:
+        """Why the bot should hand over, or None to answer.
+
+        "repeated_question" needs the customer to have asked again *after* the answer: two
+        messages sent in a row before the first answer went out are two questions, not a sign
+        that the answer did not help.
+        """
         if result is None:
             return "attachment" if msg.attachments else "empty_message"
         if asks_for_human(msg.text) or (result.entry is not None and result.entry.escalate
@@ -194,7 +200,8 @@ class MessageHandler:
             return "no_match"
         last_at = conv.get("last_answer_at")
         if (conv.get("last_faq_id") == result.entry.id and last_at is not None
-                and now - last_at <= self.config.repeat_window):
+                and now - last_at <= self.config.repeat_window
+                and _sent_at_latest(msg) >= last_at):
             return "repeated_question"
         return None
 
@@ -257,6 +264,13 @@ class MessageHandler:
         await record_stage_change(conn, conversation_id=conv["id"], customer_id=customer_id,
                                   old=conv["stage"], new=decision.stage, reason=reason)
         conv["stage"] = decision.stage
+
+
+def _sent_at_latest(msg: InboundMessage) -> datetime:
+    """The latest moment the customer may have sent `msg`: platforms that stamp whole seconds
+    (Telegram) may have sent it up to a second after the stamp."""
+    sent = msg.timestamp
+    return sent + timedelta(seconds=1) if sent.microsecond == 0 else sent
 
 
 async def record_stage_change(conn: AsyncConnection, *, conversation_id: int | None,

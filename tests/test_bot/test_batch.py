@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ def traffic() -> list[InboundMessage]:
         ("webchat", "visitor-cccccccccccccccc", "I want to cancel my account, this is terrible",
          {}),
         ("webchat", "visitor-aaaaaaaaaaaaaaaa", "Which payment methods do you accept?", {}),
+        # the same again, sent after the answer (a minute later): that is a repeat
+        ("webchat", "visitor-aaaaaaaaaaaaaaaa", "Which payment methods do you accept?",
+         {"timestamp": datetime.now(UTC) + timedelta(minutes=1)}),
         ("webchat", "visitor-aaaaaaaaaaaaaaaa", "hello? anyone there?", {}),
         ("webchat", "visitor-bbbbbbbbbbbbbbbb", "Do you sell garden furniture?", {}),
         ("webchat", "visitor-bbbbbbbbbbbbbbbb", "Quanto costa la spedizione?", {}),
@@ -142,6 +146,9 @@ async def test_batches_write_what_one_by_one_writes(make_settings: Any, tmp_path
     assert len(outcomes) == len(messages)
     decisions = [o.decision for o in outcomes]
     assert decisions.count("answer") >= 10 and "escalate" in decisions and "silent" in decisions
+    # sent twice before the first answer went out: two answers; sent again later: a repeat
+    assert [outcomes[i].decision for i in (4, 10)] == ["answer", "answer"]
+    assert outcomes[11].reason == "repeated_question"
     # The comparison means something only if most messages took the set-based path.
     assert batch.fast >= 15 and batch.general >= 1
     assert batch.fast + batch.general == len(messages)
