@@ -80,10 +80,11 @@ async def test_sigkill_of_a_worker_loses_and_doubles_nothing(
         deadline = time.monotonic() + 600
         while True:
             done = await _count(engine, "SELECT count(*) FROM inbox WHERE status = 'done'")
-            sent = await _count(engine, "SELECT count(*) FROM outbox WHERE status = 'sent'")
+            sent = await _count(engine, "SELECT count(*) FROM message "
+                                        "WHERE direction = 'out' AND status = 'delivered'")
             if done == total and sent == total:
                 break
-            assert time.monotonic() < deadline, f"{done} handled, {sent} sent of {total}"
+            assert time.monotonic() < deadline, f"{done} handled, {sent} delivered of {total}"
             await asyncio.sleep(1.0)
 
         async with engine.connect() as conn:
