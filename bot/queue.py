@@ -109,6 +109,10 @@ _QUEUED = (select(InboxItem.__table__.c.channel, InboxItem.__table__.c.external_
 _INSERT_INBOX = insert(InboxItem.__table__)
 
 
+#: seconds a group commit waits for more messages before it writes (added to accept latency)
+ACCEPT_LINGER = 0.004
+
+
 class Inbox:
     """The inbound queue on the database (SQLite or PostgreSQL)."""
 
@@ -128,6 +132,9 @@ class Inbox:
         return await future
 
     async def _flush(self) -> None:
+        # Wait a moment for the puts arriving right behind this one: a busy web chat then
+        # commits tens of messages per transaction instead of one or two.
+        await asyncio.sleep(ACCEPT_LINGER)
         while self._pending:
             batch, self._pending = self._pending, []
             try:

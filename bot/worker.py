@@ -40,6 +40,10 @@ OB = OutboxItem.__table__.c
 MS = Message.__table__.c
 CV = Conversation.__table__.c
 
+#: seconds a worker waits after a part-full batch, so that under steady traffic the fixed cost
+#: of a batch (claim, transaction, lookups) is shared by more messages
+WORKER_LINGER = 0.01
+
 OutcomeListener = Callable[[QueuedItem, Outcome], Awaitable[None] | None]
 
 
@@ -82,6 +86,8 @@ class WorkerPool:
                 continue
             try:
                 await self.process(items)
+                if len(items) < self.batch:  # let the next batch fill a little
+                    await _sleep_or_stop(stop, WORKER_LINGER)
             except Exception:
                 log.exception("worker %d: batch not handled (database error?); retrying in 1 s",
                               index)
