@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, Protocol
 
 from slack_sdk.web.async_client import AsyncWebClient
@@ -23,7 +24,7 @@ from bot import desk_cards as cards
 from bot.db.engine import Database
 from bot.db.models import Conversation, Customer, DeskJob, Escalation, Message
 from bot.errors import ChannelError, ChannelPermanentError, ChannelRateLimited
-from bot.queue import backoff
+from bot.queue import backoff, due_rows
 from channels.slack import call_slack
 from faq.models import FaqEntry
 
@@ -71,12 +72,7 @@ class DeskPoster:
                                        .limit(100))).all()
         blocked: set[int] = set()
         done = 0
-        for job in jobs:
-            if job.escalation_id in blocked:
-                continue
-            if job.next_attempt_at is not None and job.next_attempt_at > now:
-                blocked.add(job.escalation_id)
-                continue
+        for job in due_rows(jobs, now, blocked, key=attrgetter("escalation_id")):
             try:
                 extra = await self._perform(job)
             except ChannelError as exc:

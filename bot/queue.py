@@ -18,9 +18,10 @@ import asyncio
 import dataclasses
 import logging
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import String, bindparam, func, insert, select, text, update
@@ -68,14 +69,16 @@ def decode_message(data: dict[str, Any]) -> InboundMessage:
     return InboundMessage(**fields)
 
 
-def _due_rows(rows: Iterable[Any], now: datetime, blocked: set[str]) -> Iterator[Any]:
-    """Rows that may be handled now, in id order. Once a conversation has a row waiting for a
-    retry (or the caller adds its key to `blocked`), its later rows wait too."""
+def due_rows(rows: Iterable[Any], now: datetime, blocked: set[Any],
+             key: Callable[[Any], Any] = attrgetter("conversation_key")) -> Iterator[Any]:
+    """Rows that may be handled now, in id order. Once a row of a key (a conversation, an
+    escalation) waits for a retry, or the caller adds the key to `blocked` while iterating,
+    that key's later rows wait too."""
     for row in rows:
-        if row.conversation_key in blocked:
+        if key(row) in blocked:
             continue
         if row.next_attempt_at is not None and row.next_attempt_at > now:
-            blocked.add(row.conversation_key)
+            blocked.add(key(row))
             continue
         yield row
 
@@ -200,7 +203,7 @@ class Inbox:
         async with self.db.read() as conn:
             rows = (await conn.execute(stmt)).all()
         items: list[QueuedItem] = []
-        for row in _due_rows(rows, now, set()):
+        for row in due_rows(rows, now, set()):
             try:
                 message = decode_message(row.payload)
             except (TypeError, ValueError, KeyError) as exc:
@@ -267,7 +270,7 @@ class Inbox:
         now = datetime.now(UTC)
         blocked: set[str] = set()
         fresh: list[QueuedItem] = []
-        for row in _due_rows(rows, now, blocked):
+        for row in due_rows(rows, now, blocked):
             try:
                 message = decode_message(row.payload)
             except (TypeError, ValueError, KeyError):
