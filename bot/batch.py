@@ -35,9 +35,8 @@ from bot.db.models import (
     OutboxItem,
     StageChange,
 )
-from bot.handler import MessageHandler, Outcome
+from bot.handler import MessageHandler, Outcome, acknowledgement, top_candidates
 from bot.lifecycle import StageSignal
-from bot.texts import text_for
 from channels.base import InboundMessage
 from faq.language import detect_language
 from faq.models import MatchResult
@@ -234,12 +233,9 @@ class BatchHandler:
             if reason:  # as MessageHandler.handle: acknowledge, wait for a person
                 escalation = {
                     "reason": reason, "question": msg.text[:2000], "status": "open",
-                    "candidates": [{"faq_id": c.entry_id, "score": round(c.score, 4)}
-                                   for c in (match.candidates if match else ())][:5] or None,
-                    "created_at": datetime.now(UTC)}
-                key = {"asked_for_human": "escalated_human",
-                       "attachment": "attachment_only"}.get(reason, "escalated")
-                text, reply_lang = text_for(key, lang, handler.config.default_language), lang
+                    "candidates": top_candidates(match), "created_at": datetime.now(UTC)}
+                text = acknowledgement(reason, lang, handler.config.default_language)
+                reply_lang = lang
                 conv.update(status=ConversationStatus.WAITING, language=lang)
             else:
                 assert match is not None and match.entry is not None

@@ -129,9 +129,7 @@ class MessageHandler:
         escalation_id = None
         if reason:
             escalation_id = await self._escalate(conn, conv["id"], reason, msg.text, result)
-            key = {"asked_for_human": "escalated_human",
-                   "attachment": "attachment_only"}.get(reason, "escalated")
-            reply = text_for(key, lang, self.config.default_language)
+            reply = acknowledgement(reason, lang, self.config.default_language)
             reply_lang = lang
         else:
             assert result is not None and result.entry is not None
@@ -244,11 +242,9 @@ class MessageHandler:
 
     async def _escalate(self, conn: AsyncConnection, conv_id: int, reason: str, question: str,
                         result: MatchResult | None) -> int:
-        candidates = [{"faq_id": c.entry_id, "score": round(c.score, 4)}
-                      for c in (result.candidates if result else ())][:5]
         return int((await conn.execute(insert(Escalation.__table__).values(
             conversation_id=conv_id, reason=reason, question=question[:2000],
-            candidates=candidates or None, status="open", created_at=datetime.now(UTC),
+            candidates=top_candidates(result), status="open", created_at=datetime.now(UTC),
         ).returning(Escalation.__table__.c.id))).scalar_one())
 
     async def _update_stage(self, conn: AsyncConnection, conv: dict[str, Any], customer_id: int,
@@ -264,6 +260,19 @@ class MessageHandler:
         await record_stage_change(conn, conversation_id=conv["id"], customer_id=customer_id,
                                   old=conv["stage"], new=decision.stage, reason=reason)
         conv["stage"] = decision.stage
+
+
+def acknowledgement(reason: str, lang: str, default_language: str) -> str:
+    """Our message telling the customer a person will take over, for this escalation reason."""
+    key = {"asked_for_human": "escalated_human",
+           "attachment": "attachment_only"}.get(reason, "escalated")
+    return text_for(key, lang, default_language)
+
+
+def top_candidates(result: MatchResult | None) -> list[dict[str, Any]] | None:
+    """The five best entries of a match, kept on the escalation for the staff's card."""
+    return [{"faq_id": c.entry_id, "score": round(c.score, 4)}
+            for c in (result.candidates if result else ())][:5] or None
 
 
 def _sent_at_latest(msg: InboundMessage) -> datetime:
