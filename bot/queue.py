@@ -216,9 +216,7 @@ class Inbox:
 
     @staticmethod
     async def complete(conn: AsyncConnection, item_id: int) -> None:
-        t = InboxItem.__table__.c
-        await conn.execute(update(InboxItem.__table__).where(t.id == item_id)
-                           .values(status="done", done_at=datetime.now(UTC)))
+        await Inbox.complete_many(conn, [item_id])
 
     @staticmethod
     async def complete_many(conn: AsyncConnection, item_ids: Sequence[int]) -> None:
