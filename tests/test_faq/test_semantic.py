@@ -107,18 +107,25 @@ QUESTIONS = [
 
 
 @needs_model
-def test_direct_encoder_gives_the_library_s_vectors() -> None:
-    """The one-question fast path (traced) and padded batches both match `encode`."""
+def test_direct_encoder_gives_the_library_s_token_vectors() -> None:
+    """The one-question fast path (traced) gives the library's token vectors; a text's vector
+    is the mean of its tokens without [CLS] and [SEP]."""
     import numpy as np
 
     from faq.semantic import Encoder, load_model
 
     model = load_model("minilm", int8=False)
-    expected = model.encode(QUESTIONS, normalize_embeddings=True, convert_to_numpy=True)
-    encoder = Encoder(model)
-    singles = np.stack([encoder.encode([q])[0] for q in QUESTIONS])
-    np.testing.assert_allclose(singles, expected, atol=1e-5)
-    np.testing.assert_allclose(encoder.encode(QUESTIONS), expected, atol=1e-5)
+    library = model.encode(QUESTIONS, output_value="token_embeddings", convert_to_numpy=False)
+    encoded = Encoder(model).encode_tokens(QUESTIONS)
+    for states, ours in zip(library, encoded, strict=True):
+        content = states.numpy()[1:-1]  # the library's rows include [CLS] and [SEP]
+        unit = content / np.linalg.norm(content, axis=1, keepdims=True)
+        np.testing.assert_allclose(ours.tokens, unit, atol=1e-5)
+        mean = content.mean(0)
+        np.testing.assert_allclose(ours.vector, mean / np.linalg.norm(mean), atol=1e-5)
+        assert len(ours.ids) == len(content)
+    batch = Encoder(model).encode(QUESTIONS)
+    np.testing.assert_allclose(batch, np.stack([e.vector for e in encoded]), atol=1e-12)
 
 
 @needs_model
@@ -141,3 +148,40 @@ def test_int8_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None
     assert int8_enabled()
     monkeypatch.setenv("FAQ_SEMANTIC_INT8", "0")
     assert not int8_enabled()
+
+
+@needs_model
+def test_late_interaction_matches_a_token_by_token_reference() -> None:
+    """Each question token's best cosine in a phrasing, IDF-weighted, mixed over phrasings."""
+    import math
+
+    import numpy as np
+
+    import faq.semantic as semantic
+
+    matcher = semantic.with_semantic(Matcher(FAQ), "minilm")
+    index = matcher.semantic
+    assert isinstance(index, semantic.SemanticIndex)
+    encoder = semantic.Encoder(index.model)
+    phrasings = [encoder.encode_tokens([q])[0] for entry in FAQ for q in entry.questions]
+    frequency: dict[int, int] = {}
+    for encoded in phrasings:
+        for token in set(encoded.ids.tolist()):
+            frequency[token] = frequency.get(token, 0) + 1
+    question = encoder.encode_tokens(["can I send back shoes that do not fit"])[0]
+    weights = np.array([math.log((len(phrasings) + 1) / (frequency.get(t, 0) + 1)) + 1
+                        for t in question.ids.tolist()])
+    expected, row = [], 0
+    for entry in FAQ:
+        scores = []
+        for _ in entry.questions:
+            tokens = phrasings[row].tokens.astype(float)
+            best = (question.tokens.astype(float) @ tokens.T).max(axis=1)
+            scores.append(float(weights @ best / weights.sum()))
+            row += 1
+        share = semantic.LATE_BEST_PHRASING_SHARE
+        expected.append(share * max(scores) + (1 - share) * sum(scores) / len(scores))
+    late = index._late_interaction(index._query("can I send back shoes that do not fit"),
+                                   np.arange(len(FAQ)))
+    np.testing.assert_allclose(late, expected, atol=1e-3)
+    assert int(np.argmax(late)) == [e.id for e in FAQ].index("returns")
