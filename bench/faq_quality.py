@@ -43,8 +43,8 @@ import faq_data
 
 from faq.matcher import DEFAULT_THRESHOLD
 
-# faq/semantic.py (not imported: it needs no extra to print); 0.41 with FAQ_SEMANTIC_ADAPT=1
-DEFAULT_SEMANTIC_THRESHOLD = 0.37
+# faq/semantic.py (not imported: it needs no extra to print); 0.42 with FAQ_SEMANTIC_ADAPT=1
+DEFAULT_SEMANTIC_THRESHOLD = 0.38
 
 
 def _safe_id(intent: str) -> str:
