@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from bot.errors import FaqError
-from faq.matcher import FloatArray, IntArray, Matcher
+from faq.matcher import FloatArray, IntArray, Matcher, _top_indices
 from faq.models import FaqEntry
 
 log = logging.getLogger(__name__)
@@ -458,7 +458,7 @@ class SemanticIndex:
         centroid = self._centroids @ query.vector
         mixed = BEST_PHRASING_SHARE * best + (1 - BEST_PHRASING_SHARE) * centroid
         if self._late and LATE_SHARE > 0 and len(query.tokens):
-            top = np.argsort(-mixed, kind="stable")[:LATE_DEPTH]
+            top = np.asarray(_top_indices(mixed, LATE_DEPTH), dtype=np.int64)
             late = self._late_interaction(query, top)
             mixed = (1 - LATE_SHARE) * mixed
             mixed[top] += LATE_SHARE * late
