@@ -367,7 +367,7 @@ class SemanticIndex:
     score is among the `LATE_DEPTH` best: every token of the question finds its most similar
     token in each phrasing, and those similarities are averaged, rare words weighing more
     (IDF over the FAQ's phrasings). The mean vector blurs "my transfer is pending" and "my
-    transfer failed"; token by token, "pending" has to find its match. Banking77: 0.829 ->
+    transfer failed"; token by token, "pending" has to find its match. Banking77: 0.827 ->
     0.839 (bench/faq_semantic.md).
 
     Args:
