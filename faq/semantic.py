@@ -90,8 +90,11 @@ MINILM_ALIASES = frozenset({
 # little from two, and on a busy machine the extra thread spins: measured 257 questions/s of
 # CPU with one thread against 14 with two on the shared 2-core machine (bench/faq_semantic.md).
 DEFAULT_THREADS = 1
-# Phrasing embeddings kept across reloads, per model; cleared when it grows past this.
-EMBEDDING_CACHE_SIZE = 200_000
+# Phrasing embeddings (sentence and token vectors) kept across reloads, for every model, in
+# bytes. Past it, only the FAQ being built keeps its phrasings: an edited FAQ re-embeds what
+# changed, and a long-running service does not grow with every phrasing it ever saw (token
+# vectors take about 15 KB per phrasing: this is about 17,000 phrasings).
+EMBEDDING_CACHE_BYTES = 256 * 2**20
 # Recent questions' embeddings ("where is my order?" comes back all day; `explain` scores twice).
 QUERY_CACHE_SIZE = 2_048
 # Texts per forward pass for models without the direct path (their own `encode`).
@@ -217,6 +220,10 @@ class Encoded:
     vector: FloatArray
     tokens: FloatArray
     ids: IntArray
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.vector.nbytes + self.tokens.nbytes + self.ids.nbytes)
 
 
 class Encoder:
@@ -422,14 +429,14 @@ class SemanticIndex:
     def _embed_phrasings(self, phrasings: list[str], cache_key: str) -> list[Encoded]:
         with _lock:
             cache = _embeddings.setdefault(cache_key, {})
-            if len(cache) > EMBEDDING_CACHE_SIZE:
-                cache.clear()
             missing = sorted({p for p in phrasings if p not in cache})
-        if missing:
-            encoded = self.encoder.encode_tokens(missing)
-            with _lock:
-                cache.update(zip(missing, encoded, strict=True))
-        return [cache[p] for p in phrasings]
+        encoded = dict(zip(missing, self.encoder.encode_tokens(missing), strict=True))
+        with _lock:
+            cache = _embeddings.setdefault(cache_key, {})
+            cache.update(encoded)
+            wanted = [cache[p] for p in phrasings]
+            _trim_embedding_cache(cache_key, set(phrasings))
+        return wanted
 
     def _query(self, text: str) -> _Query:
         query = self._recent.get(text)
@@ -484,6 +491,21 @@ class SemanticIndex:
         mean = np.add.reduceat(scores, entry_starts) / self._sizes[entries]
         late: FloatArray = LATE_BEST_PHRASING_SHARE * best + (1 - LATE_BEST_PHRASING_SHARE) * mean
         return late
+
+
+def _trim_embedding_cache(keep_key: str, keep: set[str]) -> None:
+    """Past EMBEDDING_CACHE_BYTES, forget every cached phrasing but `keep` under `keep_key`.
+
+    Called with `_lock` held.
+    """
+    total = sum(e.nbytes for cache in _embeddings.values() for e in cache.values())
+    if total <= EMBEDDING_CACHE_BYTES:
+        return
+    kept = {text: e for text, e in _embeddings.get(keep_key, {}).items() if text in keep}
+    _embeddings.clear()
+    _embeddings[keep_key] = kept
+    log.info("semantic FAQ phrasing cache trimmed from %d MB to this FAQ's %d phrasings",
+             total >> 20, len(kept))
 
 
 def _unit_rows(matrix: FloatArray) -> FloatArray:

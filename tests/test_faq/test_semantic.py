@@ -185,3 +185,24 @@ def test_late_interaction_matches_a_token_by_token_reference() -> None:
                                    np.arange(len(FAQ)))
     np.testing.assert_allclose(late, expected, atol=1e-3)
     assert int(np.argmax(late)) == [e.id for e in FAQ].index("returns")
+
+
+@needs_model
+def test_phrasing_cache_past_its_budget_keeps_only_the_faq_being_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long-running service re-embeds edited FAQs: the cache must not keep every phrasing it
+    ever saw, and a rebuild over the budget still scores with the FAQ's own phrasings."""
+    import faq.semantic as semantic
+    from faq.models import FaqEntry
+
+    old = [FaqEntry(id="gift", questions=("Do you sell gift cards?", "gift voucher for a friend"),
+                    answers={"en": "Yes."})]
+    semantic.with_semantic(Matcher(old), "minilm")
+    cached = {text for cache in semantic._embeddings.values() for text in cache}
+    assert "Do you sell gift cards?" in cached
+    monkeypatch.setattr(semantic, "EMBEDDING_CACHE_BYTES", 1)
+    matcher = semantic.with_semantic(Matcher(FAQ), "minilm")
+    cached = {text for cache in semantic._embeddings.values() for text in cache}
+    assert cached == {q for entry in FAQ for q in entry.questions}
+    assert matcher.match("I'd like to give this product back").faq_id == "returns"
