@@ -172,13 +172,52 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Build settings or raise ConfigError with one line per bad variable."""
+class SemanticSettings(BaseSettings):
+    """The FAQ neural mode's tuning (faq/semantic.py), read when FAQ_SEMANTIC_MODEL is set.
+
+    Variables are the field names in upper case after FAQ_SEMANTIC_ (FAQ_SEMANTIC_THREADS...).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="FAQ_SEMANTIC_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        case_sensitive=False,
+    )
+
+    int8: bool = Field(True, description="Linear layers in int8: about 3x faster per question")
+    threads: int = Field(1, ge=1, le=64, description="Torch threads for one question")
+    adapt: bool = Field(False, description="Fine-tune the model's top layers on the FAQ")
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "storedesk" / "faq-semantic",
+        description="Where adapted layers are kept between restarts",
+    )
+
+
+def _invalid(exc: ValidationError, prefix: str = "") -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        name = (prefix + ".".join(str(p) for p in err["loc"])).upper() or "settings"
+        lines.append(f"  {name}: {err['msg']}")
+    return ConfigError("invalid configuration:\n" + "\n".join(lines))
+
+
+def load_semantic_settings() -> SemanticSettings:
+    """The neural mode's settings, or ConfigError with one line per bad variable."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return SemanticSettings()
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
-            lines.append(f"  {name}: {err['msg']}")
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+        raise _invalid(exc, "faq_semantic_") from None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings or raise ConfigError with one line per bad variable.
+
+    With the neural FAQ mode on, its own settings are checked too, so a bad one stops the
+    service at start rather than at the first FAQ build.
+    """
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    if settings.faq_semantic_model:
+        load_semantic_settings()
+    return settings

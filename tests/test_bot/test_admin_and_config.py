@@ -82,6 +82,17 @@ def test_bad_settings_stop_with_a_clear_message(tmp_path: Path) -> None:
     assert "WORKERS" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_bad_neural_mode_settings_stop_the_service_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAQ_SEMANTIC_THREADS", "many")
+    monkeypatch.setenv("FAQ_SEMANTIC_INT8", "perhaps")
+    load_settings(_env_file=None)  # the neural mode is off: its settings are not read
+    with pytest.raises(ConfigError) as err:
+        load_settings(_env_file=None, faq_semantic_model="minilm")
+    assert "FAQ_SEMANTIC_THREADS" in str(err.value) and "FAQ_SEMANTIC_INT8" in str(err.value)
+
+
 async def test_migrations_match_the_models(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
     await db.upgrade()

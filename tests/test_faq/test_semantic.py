@@ -150,6 +150,16 @@ def test_int8_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None
     assert not int8_enabled()
 
 
+def test_bad_neural_setting_is_a_user_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAQ_SEMANTIC_THREADS", "0")
+    result = CliRunner().invoke(app, ["match", "where is my order?", "--semantic-model", "minilm"])
+    assert result.exit_code == 2
+    assert "FAQ_SEMANTIC_THREADS" in result.output
+    assert "Traceback" not in result.output
+
+
 @needs_model
 def test_late_interaction_matches_a_token_by_token_reference() -> None:
     """Each question token's best cosine in a phrasing, IDF-weighted, mixed over phrasings."""
