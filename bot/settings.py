@@ -185,7 +185,7 @@ class SemanticSettings(BaseSettings):
 
     int8: bool = Field(True, description="Linear layers in int8: about 3x faster per question")
     threads: int = Field(1, ge=1, le=64, description="Torch threads for one question")
-    adapt: bool = Field(False, description="Fine-tune the model's top layers on the FAQ")
+    adapt: bool = Field(True, description="Fine-tune the model's top layers on the FAQ")
     cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "storedesk" / "faq-semantic",
         description="Where adapted layers are kept between restarts",

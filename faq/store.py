@@ -4,12 +4,18 @@ A broken file never takes the bot down: the last good FAQ keeps serving, the pro
 `last_error` (file, line, problem) and logged once. Building a matcher takes a few
 milliseconds for a shop FAQ but seconds for a very large one, so the watcher builds it in a
 thread and swaps it in whole: readers always see a consistent (entries, matcher) pair.
+
+In the neural mode, adapting the model to a new or edited FAQ takes minutes of CPU: the FAQ is
+served at once with the plain model, the adaptation runs in a background thread, and its matcher
+is swapped in when it is done, unless the FAQ changed meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from pathlib import Path
 
 from watchfiles import awatch
@@ -51,6 +57,10 @@ class FaqStore:
         self.semantic_model = semantic_model
         self.last_error: FaqLoadError | None = None
         self.version = 0
+        # The background adaptation of the latest build, if one runs (the neural mode).
+        self.adaptation: threading.Thread | None = None
+        self._builds = 0
+        self._lock = threading.Lock()
         entries, matcher = self._build()
         self._install(entries, matcher)
 
@@ -94,15 +104,46 @@ class FaqStore:
 
     def _build(self) -> tuple[list[FaqEntry], Matcher]:
         entries = load_faq_dir(self.path)
+        with self._lock:
+            self._builds += 1
+            build = self._builds
         matcher = Matcher(entries, threshold=self.threshold)
         if self.semantic_model:
-            from faq.semantic import with_semantic  # optional extra, imported only when asked
+            # optional extra, imported only when asked
+            from faq.semantic import adaptation_pending, with_semantic
 
-            matcher = with_semantic(
-                matcher, self.semantic_model, threshold=self._threshold_setting
-            )
+            later = adaptation_pending(self.semantic_model, entries)
+            matcher = with_semantic(matcher, self.semantic_model, threshold=self._threshold_setting,
+                                    adapt=False if later else None)
             self.threshold = matcher.threshold
+            if later:
+                self._adapt_in_background(entries, build)
         return entries, matcher
+
+    def _adapt_in_background(self, entries: list[FaqEntry], build: int) -> None:
+        def adapt() -> None:
+            from faq.semantic import with_semantic
+
+            started = time.monotonic()
+            try:
+                matcher = with_semantic(Matcher(entries), str(self.semantic_model),
+                                        threshold=self._threshold_setting, adapt=True)
+            except Exception:  # the plain model keeps serving; the log says why
+                log.exception("FAQ model adaptation failed; the plain model keeps answering")
+                return
+            with self._lock:
+                if build != self._builds:
+                    log.info("FAQ model adaptation of an older FAQ done, not used: it changed")
+                    return
+                self.threshold = matcher.threshold
+                self._install(entries, matcher)
+            log.info("FAQ model adapted to this FAQ in %.0f s: now answering with it",
+                     time.monotonic() - started)
+
+        log.info("FAQ model adaptation started in the background (minutes of CPU, once per FAQ"
+                 " version); the plain model answers meanwhile")
+        self.adaptation = threading.Thread(target=adapt, name="faq-adaptation", daemon=True)
+        self.adaptation.start()
 
     def _install(self, entries: list[FaqEntry], matcher: Matcher) -> None:
         self._entries, self._matcher = entries, matcher

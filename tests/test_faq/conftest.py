@@ -36,6 +36,15 @@ SEMANTIC_FAQ = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def plain_neural_mode(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+                      ) -> None:
+    """The neural mode's tests use the plain model unless they switch adaptation on, and
+    adapted layers never go to the user's ~/.cache."""
+    monkeypatch.setenv("FAQ_SEMANTIC_ADAPT", "0")
+    monkeypatch.setenv("FAQ_SEMANTIC_CACHE_DIR", str(tmp_path_factory.mktemp("adapted")))
+
+
 
 @pytest.fixture(scope="session")
 def sample_entries() -> list[FaqEntry]:

@@ -1,5 +1,5 @@
 """FAQ adaptation of the neural mode (FAQ_SEMANTIC_ADAPT): batches and cache key in plain
-Python, the training itself only with the `semantic` extra (CI skips it)."""
+Python, the training and the store's background adaptation with the `semantic` extra."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from .conftest import SEMANTIC_FAQ as FAQ
 from .conftest import needs_model
 
 
-def test_adaptation_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_adaptation_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FAQ_SEMANTIC_ADAPT", raising=False)
-    assert not semantic.adaptation_enabled()
-    monkeypatch.setenv("FAQ_SEMANTIC_ADAPT", "1")
     assert semantic.adaptation_enabled()
+    monkeypatch.setenv("FAQ_SEMANTIC_ADAPT", "0")
+    assert not semantic.adaptation_enabled()
 
 
 def test_batches_pair_two_different_phrasings_of_distinct_entries() -> None:
@@ -63,6 +63,7 @@ def test_adapted_faq_is_trained_once_then_loaded_from_disk(
     monkeypatch.setenv("FAQ_SEMANTIC_ADAPT", "1")
     monkeypatch.setenv("FAQ_SEMANTIC_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(semantic, "ADAPT_STEPS", 4)  # enough to exercise it, not to learn much
+    assert semantic.adaptation_pending("minilm", FAQ)
     matcher = semantic.with_semantic(Matcher(FAQ), "minilm")
     stored = list(tmp_path.glob("*.pt"))
     assert len(stored) == 1
@@ -72,3 +73,36 @@ def test_adapted_faq_is_trained_once_then_loaded_from_disk(
     again = semantic.with_semantic(Matcher(FAQ), "minilm")
     assert [p.stat().st_mtime_ns for p in tmp_path.glob("*.pt")] == [written]
     assert again.match("can I send it back?").faq_id == "returns"
+
+
+FAQ_YAML = "".join(
+    f"- id: {entry.id}\n  questions:\n"
+    + "".join(f'    - "{question}"\n' for question in entry.questions)
+    + f'  answer: "{entry.answers["en"]}"\n'
+    for entry in FAQ
+)
+
+
+@needs_model
+def test_store_answers_at_once_and_swaps_in_the_adapted_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service must not wait minutes for training: the plain model answers first."""
+    from faq.store import FaqStore
+
+    monkeypatch.setenv("FAQ_SEMANTIC_ADAPT", "1")
+    monkeypatch.setattr(semantic, "ADAPT_STEPS", 4)
+    (tmp_path / "faq").mkdir()
+    (tmp_path / "faq" / "shop.yaml").write_text(FAQ_YAML, encoding="utf-8")
+    store = FaqStore(tmp_path / "faq", semantic_model="minilm")
+    assert store.adaptation is not None
+    assert store.matcher.threshold == semantic.DEFAULT_SEMANTIC_THRESHOLD  # the plain model
+    assert store.matcher.match("what does delivery cost?").faq_id == "shipping_costs"
+    store.adaptation.join(timeout=300)
+    assert store.version == 2
+    assert store.matcher.threshold == semantic.DEFAULT_ADAPTED_THRESHOLD
+    assert store.matcher.match("how much does delivery cost me?").faq_id == "shipping_costs"
+
+    restarted = FaqStore(tmp_path / "faq", semantic_model="minilm")
+    assert restarted.adaptation is None  # cached on disk: adapted from the start
+    assert restarted.matcher.threshold == semantic.DEFAULT_ADAPTED_THRESHOLD
