@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bot.db.engine import Database
 from bot.db.models import Conversation, Message
@@ -162,11 +162,22 @@ class WebChatChannel(Channel):
                 del self._listeners[visitor]
 
     async def _transcript(self, visitor: str, after: int) -> list[dict[str, Any]]:
+        """Messages after `after`, stopping before the first reply not sent yet.
+
+        The client moves its cursor to the last id it got; a staff reply still in the outbox
+        has a smaller id than the customer's next message, so showing that message first
+        would leave the reply behind the cursor, never shown.
+        """
+        mine = (CV.channel == self.name) & (CV.address == visitor) & (MS.id > after)
+        unsent = (select(func.min(MS.id))
+                  .join(Conversation.__table__, CV.id == MS.conversation_id)
+                  .where(mine, MS.direction == "out", MS.status == "pending")
+                  .scalar_subquery())
         stmt = (select(MS.id, MS.direction, MS.author, MS.text, MS.created_at, MS.status,
                        MS.language, CV.stage, CV.status.label("conversation_status"))
                 .join(Conversation.__table__, CV.id == MS.conversation_id)
-                .where(CV.channel == self.name, CV.address == visitor, MS.id > after,
-                       (MS.direction == "in") | (MS.status.in_(("sent", "delivered"))))
+                .where(mine, (MS.direction == "in") | (MS.status.in_(("sent", "delivered"))),
+                       (unsent.is_(None)) | (MS.id < unsent))
                 .order_by(MS.id).limit(200))
         async with self.db.read() as conn:
             rows = (await conn.execute(stmt)).all()

@@ -199,3 +199,40 @@ async def test_web_chat_reply_is_delivered_by_its_commit(client: aiohttp.ClientS
                                      .where(OutboxItem.message_id == reply.id))).scalar_one()
     assert reply.status == "delivered" and reply.sent_at is not None
     assert queued == 0
+
+
+async def test_reply_still_in_the_outbox_is_not_skipped_by_the_cursor(
+        client: aiohttp.ClientSession, service: Service) -> None:
+    """A staff reply queued before the customer's next message gets a smaller id: the
+    transcript must not hand out the newer message first, or the client's cursor passes the
+    reply and it is never shown."""
+    visitor, _ = await chat(client, "Where is my order?")
+    seen = max(m["id"] for m in await transcript(client, visitor))
+    ms, cv = Message.__table__.c, Conversation.__table__.c
+    async with service.db.write() as conn:
+        conversation = (await conn.execute(select(cv.id).where(
+            cv.channel == "webchat", cv.address == visitor))).scalar_one()
+        reply = (await conn.execute(Message.__table__.insert().values(
+            conversation_id=conversation, direction="out", channel="webchat",
+            author="staff:U123", text="Let me check that for you.", status="pending",
+        ).returning(ms.id))).scalar_one()
+    async with client.post("/api/webchat/messages", json={
+            "visitor_id": visitor, "text": "hello? anyone there?"}) as resp:
+        assert resp.status == 202
+    for _ in range(100):  # until the worker has stored the question
+        async with service.db.read() as conn:
+            stored = (await conn.execute(select(func.count()).where(
+                ms.conversation_id == conversation, ms.text == "hello? anyone there?"))
+                ).scalar_one()
+        if stored:
+            break
+        await asyncio.sleep(0.1)
+    assert stored
+    assert all(m["id"] < reply for m in await transcript(client, visitor, seen))
+    async with service.db.write() as conn:
+        await conn.execute(Message.__table__.update().where(ms.id == reply)
+                           .values(status="sent"))
+    later = await transcript(client, visitor, seen)
+    texts = [m["text"] for m in later]
+    assert "Let me check that for you." in texts and "hello? anyone there?" in texts
+    assert [m["id"] for m in later] == sorted(m["id"] for m in later)
