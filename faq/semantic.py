@@ -471,7 +471,8 @@ class SemanticIndex:
         with _lock:
             cache = _embeddings.setdefault(cache_key, {})
             missing = sorted({p for p in phrasings if p not in cache})
-        encoded = dict(zip(missing, self.encoder.encode_tokens(missing), strict=True))
+        encoded = dict(zip(missing, self.encoder.encode_tokens(missing), strict=True)
+                       if missing else [])
         with _lock:
             cache = _embeddings.setdefault(cache_key, {})
             cache.update(encoded)
@@ -550,7 +551,7 @@ def _unit_rows(matrix: FloatArray) -> FloatArray:
 
 
 def adaptation_enabled() -> bool:
-    """Whether FAQ builds fine-tune the model on their phrasings (FAQ_SEMANTIC_ADAPT, off)."""
+    """Whether FAQ builds fine-tune the model on their phrasings (FAQ_SEMANTIC_ADAPT, on)."""
     return semantic_settings().adapt
 
 
@@ -599,8 +600,9 @@ def _training_groups(entries: Sequence[FaqEntry]) -> list[list[str]]:
     return [list(entry.questions) for entry in entries if len(entry.questions) >= 2]
 
 
-def _stored_layers(model_path: str, entries: Sequence[FaqEntry]) -> Path:
-    return adaptation_cache_dir() / f"{adaptation_key(model_path, entries)}.pt"
+def _stored_layers(key: str) -> Path:
+    """Where the adapted layers of `adaptation_key` `key` are kept."""
+    return adaptation_cache_dir() / f"{key}.pt"
 
 
 def adaptation_pending(name: str, entries: Sequence[FaqEntry]) -> bool:
@@ -608,7 +610,7 @@ def adaptation_pending(name: str, entries: Sequence[FaqEntry]) -> bool:
     FAQ has something to learn from, and no adapted layers are cached for it."""
     if not adaptation_enabled() or len(_training_groups(entries)) < 2:
         return False
-    return not _stored_layers(resolve_model(name), entries).exists()
+    return not _stored_layers(adaptation_key(resolve_model(name), entries)).exists()
 
 
 def adapted_model(name: str, entries: Sequence[FaqEntry], *, int8: bool) -> tuple[Any, str]:
@@ -629,7 +631,7 @@ def adapted_model(name: str, entries: Sequence[FaqEntry], *, int8: bool) -> tupl
     key = adaptation_key(path, entries)
     model = SentenceTransformer(path, device="cpu")
     transformer: Any = model[0].auto_model
-    stored = _stored_layers(path, entries)
+    stored = _stored_layers(key)
     try:
         layers = torch.load(stored, weights_only=True)
         log.info("semantic FAQ model: adapted layers loaded from %s", stored)
