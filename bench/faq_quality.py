@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import faq_data
 
+from bot.settings import load_semantic_settings
 from faq.matcher import DEFAULT_THRESHOLD
 
 # faq/semantic.py (not imported: it needs no extra to print): the adapted model's threshold,
@@ -190,8 +190,7 @@ def main() -> None:
     if args.only:
         wanted = set(args.only.split(","))
         loaders = tuple(f for f in loaders if f.__name__ in wanted)
-    adapted = os.environ.get("FAQ_SEMANTIC_ADAPT", "1").strip().lower() not in {
-        "0", "false", "no", "off"}
+    adapted = load_semantic_settings().adapt  # FAQ_SEMANTIC_ADAPT, parsed as the service does
     semantic_default = DEFAULT_ADAPTED_THRESHOLD if adapted else DEFAULT_PLAIN_THRESHOLD
     default = semantic_default if args.semantic else DEFAULT_THRESHOLD
     threshold = args.threshold if args.threshold is not None else default
