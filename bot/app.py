@@ -7,18 +7,18 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Coroutine
-from datetime import timedelta
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from bot.db.engine import Database
 from bot.desk import Desk
-from bot.handler import HandlerConfig, MessageHandler, Outcome
 from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
 from bot.metrics import Metrics, metrics_view
+from bot.pipeline import Outcome, Pipeline, PipelineConfig, RuleConfig
 from bot.queue import Inbox, QueuedItem
 from bot.settings import Settings
 from bot.web import build_http_app
@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 class Service:
     """Everything `python -m bot serve` runs, in one process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] | None = None) -> None:
+        """`clock` gives the time for every decision that depends on it (repeats, stages,
+        business hours); tests pass their own."""
         self.settings = settings
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.db = Database(settings.database_url)
         self.inbox: Inbox = Inbox(self.db, max_attempts=settings.max_attempts)
         self.redis_inbox: RedisInbox | None = None
@@ -65,16 +68,22 @@ class Service:
             channel = spec.load().from_context(ctx)
             if channel is not None:
                 self.channels[name] = channel
-        self.desk = Desk.from_service(settings, self.db, self.channels, self.faq)
-        self.handler = MessageHandler(self.faq, self.lifecycle, HandlerConfig(
-            store_name=settings.store_name, default_language=settings.default_language,
-            repeat_window=timedelta(minutes=settings.repeat_window_minutes),
+        self.desk = Desk.from_service(settings, self.db, self.channels, self.faq,
+                                      clock=self.clock)
+        self.pipeline = Pipeline(self.faq, self.lifecycle, PipelineConfig(
+            RuleConfig(store_name=settings.store_name,
+                       default_language=settings.default_language,
+                       repeat_window=timedelta(minutes=settings.repeat_window_minutes),
+                       answer_while_waiting=settings.answer_while_waiting),
             stored_delivery=frozenset(name for name, channel in self.channels.items()
-                                      if channel.delivers_by_storing)), desk=self.desk)
+                                      if channel.delivers_by_storing),
+            threads_own=frozenset(name for name, channel in self.channels.items()
+                                  if channel.threads_are_conversations)),
+            desk=self.desk, clock=self.clock)
         self.outbox = OutboxSender(self.db, self.metrics.instrument(self.channels),
                                    concurrency=settings.send_concurrency,
                                    max_attempts=settings.send_max_attempts)
-        self.workers = WorkerPool(self.db, self.inbox, self.handler, workers=settings.workers,
+        self.workers = WorkerPool(self.db, self.inbox, self.pipeline, workers=settings.workers,
                                   batch=settings.queue_batch, on_committed=self.outbox.wake)
         self.workers.listeners.append(self.metrics.on_outcome)
         self.workers.listeners.append(self._replies_stored)
@@ -123,6 +132,10 @@ class Service:
         log.info("storedesk ready: channels %s, %d FAQ entries, workers %d, database %s",
                  ", ".join(self.channels) or "none", len(self.faq.entries),
                  self.settings.workers, "SQLite" if self.db.is_sqlite else "PostgreSQL")
+        if self.desk is None:
+            log.warning("no staff desk configured (SLACK_BOT_TOKEN + SLACK_STAFF_CHANNEL): "
+                        "questions the bot cannot answer are recorded for the dashboard, and "
+                        "customers are not promised a reply from a person")
         if http:
             log.info("web chat on http://%s:%s/", self.settings.host, self.port)
         elif self.settings.metrics_port is not None:

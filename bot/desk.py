@@ -39,10 +39,12 @@ from bot.db.models import (
 )
 from bot.desk_jobs import DeskPoster, FaqLookup, queue_job
 from bot.errors import ChannelError, InputError
-from bot.queue import enqueue_outbound
-from bot.routing import RoutingStore
+from bot.pipeline.rules import PendingSurvey
+from bot.replies import OutgoingReply, queue_replies
+from bot.routing import DAY_NAMES, RoutingStore
 from bot.settings import Settings
-from channels.base import Attachment, Channel, InboundMessage, OutboundMessage
+from bot.texts import text_for
+from channels.base import Attachment, Channel, OutboundMessage
 from channels.slack import (
     Profiles,
     SlackChannel,
@@ -56,7 +58,6 @@ log = logging.getLogger(__name__)
 ES, CV, CU = Escalation.__table__.c, Conversation.__table__.c, Customer.__table__.c
 MS, DJ, OB = Message.__table__.c, DeskJob.__table__.c, OutboxItem.__table__.c
 OPEN, TAKEN, RESOLVED, RETURNED = "open", "taken", "resolved", "returned"
-_RATING = re.compile(r"^\s*([1-5])\s*(?:/\s*5)?\s*[.!]?\s*$")
 _USER = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
 SURVEY = {
     "en": "Your request has been resolved. How happy are you with our help? Reply with a number "
@@ -104,13 +105,18 @@ class Desk:
                                  now=lambda: self.clock(), max_attempts=max_attempts)
         self.wakeup = asyncio.Event()
         self.wake_outbox: Callable[[], None] = lambda: None
+        #: channels that deliver by storing (web chat) and who to tell when a reply is stored
+        self.stored_delivery: frozenset[str] = frozenset()
+        self.replies_stored: Callable[[str, str], None] = lambda _channel, _address: None
+        self._stored: set[tuple[str, str]] = set()
         self.check_every = 30.0
         self.refresh_every = timedelta(minutes=5)
         self._refreshed: dict[int, datetime] = {}
 
     @classmethod
     def from_service(cls, settings: Settings, db: Database, channels: Mapping[str, Channel],
-                     faq: FaqLookup | None) -> Desk | None:
+                     faq: FaqLookup | None, *,
+                     clock: Callable[[], datetime] | None = None) -> Desk | None:
         """The desk when Slack is configured with a staff channel, else None."""
         slack = channels.get("slack")
         if not isinstance(slack, SlackChannel) or not settings.slack_staff_channel:
@@ -118,8 +124,11 @@ class Desk:
         desk = cls(db, slack.client, RoutingStore(settings.desk_routing_file),
                    default_channel=settings.slack_staff_channel, faq=faq,
                    profiles=slack.profiles, store_name=settings.store_name,
-                   default_language=settings.default_language)
+                   default_language=settings.default_language, clock=clock)
         slack.desk = desk
+        desk.stored_delivery = frozenset(name for name, channel in channels.items()
+                                         if channel.delivers_by_storing)
+        desk.replies_stored = lambda name, address: channels[name].replies_stored(address)
         slack.app.action(re.compile(r"^desk_"))(desk._on_action)
         slack.app.command("/inbox")(desk._on_command)
         return desk
@@ -162,19 +171,33 @@ class Desk:
                                .values(detail=f"out of hours: {text}"[:2000]))
 
     async def on_customer_message(self, conn: AsyncConnection, *, conversation_id: int,
-                                  message_id: int) -> None:
+                                  message_id: int, author: str = "customer") -> None:
+        """Mirror a message of a waiting or taken conversation (the customer's, or the bot's
+        answer while the customer waits) into its staff thread."""
         esc = (await conn.execute(select(ES.id).where(
             ES.conversation_id == conversation_id, ES.status.in_((OPEN, TAKEN)))
             .order_by(ES.id.desc()).limit(1))).first()
         if esc is not None:
-            await self._job(conn, "post", esc.id, {"message_id": message_id})
+            payload: dict[str, Any] = {"message_id": message_id}
+            if author != "customer":
+                payload["author"] = author
+            await self._job(conn, "post", esc.id, payload)
 
-    async def on_survey_answer(self, conn: AsyncConnection, msg: InboundMessage, *,
-                               identity_id: int) -> int | None:
-        """A "1".."5" reply to our satisfaction question; returns its conversation id."""
-        m = _RATING.match(msg.text)
+    def queue_notice(self, lang: str, now: datetime) -> str | None:
+        """"Still in the queue", with when the team is back if it is closed now."""
+        team = self.routing.routing.team(None)
+        if team.is_open(now):
+            return None
+        opens = team.next_open(now).astimezone(team.tz)
+        names = DAY_NAMES.get(lang, DAY_NAMES["en"])
+        return text_for("in_queue_opens", lang, self.default_language).format(
+            when=f"{names[opens.weekday()]} {opens:%H:%M}", tz=team.tz.key)
+
+    async def pending_survey(self, conn: AsyncConnection, *, identity_id: int,
+                             rating: int) -> PendingSurvey | None:
+        """The satisfaction question a "1".."5" from this customer answers, if any."""
         routing = self.routing.routing
-        if not m or not routing.survey:
+        if not routing.survey:
             return None
         latest = (await conn.execute(select(CV.id, CV.status, CV.language).where(
             CV.identity_id == identity_id).order_by(CV.id.desc()).limit(1))).first()
@@ -186,19 +209,19 @@ class Desk:
             ES.csat_asked_at >= since).order_by(ES.id.desc()).limit(1))).first()
         if esc is None:
             return None
-        rating = int(m.group(1))
-        lang = latest.language or self.default_language
-        await conn.execute(insert(Message.__table__).values(
-            conversation_id=latest.id, direction="in", channel=msg.channel,
-            external_id=msg.external_id, author="customer", text=msg.text, language=lang,
-            decision="survey", status="received", created_at=msg.timestamp))
-        await conn.execute(update(Escalation.__table__).where(ES.id == esc.id)
-                           .values(csat=rating))
-        await self._to_customer(conn, latest.id, THANKS.get(lang, THANKS["en"]), lang, "bot",
-                                {"csat_for": esc.id})
-        await self._job(conn, "post", esc.id, {"text": f"⭐ The customer rated this {rating}/5."})
-        await self._job(conn, "update", esc.id)
-        return int(latest.id)
+        return PendingSurvey(int(latest.id), int(esc.id),
+                             latest.language or self.default_language, rating)
+
+    async def record_survey(self, conn: AsyncConnection, survey: PendingSurvey, *,
+                            message_id: int) -> None:
+        lang = survey.language or self.default_language
+        await conn.execute(update(Escalation.__table__).where(ES.id == survey.escalation_id)
+                           .values(csat=survey.rating))
+        await self._to_customer(conn, survey.conversation_id, THANKS.get(lang, THANKS["en"]),
+                                lang, "bot", {"csat_for": survey.escalation_id})
+        await self._job(conn, "post", survey.escalation_id,
+                        {"text": f"⭐ The customer rated this {survey.rating}/5."})
+        await self._job(conn, "update", survey.escalation_id)
 
     # --- OutboxSender hook: inside the transaction that records the failure -----------------
 
@@ -474,6 +497,9 @@ class Desk:
     def _changed(self) -> None:
         self.wake()
         self.wake_outbox()
+        stored, self._stored = self._stored, set()
+        for channel, address in stored:
+            self.replies_stored(channel, address)
 
     def _entry_tags(self, faq_id: Any) -> tuple[str, ...]:
         entry = self.faq.get(str(faq_id)) if self.faq and faq_id else None
@@ -529,14 +555,13 @@ class Desk:
     async def _to_customer(self, conn: AsyncConnection, conversation_id: int, text: str,
                            lang: str | None, author: str, meta: dict[str, Any],
                            attachments: tuple[Attachment, ...] = ()) -> None:
-        conv = (await conn.execute(select(CV.channel).where(CV.id == conversation_id))).one()
+        conv = (await conn.execute(select(CV.channel, CV.address)
+                                   .where(CV.id == conversation_id))).one()
         last_in = (await conn.execute(select(func.max(MS.id)).where(
             MS.conversation_id == conversation_id, MS.direction == "in"))).scalar()
-        out_id = (await conn.execute(insert(Message.__table__).values(
-            conversation_id=conversation_id, direction="out", channel=conv.channel,
-            author=author, text=text, language=lang, status="pending",
-            attachments=[a.as_dict() for a in attachments] or None,
-            meta={"in_reply_to": last_in, **meta}, created_at=datetime.now(UTC),
-        ).returning(MS.id))).scalar_one()
-        await enqueue_outbound(conn, message_id=out_id, conversation_id=conversation_id,
-                               channel=conv.channel)
+        await queue_replies(conn, [OutgoingReply(
+            conversation_id=conversation_id, channel=conv.channel, text=text, language=lang,
+            author=author, meta={"in_reply_to": last_in, **meta}, attachments=attachments)],
+            stored_delivery=self.stored_delivery, now=datetime.now(UTC))
+        if conv.channel in self.stored_delivery:
+            self._stored.add((conv.channel, conv.address))

@@ -139,7 +139,8 @@ class DeskPoster:
             async with self.db.read() as conn:
                 m = (await conn.execute(select(MS.text, MS.attachments)
                                         .where(MS.id == payload["message_id"]))).one()
-            kwargs["text"] = cards.mirror(d.customer, m.text, m.attachments or [])
+            who = "Bot" if payload.get("author") == "bot" else d.customer
+            kwargs["text"] = cards.mirror(who, m.text, m.attachments or [])
         elif "failed_outbox" in payload:
             kwargs["text"], kwargs["blocks"] = cards.failure(
                 payload["failed_outbox"], job.escalation_id, str(payload.get("error")),

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import insert, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.customers import CustomerFacts
+from bot.db.models import Conversation, Customer, StageChange
 from bot.errors import ConfigError
 from faq.models import STAGES
 
@@ -194,3 +197,17 @@ class LifecycleStore:
 
         async for _changes in awatch(self.path, stop_event=stop, debounce=300):
             self.reload()
+
+
+async def record_stage_change(conn: AsyncConnection, *, conversation_id: int | None,
+                              customer_id: int, old: str | None, new: str, reason: str) -> None:
+    """Move a customer (and the conversation it happened in) to `new`, keeping the history."""
+    CV, CU = Conversation.__table__.c, Customer.__table__.c
+    now = datetime.now(UTC)
+    await conn.execute(insert(StageChange.__table__).values(
+        conversation_id=conversation_id, customer_id=customer_id, from_stage=old, to_stage=new,
+        reason=reason[:500], created_at=now))
+    if conversation_id is not None:
+        await conn.execute(update(Conversation.__table__).where(CV.id == conversation_id)
+                           .values(stage=new, updated_at=now))
+    await conn.execute(update(Customer.__table__).where(CU.id == customer_id).values(stage=new))

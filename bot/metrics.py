@@ -29,7 +29,7 @@ from channels.base import Channel, OutboundMessage, SendResult
 
 if TYPE_CHECKING:
     from bot.app import Service
-    from bot.handler import Outcome
+    from bot.pipeline import Outcome
     from bot.queue import QueuedItem
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)

@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.customers import CustomerFacts, OrderIn, record_order
 from bot.db.models import Conversation, ConversationStatus, Customer
 from bot.errors import InputError
-from bot.handler import record_stage_change
-from bot.lifecycle import LifecycleRules, StageSignal
+from bot.lifecycle import LifecycleRules, StageSignal, record_stage_change
 
 CV = Conversation.__table__.c
 CU = Customer.__table__.c

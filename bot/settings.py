@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     repeat_window_minutes: float = Field(
         30.0, gt=0, description="A question asked again within this time after an answer escalates"
     )
+    answer_while_waiting: bool = Field(
+        True, description="Answer confident FAQ questions while the customer waits for a person"
+    )
 
     # --- queue ----------------------------------------------------------------------------
     workers: int = Field(2, ge=1, le=64, description="Worker tasks taking inbound messages")

@@ -22,7 +22,6 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.batch import BatchHandler
 from bot.db.engine import Database
 from bot.db.models import Conversation, Message, OutboxItem
 from bot.errors import (
@@ -31,7 +30,7 @@ from bot.errors import (
     ChannelPermanentError,
     ChannelRateLimited,
 )
-from bot.handler import MessageHandler, Outcome
+from bot.pipeline import Outcome, Pipeline
 from bot.queue import Inbox, QueuedItem, backoff
 from channels.base import Attachment, Channel, OutboundMessage, SendResult
 
@@ -50,12 +49,11 @@ OutcomeListener = Callable[[QueuedItem, Outcome], Awaitable[None] | None]
 class WorkerPool:
     """`workers` asyncio tasks, each owning a slice of the conversation shards."""
 
-    def __init__(self, db: Database, inbox: Inbox, handler: MessageHandler, *, workers: int,
+    def __init__(self, db: Database, inbox: Inbox, pipeline: Pipeline, *, workers: int,
                  batch: int, on_committed: Callable[[], None] | None = None) -> None:
         self.db = db
         self.inbox = inbox
-        self.handler = handler
-        self.batch_handler = BatchHandler(handler)
+        self.pipeline = pipeline
         self.workers = workers
         self.batch = batch
         self.on_committed = on_committed
@@ -109,12 +107,12 @@ class WorkerPool:
     async def _handle_batch(self, items: list[QueuedItem]) -> list[tuple[QueuedItem, Outcome]]:
         # FAQ matching is pure CPU: done before the write lock, so accepting new messages
         # (which needs that lock on SQLite) never waits for it.
-        matches = {item.id: self.handler.match(item.message) for item in items}
+        seen = {item.id: self.pipeline.understand(item.message) for item in items}
         async with self.db.write() as conn:
             items = await self.inbox.lock(conn, items)
-            outcomes = await self.batch_handler.handle_many(
+            outcomes = await self.pipeline.handle(
                 conn, [item.message for item in items],
-                [matches[item.id] if item.id in matches else self.handler.match(item.message)
+                [seen[item.id] if item.id in seen else self.pipeline.understand(item.message)
                  for item in items])
             await Inbox.complete_many(conn, [item.id for item in items])
         return list(zip(items, outcomes, strict=True))
@@ -131,7 +129,7 @@ class WorkerPool:
                     continue
                 try:
                     async with conn.begin_nested():
-                        outcome = await self.handler.handle(conn, item.message)
+                        (outcome,) = await self.pipeline.handle(conn, [item.message])
                         await Inbox.complete(conn, item.id)
                 except Exception as exc:
                     log.exception("handling message %d (%s) failed", item.id, item.message.channel)

@@ -46,7 +46,8 @@ class InboundMessage:
     `thread` groups messages into one conversation where the platform has threads (email thread
     root, Slack thread ts); `raw_ref` points back to the platform object (update id, UID...).
     `email` / `phone` are contact details the channel learned, used to link one customer
-    across channels.
+    across channels. `sender` is the person when `address` is a place several people write in
+    (a Slack channel): the customer is known by the sender, replies go to the address.
     """
 
     channel: str
@@ -62,6 +63,12 @@ class InboundMessage:
     phone: str | None = None
     language_hint: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    sender: str | None = None
+
+    @property
+    def who(self) -> str:
+        """The address the customer is known by on this channel."""
+        return self.sender or self.address
 
     @property
     def conversation_key(self) -> str:
@@ -124,6 +131,9 @@ class Channel(abc.ABC):
     #: True when storing a reply is delivering it (the web chat serves its transcript from the
     #: database): the bot's replies then skip the outbox and `replies_stored` wakes the reader.
     delivers_by_storing: ClassVar[bool] = False
+    #: True when each platform thread is a conversation of its own (a Slack channel where
+    #: every top-level message starts one); elsewhere a new thread joins the open conversation
+    threads_are_conversations: ClassVar[bool] = False
 
     def __init__(self, intake: Intake) -> None:
         self.intake = intake

@@ -179,6 +179,7 @@ class Profiles:
 
 class SlackChannel(Channel):
     name = "slack"
+    threads_are_conversations = True
 
     def __init__(self, intake: Intake, app: AsyncApp, *, customer_channels: list[str],
                  max_text: int) -> None:
@@ -234,6 +235,8 @@ class SlackChannel(Channel):
         if not channel or not ts:
             log.warning("Slack message event without channel or ts ignored")
             return
+        # In a customer channel every top-level message starts its own thread (and so its own
+        # conversation); in a direct message the DM itself is the conversation.
         thread = event.get("thread_ts") or (None if is_dm else ts)
         user = event.get("user")
         profile = await self.profiles.get(user)
@@ -245,5 +248,5 @@ class SlackChannel(Channel):
             channel=self.name, external_id=f"{channel}:{ts}", address=channel,
             text=str(event.get("text") or "")[:self.max_text], display_name=profile.get("name"),
             attachments=files_of(event), timestamp=when, raw_ref=body.get("event_id"),
-            thread=thread, email=profile.get("email"),
+            thread=thread, email=profile.get("email"), sender=str(user) if user else None,
             meta={"slack_user": user, "slack_team": body.get("team_id")}))

@@ -22,10 +22,10 @@ from rapidfuzz import fuzz, process
 
 from bot.errors import FaqLoadError
 from faq.language import detect_language
-from faq.models import STAGES, FaqEntry
+from faq.models import KINDS, STAGES, FaqEntry, Kind
 from faq.normalize import normalize
 
-KNOWN_KEYS = ("id", "questions", "answer", "stage", "tags", "escalate", "negatives")
+KNOWN_KEYS = ("id", "questions", "answer", "stage", "tags", "escalate", "negatives", "kind")
 REQUIRED_LANGUAGES = ("en", "it", "th")
 NEAR_DUPLICATE_RATIO = 90.0
 _ID = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
@@ -166,7 +166,9 @@ def _parse_entry(name: str, node: yaml.Node, problems: list[Problem]) -> FaqEntr
                                 f"{label}: id must be lowercase letters, digits, '_' or '-'"))
     questions = _string_list(name, fields.get("questions"), f"{label}: questions", line,
                              problems, required=True)
-    answers = _answers(name, fields.get("answer"), label, line, problems)
+    kind = _kind(name, fields.get("kind"), label, problems)
+    answers = ({} if kind == "small_talk" and "answer" not in fields
+               else _answers(name, fields.get("answer"), label, line, problems))
     stage = _stage(name, fields.get("stage"), label, problems)
     tags = _string_list(name, fields.get("tags"), f"{label}: tags", line, problems)
     negatives = _string_list(name, fields.get("negatives"), f"{label}: negatives", line, problems)
@@ -181,6 +183,7 @@ def _parse_entry(name: str, node: yaml.Node, problems: list[Problem]) -> FaqEntr
         tags=tuple(tags),
         escalate=escalate,
         negatives=tuple(negatives),
+        kind=kind,
         source=name,
         line=line or 0,
     )
@@ -272,6 +275,19 @@ def _stage(name: str, node: yaml.Node | None, label: str, problems: list[Problem
     return str(value)
 
 
+def _kind(name: str, node: yaml.Node | None, label: str, problems: list[Problem]) -> Kind:
+    """`answer` (the default) or `small_talk`: greetings, thanks... answered, never escalated."""
+    if node is None:
+        return "answer"
+    value = node.value if isinstance(node, yaml.ScalarNode) else None
+    for kind in KINDS:
+        if value == kind:
+            return kind
+    problems.append(Problem(name, _line(node),
+                            f"{label}: kind {value!r} is not one of {', '.join(KINDS)}"))
+    return "answer"
+
+
 def _bool(name: str, node: yaml.Node | None, what: str, problems: list[Problem]) -> bool:
     if node is None:
         return False
@@ -308,7 +324,7 @@ def _near_duplicates(entries: list[FaqEntry]) -> Iterator[Problem]:
 def _missing_languages(entries: list[FaqEntry]) -> Iterator[Problem]:
     """Entries whose answer or phrasings lack one of the FAQ's languages."""
     for entry in entries:
-        if "default" not in entry.answers:
+        if entry.answers and "default" not in entry.answers:
             missing = [lang for lang in REQUIRED_LANGUAGES if lang not in entry.answers]
             if missing:
                 yield Problem(entry.source, entry.line,

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Decision = Literal["answer", "escalate", "ambiguous"]
+Kind = Literal["answer", "small_talk"]
+KINDS: tuple[Kind, ...] = ("answer", "small_talk")
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy", "at_risk")
 
 
@@ -19,6 +21,8 @@ class FaqEntry:
     string answer has it under "default". `stage` is the lifecycle stage the question hints at.
     `escalate` entries are recognised but always handed to a person (e.g. "I want to speak to a
     manager" or legal threats). `negatives` are phrasings that must NOT match this entry.
+    `kind: small_talk` entries are greetings, thanks and the like: answered with their (short,
+    possibly empty) answer, never escalated and never counted as a gap in the FAQ.
     """
 
     id: str
@@ -28,6 +32,7 @@ class FaqEntry:
     tags: tuple[str, ...] = ()
     escalate: bool = False
     negatives: tuple[str, ...] = ()
+    kind: Kind = "answer"
     source: str = ""
     line: int = 0
 
@@ -37,7 +42,10 @@ class FaqEntry:
         """The answer in `lang` if the entry has it, else in the default; returns (text, lang).
 
         `$name` / `${name}` placeholders are filled from `variables`; unknown ones stay as written.
+        A small-talk entry without an answer gives ("", lang): nothing to say.
         """
+        if not self.answers:
+            return "", lang
         for candidate in (lang, default_lang, "default"):
             if candidate in self.answers:
                 text = self.answers[candidate]
@@ -68,3 +76,18 @@ class MatchResult:
     @property
     def faq_id(self) -> str | None:
         return self.entry.id if self.entry else None
+
+    @property
+    def confident_answer(self) -> FaqEntry | None:
+        """The entry to answer with: a confident match of an ordinary, answerable entry."""
+        entry = self.entry
+        if (entry is None or self.decision != "answer" or entry.escalate
+                or entry.kind != "answer"):
+            return None
+        return entry
+
+    @property
+    def small_talk(self) -> FaqEntry | None:
+        entry = self.entry
+        return entry if entry is not None and entry.kind == "small_talk" and \
+            self.decision == "answer" else None
