@@ -194,3 +194,37 @@ async def next_reply(client: aiohttp.ClientSession, visitor: str, *, after: int 
             return replies[0]
         await asyncio.sleep(0.05)
     raise AssertionError(f"no reply for visitor {visitor} within {timeout} s")
+
+
+async def eventually(check: Any, *, timeout: float = 10.0, interval: float = 0.05,
+                     what: str = "condition") -> Any:
+    """Wait until `check()` (sync or async) returns something truthy, and return it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    value: Any = None
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"{what} not met within {timeout} s (last: {value!r})")
+        await asyncio.sleep(interval)
+
+
+async def stays(check: Any, *, window: float = 0.5, interval: float = 0.05,
+                what: str = "condition") -> None:
+    """Assert that `check()` stays truthy for the whole `window` (absence over a bounded
+    window, not a sleep that hopes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + window
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if not value:
+            raise AssertionError(f"{what} stopped holding (got {value!r})")
+        if loop.time() >= deadline:
+            return
+        await asyncio.sleep(interval)

@@ -121,11 +121,13 @@ def small_talk_kind(text: str) -> str | None:
     words = plain.split()
     if len(words) > 6:
         return None
+    bare = _THAI_PARTICLES.sub("", plain).strip() or plain  # "โอเคค่ะ" -> "โอเค"
     for key, pattern in _SMALL_TALK:
-        match = pattern.search(plain)
+        match = pattern.search(plain) or pattern.search(bare)
         if match is None:
             continue
-        rest = (plain[:match.start()] + plain[match.end():]).strip(" ,.!?")
+        source = match.string
+        rest = (source[:match.start()] + source[match.end():]).strip(" ,.!?")
         rest = _THAI_PARTICLES.sub("", rest).strip()
         if key in ("are_you_bot", "still_here") or (len(rest.split()) <= 2 and len(rest) <= 16):
             return key
