@@ -32,6 +32,9 @@ USERS = {
     "UCUST": {"id": "UCUST", "name": "ann", "real_name": "Ann Slack",
               "profile": {"display_name": "Ann", "real_name": "Ann Slack",
                           "email": "ann@slack.example"}},
+    "UBEA": {"id": "UBEA", "name": "bea", "real_name": "Bea Rossi",
+             "profile": {"display_name": "Bea", "real_name": "Bea Rossi",
+                         "email": "bea@slack.example"}},
     "USTAFF": {"id": "USTAFF", "name": "sam", "real_name": "Sam Staff",
                "profile": {"display_name": "Sam", "real_name": "Sam Staff"}},
 }

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.app import Service
-from bot.db.models import Customer, InboxItem, Message
+from bot.db.models import Conversation, Customer, InboxItem, Message
 from bot.errors import (
     ChannelAuthError,
     ChannelPermanentError,
@@ -97,6 +97,40 @@ async def test_customer_channel_is_answered_in_the_thread(svc: Service,
     assert await send_event(svc, event, event_id="Ev200") == 200
     posts = await wait_for(lambda: slack.posts(SHARED))
     assert posts[0].params["thread_ts"] == "1700000200.000200"
+
+
+async def test_each_top_level_message_in_a_customer_channel_is_its_own_conversation(
+        svc: Service, slack: FakeSlack) -> None:
+    """Two members of a shared channel, each asking on their own: two customers, and every
+    top-level question a conversation of its own, answered in its own thread."""
+    asks = [("UCUST", "Hi!", "1700000300.000100"),
+            ("UBEA", "Quanto costa la spedizione?", "1700000301.000100"),
+            ("UCUST", "How do I return an item?", "1700000302.000100")]
+    for n, (user, text, ts) in enumerate(asks):
+        event = {"channel": SHARED, "channel_type": "channel", "user": user, "text": text,
+                 "ts": ts}
+        assert await send_event(svc, event, event_id=f"Ev30{n}") == 200
+    posts = await wait_for(lambda: len(slack.posts(SHARED)) >= 3 and slack.posts(SHARED))
+    by_thread = {p.params["thread_ts"]: p.params["text"] for p in posts}
+    assert set(by_thread) == {ts for _, _, ts in asks}  # each answered in its own thread
+    assert "How can I help" in by_thread["1700000300.000100"]  # small talk, not a hand-over
+    assert "spedizione" in by_thread["1700000301.000100"]
+    assert "30 days" in by_thread["1700000302.000100"]
+    # A reply inside a thread continues that thread's conversation.
+    event = {"channel": SHARED, "channel_type": "channel", "user": "UCUST",
+             "text": "How much does shipping cost?", "ts": "1700000303.000100",
+             "thread_ts": "1700000300.000100"}
+    assert await send_event(svc, event, event_id="Ev303") == 200
+    posts = await wait_for(lambda: len(slack.posts(SHARED)) >= 4 and slack.posts(SHARED))
+    assert posts[3].params["thread_ts"] == "1700000300.000100"
+    async with svc.db.read() as conn:
+        conversations = (await conn.execute(select(
+            Conversation.thread, Customer.display_name).join(
+            Customer, Customer.id == Conversation.customer_id)  # type: ignore[arg-type]
+            .order_by(Conversation.id))).all()
+    assert [tuple(c) for c in conversations] == [
+        ("1700000300.000100", "Ann"), ("1700000301.000100", "Bea"),
+        ("1700000302.000100", "Ann")]
 
 
 async def test_other_bots_edits_and_foreign_channels_are_ignored(
