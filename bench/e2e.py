@@ -52,7 +52,7 @@ def faq_questions() -> list[list[str]]:
     entries = getattr(loaded, "entries", loaded)
     out = []
     for entry in entries:
-        if entry.escalate:
+        if entry.escalate or getattr(entry, "kind", "answer") != "answer":
             continue
         out.append([q.rstrip("?").lower() if n % 2 else f"hi, {q}"
                     for n, q in enumerate(entry.questions)])

@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     faq_semantic_model: str | None = None
     lifecycle_rules: Path = DEFAULT_LIFECYCLE_RULES
     repeat_window_minutes: float = Field(
-        30.0, gt=0, description="A question asked again within this time after an answer escalates"
+        30.0, gt=0, description="The same question again, nearly word for word, within this time "
+        "after its answer goes to a person"
     )
     answer_while_waiting: bool = Field(
         True, description="Answer confident FAQ questions while the customer waits for a person"

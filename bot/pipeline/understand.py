@@ -72,8 +72,13 @@ def _answers(text: str, whole: MatchResult, match: Match) -> tuple[MatchResult, 
     is shipping? And how long does it take?" two. The whole text's match is kept unless its
     sentences find better or more."""
     questions = signals.split_questions(text)
-    if len(questions) <= 1 and questions == [text]:
-        return (whole,) if whole.confident_answer else ()
+    if len(questions) <= 1:
+        if whole.confident_answer is not None:
+            return (whole,)
+        if not questions or questions[0] == text:
+            return ()
+        alone = match(questions[0])  # the question without its greeting
+        return (alone,) if alone.confident_answer is not None else ()
     found: list[MatchResult] = []
     seen: set[str] = set()
     for question in questions[:MAX_ANSWERS + 2]:

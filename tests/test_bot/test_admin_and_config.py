@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -146,3 +147,15 @@ async def _wait(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-un
             return
         await asyncio.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+async def test_serve_says_when_no_desk_is_configured(
+        make_settings: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Without a desk nobody can answer an escalation: the admin is told at start."""
+    service = Service(make_settings())
+    with caplog.at_level("WARNING", logger="bot.app"):
+        await service.start()
+    try:
+        assert any("no staff desk configured" in r.getMessage() for r in caplog.records)
+    finally:
+        await service.stop()
