@@ -125,8 +125,8 @@ class Checker:
         raise ValueError(f"unknown expectation {expect!r}")
 
 
-async def run(script: Path, url: str | None, faq_dir: Path, verbose: bool) -> int:
-    conversations = yaml.safe_load(script.read_text(encoding="utf-8"))
+async def run(conversations: list[dict[str, Any]], script: Path, url: str | None,
+              faq_dir: Path, verbose: bool) -> int:
     service = None
     with tempfile.TemporaryDirectory() as tmp:
         if url is None:
@@ -183,7 +183,8 @@ def main() -> None:
     parser.add_argument("--faq-dir", type=Path, default=ROOT / "faq" / "sample")
     parser.add_argument("--verbose", action="store_true", help="list every failed turn")
     args = parser.parse_args()
-    sys.exit(asyncio.run(run(args.script, args.url, args.faq_dir, args.verbose)))
+    conversations = yaml.safe_load(args.script.read_text(encoding="utf-8"))
+    sys.exit(asyncio.run(run(conversations, args.script, args.url, args.faq_dir, args.verbose)))
 
 
 if __name__ == "__main__":
