@@ -50,6 +50,9 @@ T = InboxItem.__table__.c
 GROUP = "workers"
 CONTENDED_RETRY = 0.05  # another process holds the conversation: look again soon
 CLAIM_STALE = 120.0  # a claim not settled by then (a crashed batch) is released
+#: an idle worker looks in the table for pending rows older than this that no stream entry
+#: announces any more, so a lost hand-off costs seconds, not a sweeper round
+IDLE_CHECK_AGE = 2.0
 
 
 class RedisInbox(Inbox):
@@ -84,6 +87,7 @@ class RedisInbox(Inbox):
         self._claiming: dict[str, float] = {}  # keys a worker task of ours is handling
         self._group_ready = False
         self._next_reclaim = 0.0
+        self._next_idle_check = 0.0
         self.wakeup = _AlwaysSet()  # claim() blocks on Redis itself
 
 
@@ -133,6 +137,9 @@ class RedisInbox(Inbox):
                 self._hold(entry_id, fields)
         keys = self._due_keys(time.monotonic(), limit)
         if not keys:
+            if not response and worker == 0 and time.monotonic() >= self._next_idle_check:
+                self._next_idle_check = time.monotonic() + IDLE_CHECK_AGE / 2
+                await self._announce_unheld()
             return []
         for key in keys:
             self._claiming[key] = time.monotonic()
@@ -163,6 +170,9 @@ class RedisInbox(Inbox):
         return keys
 
     async def _load(self, keys: list[str], limit: int) -> list[QueuedItem]:
+        # What we hold *before* reading: an entry another task of ours receives meanwhile may
+        # announce a row committed after this read, and must not be acknowledged by it.
+        before = {key: dict(self._held.get(key, {})) for key in keys}
         async with self.db.read() as conn:
             rows = (await conn.execute(
                 select(T.id, T.attempts, T.conversation_key, T.payload, T.next_attempt_at)
@@ -195,9 +205,18 @@ class RedisInbox(Inbox):
             if key not in handed:
                 self._claiming.pop(key, None)
             if key not in seen and len(rows) < limit:  # nothing pending: done elsewhere
-                await self._ack(self._held.pop(key, {}))
-                self._retry_at.pop(key, None)
+                await self._forget(key, before[key])
         return items
+
+    async def _forget(self, key: str, entries: dict[str, str]) -> None:
+        """Acknowledge `entries` of `key` and stop holding them (newer ones stay held)."""
+        await self._ack(entries)
+        held = self._held.get(key, {})
+        for entry in entries:
+            held.pop(entry, None)
+        if not held:
+            self._held.pop(key, None)
+            self._retry_at.pop(key, None)
 
     async def settle(self, items: Sequence[QueuedItem]) -> None:
         """After the batch: acknowledge entries whose rows are no longer pending."""
@@ -216,22 +235,17 @@ class RedisInbox(Inbox):
                 self._claiming.pop(key, None)
 
     async def _settle(self, keys: list[str]) -> None:
+        before = {key: dict(self._held.get(key, {})) for key in keys}  # as in `_load`
         async with self.db.read() as conn:
             pending = {(r.conversation_key, f"{r.channel}\x1f{r.external_id}")
                        for r in (await conn.execute(
                            select(T.conversation_key, T.channel, T.external_id)
                            .where(T.status == "pending", T.conversation_key.in_(keys))))}
-        now = time.monotonic()
         for key in keys:
-            held = self._held.get(key, {})
-            done = {e: ref for e, ref in held.items() if (key, ref) not in pending}
-            await self._ack(done)
-            for entry in done:
-                held.pop(entry, None)
-            if not held:
-                self._held.pop(key, None)
-                self._retry_at.pop(key, None)
-            elif self._retry_at.get(key, 0.0) <= now:
+            done = {e: ref for e, ref in before[key].items() if (key, ref) not in pending}
+            await self._forget(key, done)
+            now = time.monotonic()
+            if key in self._held and self._retry_at.get(key, 0.0) <= now:
                 self._retry_at[key] = now + CONTENDED_RETRY
 
     async def _ack(self, entries: dict[str, str]) -> None:
@@ -331,8 +345,17 @@ class RedisInbox(Inbox):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
-    async def sweep_once(self) -> int:
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.sweep_age)
+    async def _announce_unheld(self) -> None:
+        """The stream is quiet: announce again the conversations with pending rows older than
+        `IDLE_CHECK_AGE` that this process does not hold (their entry was lost, or another
+        process holds it; a second entry is harmless)."""
+        try:
+            await self.sweep_once(age=IDLE_CHECK_AGE, skip=set(self._held))
+        except Exception as exc:  # noqa: BLE001 - best effort; the sweeper remains
+            log.debug("idle check failed: %s", type(exc).__name__)
+
+    async def sweep_once(self, *, age: float | None = None, skip: set[str] | None = None) -> int:
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.sweep_age if age is None else age)
         async with self.db.read() as conn:
             rows = (await conn.execute(
                 select(T.conversation_key, T.channel, T.external_id)
@@ -340,7 +363,8 @@ class RedisInbox(Inbox):
                 .limit(5000))).all()
         first: dict[str, tuple[str, str]] = {}
         for r in rows:
-            first.setdefault(r.conversation_key, (r.channel, r.external_id))
+            if not skip or r.conversation_key not in skip:
+                first.setdefault(r.conversation_key, (r.channel, r.external_id))
         for key, (channel, external_id) in list(first.items())[:1000]:
             await self._announce(key, channel, external_id)
         return min(len(first), 1000)

@@ -21,6 +21,7 @@ from bot.db.engine import Database
 from bot.db.models import Conversation, InboxItem, Message
 from bot.redis_queue import GROUP, RedisInbox
 from channels.base import InboundMessage
+from tests.conftest import eventually
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 QUESTION = "How much does shipping cost?"
@@ -212,6 +213,63 @@ async def test_sweeper_announces_rows_committed_while_redis_was_down(
         assert await inbox.sweep_once() == 1
         items = await inbox.claim(0, 1, 10)
         assert [i.message.external_id for i in items] == ["carol:1"]
+    finally:
+        await broken.close()
+        await inbox.close()
+        await db.close()
+
+
+async def test_several_tasks_of_one_process_never_strand_a_message(
+        database_url: str, redis_url: str, redis_prefix: str) -> None:
+    """Worker tasks share what their process holds: an entry one task receives while another
+    is reading the database must not be acknowledged by the other one's (older) read. With no
+    sweeper running, every message must still be handled promptly."""
+    db = Database(database_url)
+    await db.upgrade()
+    inbox = RedisInbox(db, redis_url, prefix=redis_prefix, sweep_age=3600)
+    inbox.block_ms = 20
+    total, keys = 600, [f"k{n}" for n in range(8)]
+    stop = asyncio.Event()
+
+    async def worker(index: int) -> None:
+        while not stop.is_set():
+            items = await inbox.claim(index, 4, 8)
+            if items:
+                async with db.write() as conn:
+                    await inbox.complete_many(conn, [i.id for i in await inbox.lock(conn, items)])
+            await inbox.settle(items)
+
+    async def produce(start: int) -> None:  # concurrent producers, as web requests are
+        for i in range(start, total, 4):
+            await inbox.put(_msg(i, keys[i % len(keys)]))
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(4)]
+    try:
+        await asyncio.gather(*(produce(n) for n in range(4)))
+
+        async def all_done() -> bool:
+            return (await inbox.stats())["done"] == total
+        await eventually(all_done, timeout=20, what=f"all {total} messages handled")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await inbox.close()
+        await db.close()
+
+
+async def test_a_row_whose_announcement_was_lost_is_picked_up_within_seconds(
+        database_url: str, redis_url: str, redis_prefix: str) -> None:
+    """No sweeper round needed: an idle worker finds pending rows nobody announces."""
+    db = Database(database_url)
+    await db.upgrade()
+    broken = RedisInbox(db, "redis://127.0.0.1:1/0", prefix=redis_prefix)
+    inbox = RedisInbox(db, redis_url, prefix=redis_prefix, sweep_age=3600)
+    inbox.block_ms = 50
+    try:
+        assert await broken.put(_msg(1, "dave"))  # committed; the XADD failed
+        items = await eventually(lambda: inbox.claim(0, 1, 10), timeout=10,
+                                 what="the unannounced row claimed")
+        assert [i.message.external_id for i in items] == ["dave:1"]
     finally:
         await broken.close()
         await inbox.close()
