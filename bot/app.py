@@ -92,6 +92,7 @@ class Service:
         if self.desk is not None:
             self.desk.attach(self.outbox, self.workers)
         self.http = build_http_app(self)
+        self._stored_for: set[str] = set()
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
@@ -100,27 +101,16 @@ class Service:
     async def start(self, *, http: bool = True, workers: bool = True) -> None:
         """`http`: webhooks, web chat and API; `workers`: queue workers, outbox and pollers."""
         await self.db.upgrade()
+        await self.db.optimize()
         if workers:
-            for channel in self.channels.values():
-                await channel.start()
-            for name, channel in self.channels.items():
-                if type(channel).poll is not Channel.poll:
-                    poller = functools.partial(self._run_poller, channel)
-                    self._spawn(self.leader.run(f"poll:{name}", self.stop_event, poller),
-                                f"poll-{name}")
-            if self.redis_inbox is not None:
-                self._spawn(self.leader.run("inbox-sweeper", self.stop_event,
-                                            self.redis_inbox.sweep), "inbox-sweeper")
-            if self.wakeups is not None:
-                self._spawn(self.wakeups.listen(self.stop_event, {"outbox": self.outbox.wake}),
-                            "wakeups")
-            self._spawn(self.workers.run(self.stop_event), "workers")
-            # One sender at a time across processes, so a reply is never sent twice.
-            self._spawn(self.leader.run("outbox", self.stop_event, self.outbox.run), "outbox")
-            if self.desk is not None:
-                self._spawn(self.leader.run("desk", self.stop_event, self.desk.run), "desk")
-            self._spawn(self.faq.watch(self.stop_event), "faq-watch")
-            self._spawn(self.lifecycle.watch(self.stop_event), "rules-watch")
+            await self._start_workers()
+        if self.wakeups is not None:
+            handlers: dict[str, Callable[[str], None]] = {}
+            if workers:
+                handlers["outbox"] = lambda _arg: self.outbox.wake()
+            if http:
+                handlers["replies"] = self._wake_readers
+            self._spawn(self.wakeups.listen(self.stop_event, handlers), "wakeups")
         if http:
             self._runner = web.AppRunner(self.http, access_log=None, shutdown_timeout=5)
             await self._runner.setup()
@@ -141,18 +131,69 @@ class Service:
         elif self.settings.metrics_port is not None:
             await self._start_metrics_site(self.settings.metrics_port)
 
+    async def _start_workers(self) -> None:
+        for channel in self.channels.values():
+            await channel.start()
+        for name, channel in self.channels.items():
+            if type(channel).poll is not Channel.poll:
+                poller = functools.partial(self._run_poller, channel)
+                self._spawn(self.leader.run(f"poll:{name}", self.stop_event, poller),
+                            f"poll-{name}")
+        if self.redis_inbox is not None:
+            self._spawn(self.leader.run("inbox-sweeper", self.stop_event,
+                                        self.redis_inbox.sweep), "inbox-sweeper")
+        self._spawn(self.workers.run(self.stop_event), "workers")
+        # One sender at a time across processes, so a reply is never sent twice.
+        self._spawn(self.leader.run("outbox", self.stop_event, self.outbox.run), "outbox")
+        if self.desk is not None:
+            self._spawn(self.leader.run("desk", self.stop_event, self.desk.run), "desk")
+        self._spawn(self.leader.run("housekeeping", self.stop_event, self._housekeeping),
+                    "housekeeping")
+        self._spawn(self.faq.watch(self.stop_event), "faq-watch")
+        self._spawn(self.lifecycle.watch(self.stop_event), "rules-watch")
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """Hourly, in one process: forget handled inbox rows once no platform redelivers
+        them any more (the dedup window), and refresh SQLite's planner statistics."""
+        keep = timedelta(hours=self.settings.inbox_keep_hours)
+        while not stop.is_set():
+            try:
+                purged = await self.inbox.purge_done(before=self.clock() - keep)
+                if purged:
+                    log.info("housekeeping: %d handled inbox rows older than %s removed",
+                             purged, keep)
+                await self.db.optimize()
+            except Exception:
+                log.exception("housekeeping failed; retrying in an hour")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=3600)
+
     def _replies_stored(self, item: QueuedItem, outcome: Outcome) -> None:
         """Wake web chat readers: their replies were delivered by the commit itself."""
         if outcome.reply_message_id is not None:
             channel = self.channels.get(item.message.channel)
             if channel is not None and channel.delivers_by_storing:
                 channel.replies_stored(item.message.address)
-                self.metrics.sends.labels(item.message.channel, "ok").inc()
+                self.metrics.sends.labels(item.message.channel, "ok").inc(
+                    len(outcome.reply_ids))
+                if self.wakeups is not None:  # the reader may wait in another process
+                    self._stored_for.add(f"{item.message.channel}/{item.message.address}")
 
     def _replies_committed(self) -> None:
         self.outbox.wake()
         if self.wakeups is not None:
             self.wakeups.publish_soon("outbox")
+            if self._stored_for:
+                stored, self._stored_for = self._stored_for, set()
+                self.wakeups.publish_soon("replies " + " ".join(sorted(stored)))
+
+    def _wake_readers(self, targets: str) -> None:
+        """Another process stored replies for these "channel/address" pairs."""
+        for target in targets.split():
+            name, _, address = target.partition("/")
+            channel = self.channels.get(name)
+            if channel is not None and address:
+                channel.replies_stored(address)
 
     async def _start_metrics_site(self, port: int) -> None:
         """Worker processes have no web app; they still answer probes and scrapes."""

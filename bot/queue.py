@@ -24,12 +24,12 @@ from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import String, bindparam, func, insert, select, text, update
+from sqlalchemy import String, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.engine import Database
-from bot.db.models import InboxItem, OutboxItem
+from bot.db.models import InboxItem
 from bot.errors import QueueError
 from channels.base import Attachment, InboundMessage
 
@@ -286,6 +286,23 @@ class Inbox:
     async def close(self) -> None:
         """Release backend connections."""
 
+    async def purge_done(self, *, before: datetime, chunk: int = 5000) -> int:
+        """Delete handled rows finished before `before`, a chunk per transaction so writers
+        never wait long for the lock. Pending and dead rows are never touched."""
+        T = InboxItem.__table__.c
+        total = 0
+        stale = (select(T.id).where(T.status == "done", T.done_at < before)
+                 .order_by(T.id).limit(chunk))
+        while True:
+            async with self.db.write() as conn:
+                result = await conn.execute(delete(InboxItem.__table__).where(
+                    T.id.in_(stale.scalar_subquery())))
+            count = int(result.rowcount or 0)
+            total += count
+            if count < chunk:
+                return total
+            await asyncio.sleep(0)
+
     async def requeue_dead(self, item_ids: Sequence[int] | None = None) -> int:
         """Give dead-lettered messages another round (admin action)."""
         t = InboxItem.__table__.c
@@ -313,10 +330,4 @@ class Inbox:
                 "dead": counts.get("dead", 0), "oldest_pending_age_s": age}
 
 
-async def enqueue_outbound(conn: AsyncConnection, *, message_id: int, conversation_id: int,
-                           channel: str) -> None:
-    """Add a reply to the outbox, inside the caller's transaction."""
-    now = datetime.now(UTC)
-    await conn.execute(insert(OutboxItem.__table__).values(
-        message_id=message_id, conversation_id=conversation_id, channel=channel,
-        status="pending", attempts=0, next_attempt_at=now, created_at=now))
+

@@ -32,7 +32,7 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -437,16 +437,22 @@ class RedisWakeups:
         except Exception as exc:  # noqa: BLE001 - best effort
             log.debug("wake-up not published: %s", type(exc).__name__)
 
-    async def listen(self, stop: asyncio.Event, handlers: dict[str, Any]) -> None:
-        """Call `handlers[topic]()` for each wake-up until `stop`; reconnects on errors."""
+    async def listen(self, stop: asyncio.Event, handlers: Mapping[str, Callable[[str], None]]
+                     ) -> None:
+        """For each wake-up "topic [argument]" call `handlers[topic](argument)` until `stop`;
+        reconnects on errors."""
         while not stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 while not stop.is_set():
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message["data"] in handlers:
-                        handlers[message["data"]]()
+                    if message is None:
+                        continue
+                    topic, _, argument = str(message["data"]).partition(" ")
+                    handler = handlers.get(topic)
+                    if handler is not None:
+                        handler(argument)
             except Exception as exc:  # noqa: BLE001 - Redis away: retry; polling covers the gap
                 log.debug("wake-up listener: %s", type(exc).__name__)
                 with contextlib.suppress(TimeoutError):

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     queue_batch: int = Field(64, ge=1, le=1000)
     max_attempts: int = Field(5, ge=1, le=100,
                               description="Tries before a message is dead-lettered")
+    inbox_keep_hours: float = Field(
+        72.0, ge=1, description="Handled inbox rows are kept this long, so a platform's late "
+        "redelivery is still recognised as a duplicate, then removed")
     send_concurrency: int = Field(16, ge=1, le=256)
     send_max_attempts: int = Field(8, ge=1, le=100)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, select
 
 from bot.db.engine import Database
 from bot.db.models import Conversation, Message
@@ -43,6 +43,16 @@ STATIC = Path(__file__).resolve().parent.parent / "bot" / "static"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MS = Message.__table__.c
 CV = Conversation.__table__.c
+#: seconds between safety-net re-reads of an idle long-poll or event stream
+RECHECK = 10.0
+_CONVERSATIONS = select(CV.id, CV.stage, CV.status).where(
+    CV.channel == bindparam("channel"), CV.address == bindparam("address"))
+_NEW_MESSAGES = (
+    select(MS.id, MS.conversation_id, MS.direction, MS.author, MS.text, MS.created_at,
+           MS.status, MS.language)
+    .where(MS.conversation_id.in_(bindparam("conversations", expanding=True)),
+           MS.id > bindparam("after"), MS.direction.in_(("in", "out")))  # never staff notes
+    .order_by(MS.id).limit(200))
 
 
 class WebChatChannel(Channel):
@@ -56,6 +66,7 @@ class WebChatChannel(Channel):
         self.visitor_limit = RateLimiter(per_minute)
         self.ip_limit = RateLimiter(per_minute * 10)
         self._listeners: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.recheck = RECHECK
 
     @classmethod
     def from_context(cls, ctx: ChannelContext) -> WebChatChannel | None:
@@ -141,8 +152,10 @@ class WebChatChannel(Channel):
                 after = m["id"]
 
     async def _wait_for(self, visitor: str, after: int, wait: float) -> list[dict[str, Any]]:
-        """Wake on `send` for this visitor; re-read the database at least every second so
-        replies sent by another process are seen too."""
+        """Sleep until a commit concerns this visitor (`notify`: the bot's replies, staff
+        replies, and, across processes, the wake-ups the workers publish), then read what is
+        new. An idle waiter costs no query; a re-read every `RECHECK` seconds is only the
+        safety net for a wake-up that got lost."""
         event = asyncio.Event()
         self._listeners[visitor].add(event)
         loop = asyncio.get_running_loop()
@@ -151,7 +164,7 @@ class WebChatChannel(Channel):
             while (left := deadline - loop.time()) > 0:
                 event.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), timeout=min(left, 1.0))
+                    await asyncio.wait_for(event.wait(), timeout=min(left, self.recheck))
                 messages = await self._transcript(visitor, after)
                 if messages:
                     return messages
@@ -164,27 +177,30 @@ class WebChatChannel(Channel):
     async def _transcript(self, visitor: str, after: int) -> list[dict[str, Any]]:
         """Messages after `after`, stopping before the first reply not sent yet.
 
+        Two indexed reads whatever the history: the visitor's conversations (by channel and
+        address), then their messages after the cursor (by conversation and id).
         The client moves its cursor to the last id it got; a staff reply still in the outbox
         has a smaller id than the customer's next message, so showing that message first
         would leave the reply behind the cursor, never shown.
         """
-        mine = (CV.channel == self.name) & (CV.address == visitor) & (MS.id > after)
-        unsent = (select(func.min(MS.id))
-                  .join(Conversation.__table__, CV.id == MS.conversation_id)
-                  .where(mine, MS.direction == "out", MS.status == "pending")
-                  .scalar_subquery())
-        stmt = (select(MS.id, MS.direction, MS.author, MS.text, MS.created_at, MS.status,
-                       MS.language, CV.stage, CV.status.label("conversation_status"))
-                .join(Conversation.__table__, CV.id == MS.conversation_id)
-                .where(mine, (MS.direction == "in") | (MS.status.in_(("sent", "delivered"))),
-                       (unsent.is_(None)) | (MS.id < unsent))
-                .order_by(MS.id).limit(200))
         async with self.db.read() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [{"id": r.id, "from": "you" if r.direction == "in" else r.author,
-                 "text": r.text, "at": r.created_at.isoformat(), "language": r.language,
-                 "stage": r.stage, "conversation_status": r.conversation_status}
-                for r in rows]
+            convs = {r.id: r for r in (await conn.execute(_CONVERSATIONS, {
+                "channel": self.name, "address": visitor})).all()}
+            if not convs:
+                return []
+            rows = (await conn.execute(_NEW_MESSAGES, {
+                "conversations": sorted(convs), "after": after})).all()
+        out = []
+        for r in rows:
+            if r.direction == "out" and r.status == "pending":
+                break
+            if r.direction == "out" and r.status not in ("sent", "delivered"):
+                continue
+            conv = convs[r.conversation_id]
+            out.append({"id": r.id, "from": "you" if r.direction == "in" else r.author,
+                        "text": r.text, "at": r.created_at.isoformat(), "language": r.language,
+                        "stage": conv.stage, "conversation_status": conv.status})
+        return out
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

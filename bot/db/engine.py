@@ -99,6 +99,15 @@ class Database:
         async with self.engine.begin() as conn:
             await conn.run_sync(run)
 
+    async def optimize(self) -> None:
+        """Refresh the query planner's statistics (SQLite only; PostgreSQL's autovacuum does
+        it): without them SQLite may walk a table where an index would do."""
+        if not self.is_sqlite:
+            return
+        async with self.write() as conn:
+            await conn.exec_driver_sql("PRAGMA analysis_limit=400")
+            await conn.exec_driver_sql("PRAGMA optimize=0x10002")
+
     async def current_revision(self) -> str | None:
         async with self.engine.connect() as conn:
             try:

@@ -120,6 +120,8 @@ class Conversation(Model, table=True):
         Index("ix_conversation_status_id", "status", "id"),
         Index("ix_conversation_language_id", "language", "id"),
         Index("ix_conversation_channel_id", "channel", "id"),
+        # the web chat transcript: a visitor's conversations without a scan
+        Index("ix_conversation_channel_address", "channel", "address", "id"),
         # dashboard: conversations opened per stage in the live part of a period, index only
         Index("ix_conversation_created_cover", "created_at", "stage", "customer_id"),
     )

@@ -172,3 +172,38 @@ async def test_killed_process_answers_every_accepted_message_once_after_restart(
     assert len(external_ids) == len(set(external_ids)) == len(accepted)
     reply_targets = [m["in_reply_to"] for (m,) in replies]
     assert sorted(reply_targets) == sorted(i for i, _ in inbound)  # one reply per message
+
+
+@pytest.mark.usefixtures("database_url")  # SQLite and PostgreSQL
+async def test_housekeeping_forgets_old_handled_rows_and_nothing_else(make_settings: Any) -> None:
+    """Handled rows go after the dedup window; pending and dead rows stay, and a redelivery
+    inside the window is still recognised."""
+    from datetime import UTC, datetime, timedelta
+
+    from channels.base import InboundMessage
+
+    service = Service(make_settings())
+    await service.db.upgrade()
+    inbox = service.inbox
+    try:
+        for n in range(7):
+            assert await inbox.put(InboundMessage(channel="webchat", external_id=f"v:{n}",
+                                                  address="v", text="hi"))
+        now = datetime.now(UTC)
+        t = InboxItem.__table__.c
+        async with service.db.write() as conn:
+            for n, (status, done_at) in enumerate([
+                    ("done", now - timedelta(days=5)), ("done", now - timedelta(days=4)),
+                    ("done", now - timedelta(hours=1)), ("dead", now - timedelta(days=9)),
+                    ("pending", None), ("done", now - timedelta(days=9)),
+                    ("done", now - timedelta(days=3, hours=1))]):
+                await conn.execute(InboxItem.__table__.update().where(
+                    t.external_id == f"v:{n}").values(status=status, done_at=done_at))
+        assert await inbox.purge_done(before=now - timedelta(hours=72), chunk=2) == 4
+        async with service.db.read() as conn:
+            left = sorted((await conn.execute(select(t.external_id))).scalars())
+        assert left == ["v:2", "v:3", "v:4"]
+        assert not await inbox.put(InboundMessage(channel="webchat", external_id="v:2",
+                                                  address="v", text="hi"))  # still a duplicate
+    finally:
+        await service.db.close()

@@ -274,3 +274,34 @@ async def test_a_row_whose_announcement_was_lost_is_picked_up_within_seconds(
         await broken.close()
         await inbox.close()
         await db.close()
+
+
+async def test_a_reply_committed_by_a_worker_process_wakes_the_web_processs_long_poll(
+        make_settings: Any, pg_database_url: str, redis_prefix: str) -> None:
+    """The page's long-poll waits in the web process; the reply is committed by a worker
+    process. The worker's wake-up reaches the waiter: without it the waiter would read again
+    only at its safety-net interval, here longer than the poll."""
+    extra: dict[str, Any] = {"redis_url": "redis://127.0.0.1:6379/0",
+                             "redis_prefix": redis_prefix}
+    web = Service(make_settings(database_url=pg_database_url, **extra))
+    worker = Service(make_settings(database_url=pg_database_url, **extra))
+    await web.start(http=True, workers=False)
+    await worker.start(http=False, workers=True)
+    web.channels["webchat"].recheck = 3600.0  # type: ignore[attr-defined]
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{web.port}") as client:
+            visitor = f"visitor-{uuid.uuid4().hex[:16]}"
+            await _post(client, visitor, 0)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with client.get("/api/webchat/messages", params={
+                    "visitor_id": visitor, "after": 0, "wait": 30}) as resp:
+                messages = (await resp.json())["messages"]
+            waited = loop.time() - started
+        # The question and its reply are committed together by the worker process.
+        assert [m["from"] for m in messages] == ["you", "bot"]
+        # Woken by the commit, not by the poll running out (30 s) or a re-read (never here).
+        assert waited < 15, waited
+    finally:
+        await worker.stop()
+        await web.stop()
