@@ -1,16 +1,21 @@
-"""End-to-end throughput and latency: web chat -> durable queue -> FAQ answer -> delivered.
+"""End-to-end throughput and latency: web chat -> durable queue -> FAQ answer -> on the page.
 
-Starts `python -m bot serve` on a fresh SQLite file (or the DATABASE_URL you pass), posts
-messages over many conversations at a fixed rate from this process, waits until every one is
-handled and every reply delivered, then reads accept and delivery times from the database:
+Starts `python -m bot serve` on a fresh SQLite file (or the DATABASE_URL you pass) and plays
+customers at a fixed offered rate. By default each conversation behaves like the web chat
+page: it posts a message, then long-polls `GET /api/webchat/messages?after=..&wait=..` (or
+reads the `/api/webchat/events` stream) until the reply is visible, and only then may send its
+next message. Printed: the latency the customer sees (post -> reply visible) and the
+server-side figures read from the database (accepted -> reply committed):
 
-    python bench/e2e.py                        # 10,000 messages, 2,000 conversations, 1,000/s
-    python bench/e2e.py --rate 0               # as fast as the client can post
+    python bench/e2e.py                        # 10,000 messages, 1,000 conversations, 1,000/s
+    python bench/e2e.py --client sse           # the page's event stream instead of long-poll
+    python bench/e2e.py --prefill 1000000      # after a million earlier messages (SQLite)
+    python bench/e2e.py --client none --rate 0 # posts only, as fast as the client can
 
 The traffic looks like a shop's: each conversation asks a few different questions of the
 sample FAQ in English, Italian or Thai (phrasings of its entries, lightly reworded), and one
-conversation in ten asks something the FAQ cannot answer, is escalated, and from then on waits
-for a person (the bot records its messages and stays silent).
+conversation in ten asks something the FAQ cannot answer and is escalated (its later questions
+are still answered while it waits for a person).
 
 Latency = reply delivered (message.sent_at) - message accepted (inbox.created_at); for a message
 that gets no reply by design, handled (inbox.done_at) - accepted. The server's CPU time per
@@ -30,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from sqlalchemy import func, select
@@ -37,8 +43,15 @@ from sqlalchemy import func, select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.e2e_client import converse_all, prefill  # noqa: E402
 from bot.db.engine import Database  # noqa: E402
 from bot.db.models import InboxItem, Message  # noqa: E402
+
+
+def OURS(table: Any) -> Any:
+    """This run's rows, not the prefilled history."""
+    return table.external_id.like("bench-visitor-%")
+
 
 UNANSWERABLE = ["Do you sell garden furniture?", "Avete mobili da giardino?",
                 "Can I bring my dog to the warehouse?"]
@@ -142,7 +155,7 @@ async def wait_drained(db: Database, total: int, timeout: float) -> None:
     while time.monotonic() < deadline:
         async with db.read() as conn:
             done = (await conn.execute(select(func.count()).select_from(InboxItem).where(
-                InboxItem.status == "done"))).scalar_one()
+                InboxItem.status == "done", OURS(InboxItem)))).scalar_one()
             waiting = (await conn.execute(select(func.count()).select_from(Message).where(
                 Message.direction == "out", Message.sent_at.is_(None)))).scalar_one()
         if done >= total and waiting == 0:
@@ -156,17 +169,24 @@ async def latencies(db: Database) -> tuple[list[float], float, dict[str, int]]:
     the first acceptance to the last delivery; inbound messages per decision."""
     async with db.read() as conn:
         accepted = {ext: (created, done) for ext, created, done in (await conn.execute(
-            select(InboxItem.external_id, InboxItem.created_at, InboxItem.done_at))).all()}
+            select(InboxItem.external_id, InboxItem.created_at, InboxItem.done_at)
+            .where(OURS(InboxItem)))).all()}
         inbound = dict((await conn.execute(select(Message.id, Message.external_id)
-                                           .where(Message.direction == "in"))).all())
+                                           .where(Message.direction == "in",
+                                                  OURS(Message)))).all())
         decisions = dict((await conn.execute(
-            select(Message.decision, func.count()).where(Message.direction == "in")
+            select(Message.decision, func.count()).where(Message.direction == "in",
+                                                         OURS(Message))
             .group_by(Message.decision))).all())
-        replies = (await conn.execute(select(Message.meta, Message.sent_at)
-                                      .where(Message.direction == "out"))).all()
+        replies = (await conn.execute(select(Message.meta, Message.sent_at).where(
+            Message.direction == "out", Message.id > min(inbound)))).all()
     finished = {ext: done for ext, (_, done) in accepted.items()}
-    for meta, sent_at in replies:
-        finished[inbound[meta["in_reply_to"]]] = sent_at
+    replied: dict[str, Any] = {}
+    for meta, sent_at in replies:  # the first reply of each message
+        ext = inbound.get((meta or {}).get("in_reply_to"))
+        if ext is not None and sent_at is not None:
+            replied[ext] = min(sent_at, replied.get(ext, sent_at))
+    finished.update(replied)
     first = min(created for created, _ in accepted.values())
     values = [(finished[ext] - created).total_seconds() for ext, (created, _) in accepted.items()]
     return values, (max(finished.values()) - first).total_seconds(), decisions
@@ -181,16 +201,31 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--conversations", type=int, default=0,
-                        help="default: one per 5 messages")
+                        help="default: one per 10 messages (one per 5 with --client none)")
+    parser.add_argument("--client", choices=("longpoll", "sse", "none"), default="longpoll",
+                        help="how the customers wait for replies (none: post and forget)")
+    parser.add_argument("--prefill", type=int, default=0,
+                        help="earlier messages written to the database first (SQLite)")
     parser.add_argument("--rate", type=float, default=1000.0, help="messages/s, 0 = unlimited")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
     args = parser.parse_args()
-    args.conversations = args.conversations or max(1, args.messages // 5)
+    args.conversations = args.conversations or max(
+        1, args.messages // (5 if args.client == "none" else 10))
 
     tmp = Path(tempfile.mkdtemp(prefix="storedesk-bench-"))
     url = args.database_url or f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+    if args.prefill:
+        if not url.startswith("sqlite"):
+            raise SystemExit("--prefill writes SQLite files only")
+        db = Database(url)
+        await db.upgrade()
+        await db.close()
+        took = time.perf_counter()
+        prefill(Path(url.split("///", 1)[1]), args.prefill)
+        print(f"prefilled {args.prefill} earlier messages in "
+              f"{time.perf_counter() - took:.1f} s", flush=True)
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url, "PORT": str(port), "WORKERS": str(args.workers),
            "WEBCHAT_RATE_PER_MINUTE": "100000000", "LOG_LEVEL": "WARNING"}
@@ -200,8 +235,14 @@ async def main() -> None:
         await wait_port(port)
         cpu_before = cpu_seconds(server.pid)
         client_before = time.process_time()
-        post_time = await post_all(port, args.messages, args.conversations, args.rate,
-                                   args.concurrency)
+        seen: list[float] = []
+        if args.client == "none":
+            post_time = await post_all(port, args.messages, args.conversations, args.rate,
+                                       args.concurrency)
+        else:
+            post_time, seen = await converse_all(
+                port, conversation_texts(args.messages, args.conversations), args.rate,
+                sse=args.client == "sse")
         client_cpu = time.process_time() - client_before
         await wait_drained(db, args.messages, timeout=600)
         cpu_used = cpu_seconds(server.pid) - cpu_before
@@ -211,11 +252,20 @@ async def main() -> None:
         server.wait(timeout=30)
         await db.close()
     backend = "SQLite" if url.startswith("sqlite") else "PostgreSQL"
+    history = f", {args.prefill} earlier messages" if args.prefill else ""
     print(f"\nend-to-end on {backend}, 1 process, {args.workers} worker tasks, "
-          f"{args.messages} messages over {args.conversations} conversations, "
-          f"offered rate {args.rate or 'unlimited'}/s")
+          f"{args.messages} messages over {args.conversations} conversations{history}, "
+          f"offered rate {args.rate or 'unlimited'}/s, client {args.client}")
     accepted = args.messages / post_time
-    print(f"  posted in        {post_time:8.2f} s  ({accepted:8.0f} msg/s accepted)")
+    if seen:
+        print(f"  seen by customers {post_time:7.2f} s  ({len(seen) / post_time:8.0f} msg/s "
+              f"replies visible on the page, {args.messages - len(seen)} without a reply)")
+        print(f"  on the page p50  {statistics.median(seen) * 1000:8.1f} ms")
+        print(f"  on the page p99  {pct(seen, 0.99) * 1000:8.1f} ms")
+        print(f"  on the page max  {max(seen) * 1000:8.1f} ms")
+        print("  server side:")
+    else:
+        print(f"  posted in        {post_time:8.2f} s  ({accepted:8.0f} msg/s accepted)")
     print(f"  answered in      {span:8.2f} s  ({args.messages / span:8.0f} msg/s end to end)")
     print(f"  latency p50      {statistics.median(lat) * 1000:8.1f} ms")
     print(f"  latency p99      {pct(lat, 0.99) * 1000:8.1f} ms")

@@ -169,15 +169,17 @@ class Service:
                 await asyncio.wait_for(stop.wait(), timeout=3600)
 
     def _replies_stored(self, item: QueuedItem, outcome: Outcome) -> None:
-        """Wake web chat readers: their replies were delivered by the commit itself."""
-        if outcome.reply_message_id is not None:
-            channel = self.channels.get(item.message.channel)
-            if channel is not None and channel.delivers_by_storing:
-                channel.replies_stored(item.message.address)
-                self.metrics.sends.labels(item.message.channel, "ok").inc(
-                    len(outcome.reply_ids))
-                if self.wakeups is not None:  # the reader may wait in another process
-                    self._stored_for.add(f"{item.message.channel}/{item.message.address}")
+        """Wake web chat readers: the customer's message and its replies are in the
+        transcript once committed (the reply is delivered by the commit itself)."""
+        channel = self.channels.get(item.message.channel)
+        if channel is None or not channel.delivers_by_storing:
+            return
+        channel.replies_stored(item.message.address, outcome.stored,
+                               after=outcome.stored_after)
+        if outcome.reply_ids:
+            self.metrics.sends.labels(item.message.channel, "ok").inc(len(outcome.reply_ids))
+        if self.wakeups is not None:  # the reader may wait in another process
+            self._stored_for.add(f"{item.message.channel}/{item.message.address}")
 
     def _replies_committed(self) -> None:
         self.outbox.wake()

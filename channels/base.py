@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -36,6 +36,21 @@ class Attachment:
         return {k: v for k, v in (("kind", self.kind), ("name", self.name),
                                   ("mime_type", self.mime_type), ("size", self.size),
                                   ("ref", self.ref)) if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message just committed to a conversation, as a channel that serves its own
+    transcript (the web chat) shows it."""
+
+    id: int
+    direction: str  # "in" or "out"
+    author: str
+    text: str
+    created_at: datetime
+    language: str | None
+    stage: str | None
+    conversation_status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +153,12 @@ class Channel(abc.ABC):
     def __init__(self, intake: Intake) -> None:
         self.intake = intake
 
-    def replies_stored(self, address: str) -> None:  # noqa: B027 - optional hook
-        """Replies to `address` were committed (only for `delivers_by_storing` channels)."""
+    def replies_stored(self, address: str,  # noqa: B027 - optional hook
+                       messages: Sequence[StoredMessage] = (), *,
+                       after: int | None = None) -> None:
+        """Messages of `address` were committed (only for `delivers_by_storing` channels):
+        `messages`, which directly follow message `after` of their conversation, when the
+        core knows them all; else nothing (read them again)."""
 
     @classmethod
     def from_context(cls, ctx: ChannelContext) -> Channel | None:

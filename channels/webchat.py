@@ -12,13 +12,13 @@ conversation, nobody else. The message is committed to the queue before the 202 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
 import secrets
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from channels.base import (
     Intake,
     OutboundMessage,
     SendResult,
+    StoredMessage,
 )
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ MS = Message.__table__.c
 CV = Conversation.__table__.c
 #: seconds between safety-net re-reads of an idle long-poll or event stream
 RECHECK = 10.0
+TRANSCRIPT_LIMIT = 200
+#: visitors whose transcript end is kept in memory, and messages kept per visitor
+TAIL_VISITORS = 20_000
+TAIL_MESSAGES = 20
 _CONVERSATIONS = select(CV.id, CV.stage, CV.status).where(
     CV.channel == bindparam("channel"), CV.address == bindparam("address"))
 _NEW_MESSAGES = (
@@ -52,7 +57,7 @@ _NEW_MESSAGES = (
            MS.status, MS.language)
     .where(MS.conversation_id.in_(bindparam("conversations", expanding=True)),
            MS.id > bindparam("after"), MS.direction.in_(("in", "out")))  # never staff notes
-    .order_by(MS.id).limit(200))
+    .order_by(MS.id).limit(TRANSCRIPT_LIMIT))
 
 
 class WebChatChannel(Channel):
@@ -67,6 +72,10 @@ class WebChatChannel(Channel):
         self.ip_limit = RateLimiter(per_minute * 10)
         self._listeners: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.recheck = RECHECK
+        #: visitor -> the end of their transcript as far as we know it all (see `_Tail`)
+        self._tails: OrderedDict[str, _Tail] = OrderedDict()
+        #: visitor -> [reads in flight, notifications seen during them]
+        self._reads: dict[str, list[int]] = {}
 
     @classmethod
     def from_context(cls, ctx: ChannelContext) -> WebChatChannel | None:
@@ -87,10 +96,28 @@ class WebChatChannel(Channel):
         self.notify(message.address)
         return SendResult(provider_id=None, status="delivered")
 
-    def replies_stored(self, address: str) -> None:
-        self.notify(address)
+    def replies_stored(self, address: str, messages: Sequence[StoredMessage] = (), *,
+                       after: int | None = None) -> None:
+        """The core committed messages for this visitor: extend what we know of their
+        transcript when these directly follow its end, else forget it; wake the readers."""
+        tail = self._tails.get(address)
+        if tail is not None and messages and after is not None and after == tail.last:
+            tail.extend(_shown(m) for m in messages)
+            self._tails.move_to_end(address)
+            self._wake(address, keep_tail=True)
+        else:
+            self.notify(address)
 
     def notify(self, visitor: str) -> None:
+        """Something was committed for `visitor`: forget what we knew, wake its readers."""
+        self._wake(visitor)
+
+    def _wake(self, visitor: str, *, keep_tail: bool = False) -> None:
+        if not keep_tail:
+            self._tails.pop(visitor, None)
+        reading = self._reads.get(visitor)
+        if reading is not None:
+            reading[1] += 1
         for event in self._listeners.get(visitor, ()):
             event.set()
 
@@ -131,7 +158,7 @@ class WebChatChannel(Channel):
         visitor = _visitor(request)
         after = _int_param(request, "after", 0)
         wait = min(float(_int_param(request, "wait", 0)), 30.0)
-        messages = await self._transcript(visitor, after)
+        messages = await self._new_messages(visitor, after)
         if not messages and wait > 0:
             messages = await self._wait_for(visitor, after, wait)
         return web.json_response({"messages": messages})
@@ -163,9 +190,14 @@ class WebChatChannel(Channel):
         try:
             while (left := deadline - loop.time()) > 0:
                 event.clear()
-                with contextlib.suppress(TimeoutError):
+                woken = True
+                try:
                     await asyncio.wait_for(event.wait(), timeout=min(left, self.recheck))
-                messages = await self._transcript(visitor, after)
+                except TimeoutError:
+                    woken = False
+                # Not woken: the safety-net read, in case a wake-up from another process
+                # got lost; it does not trust what the last read found.
+                messages = await self._new_messages(visitor, after, trust=woken)
                 if messages:
                     return messages
             return []
@@ -174,7 +206,31 @@ class WebChatChannel(Channel):
             if not self._listeners[visitor]:
                 del self._listeners[visitor]
 
-    async def _transcript(self, visitor: str, after: int) -> list[dict[str, Any]]:
+    async def _new_messages(self, visitor: str, after: int, *,
+                            trust: bool = True) -> list[dict[str, Any]]:
+        """What is new for `visitor` after `after`. From memory when we know their transcript
+        from before `after` on (the common case: the poll right after a reply); otherwise one
+        read, which then becomes what we know."""
+        tail = self._tails.get(visitor)
+        if trust and tail is not None and after >= tail.start:
+            return [m for m in tail.messages if m["id"] > after]
+        reading = self._reads.setdefault(visitor, [0, 0])
+        reading[0] += 1
+        notified = reading[1]
+        try:
+            messages, complete = await self._transcript(visitor, after)
+        finally:
+            reading[0] -= 1
+            if reading[0] == 0:
+                del self._reads[visitor]
+        if complete and reading[1] == notified:  # nothing was committed meanwhile
+            self._tails[visitor] = _Tail(after, messages)
+            self._tails.move_to_end(visitor)
+            while len(self._tails) > TAIL_VISITORS:
+                self._tails.popitem(last=False)
+        return messages
+
+    async def _transcript(self, visitor: str, after: int) -> tuple[list[dict[str, Any]], bool]:
         """Messages after `after`, stopping before the first reply not sent yet.
 
         Two indexed reads whatever the history: the visitor's conversations (by channel and
@@ -187,20 +243,50 @@ class WebChatChannel(Channel):
             convs = {r.id: r for r in (await conn.execute(_CONVERSATIONS, {
                 "channel": self.name, "address": visitor})).all()}
             if not convs:
-                return []
+                return [], True
             rows = (await conn.execute(_NEW_MESSAGES, {
                 "conversations": sorted(convs), "after": after})).all()
         out = []
+        complete = len(rows) < TRANSCRIPT_LIMIT  # True: `out` is everything there is now
         for r in rows:
             if r.direction == "out" and r.status == "pending":
+                complete = False
                 break
             if r.direction == "out" and r.status not in ("sent", "delivered"):
                 continue
             conv = convs[r.conversation_id]
-            out.append({"id": r.id, "from": "you" if r.direction == "in" else r.author,
-                        "text": r.text, "at": r.created_at.isoformat(), "language": r.language,
-                        "stage": conv.stage, "conversation_status": conv.status})
-        return out
+            out.append(_shown(StoredMessage(r.id, r.direction, r.author, r.text, r.created_at,
+                                            r.language, conv.stage, conv.status)))
+        return out, complete
+
+
+class _Tail:
+    """The newest messages of one visitor: every message with an id above `start` is in
+    `messages` (ascending), as long as nothing was committed for them behind our back."""
+
+    __slots__ = ("messages", "start")
+
+    def __init__(self, start: int, messages: list[dict[str, Any]]) -> None:
+        self.start = start
+        self.messages = messages
+
+    @property
+    def last(self) -> int:
+        return int(self.messages[-1]["id"]) if self.messages else self.start
+
+    def extend(self, messages: Iterable[dict[str, Any]]) -> None:
+        self.messages.extend(messages)
+        if len(self.messages) > TAIL_MESSAGES:
+            dropped = self.messages[:-TAIL_MESSAGES]
+            del self.messages[:-TAIL_MESSAGES]
+            self.start = int(dropped[-1]["id"])
+
+
+def _shown(m: StoredMessage) -> dict[str, Any]:
+    """A message as the page gets it."""
+    return {"id": m.id, "from": "you" if m.direction == "in" else m.author, "text": m.text,
+            "at": m.created_at.isoformat(), "language": m.language, "stage": m.stage,
+            "conversation_status": m.conversation_status}
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

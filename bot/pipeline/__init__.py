@@ -26,7 +26,7 @@ from bot.pipeline.load import Loaded, Sender, SurveySource, load, pick_conversat
 from bot.pipeline.rules import ConversationState, Decision, RuleConfig, Turn
 from bot.pipeline.understand import Understanding, understand
 from bot.pipeline.write import DeskHook, Plan, Planned, StageMove, waiting_status, write
-from channels.base import InboundMessage
+from channels.base import InboundMessage, StoredMessage
 from faq.language import detect_language
 from faq.models import FaqEntry, MatchResult
 
@@ -64,6 +64,10 @@ class Outcome:
     escalation_id: int | None = None
     rule: str = ""
     reply_ids: tuple[int, ...] = ()
+    #: what this message added to its conversation (empty: not known, e.g. a survey answer),
+    #: and the conversation's newest message id before them (None: a new conversation)
+    stored: tuple[StoredMessage, ...] = ()
+    stored_after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +118,15 @@ class Pipeline:
         if seen is None:
             seen = [self.understand(m) for m in messages]
         now = self.clock()
-        loaded = await load(conn, messages, surveys=self.desk, now=now)
+        loaded = await load(conn, messages, surveys=self.desk, now=now,
+                            stored_delivery=self.config.stored_delivery)
         plan = Plan()
         for index, (msg, understood) in enumerate(zip(messages, seen, strict=True)):
             self._plan(plan, index, msg, understood, loaded, now)
         await write(conn, plan, stored_delivery=self.config.stored_delivery, desk=self.desk,
                     now=now)
-        return [_outcome(p) for p in plan.planned]
+        last_ids = dict(loaded.last_ids)
+        return [_outcome(p, now, last_ids) for p in plan.planned]
 
     def _plan(self, plan: Plan, index: int, msg: InboundMessage, seen: Understanding,
               loaded: Loaded, now: datetime) -> None:
@@ -168,14 +174,30 @@ class Pipeline:
         sender.stage = conv.stage = moved.stage
 
 
-def _outcome(p: Planned) -> Outcome:
+def _outcome(p: Planned, now: datetime, last_ids: dict[int, int]) -> Outcome:
     d: Decision = p.decision
     conv_id = d.survey.conversation_id if d.survey else p.conv.id
     assert conv_id is not None
     faq_id = d.answered[0].faq_id if d.answered else (d.match.faq_id if d.match else None)
     decision = "silent" if d.stored in ("silent", "queued") and not p.reply_ids else d.stored
+    stored = () if d.survey else _stored(p, now)
+    after = last_ids.get(conv_id)
+    if stored:
+        last_ids[conv_id] = stored[-1].id
     return Outcome(conv_id, decision, d.escalation, faq_id,
-                   p.reply_ids[0] if p.reply_ids else None, p.escalation_id, d.rule, p.reply_ids)
+                   p.reply_ids[0] if p.reply_ids else None, p.escalation_id, d.rule, p.reply_ids,
+                   stored, after)
+
+
+def _stored(p: Planned, now: datetime) -> tuple[StoredMessage, ...]:
+    conv = p.conv
+    assert p.inbound_id is not None
+    rows = [StoredMessage(p.inbound_id, "in", "customer", p.msg.text, p.msg.timestamp, p.lang,
+                          conv.stage, conv.status)]
+    rows += [StoredMessage(reply_id, "out", "bot", reply.text, now, reply.language, conv.stage,
+                           conv.status)
+             for reply_id, reply in zip(p.reply_ids, p.decision.replies, strict=True)]
+    return tuple(rows)
 
 
 __all__ = ["Outcome", "Pipeline", "PipelineConfig", "RuleConfig", "Sender", "Understanding"]

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.customers import CustomerFacts, normalise_email, normalise_phone, resolve_customer
-from bot.db.models import Conversation, ConversationStatus, Customer, Identity
+from bot.db.models import Conversation, ConversationStatus, Customer, Identity, Message
 from bot.pipeline.rules import ConversationState, PendingSurvey
 from bot.replies import insert_returning_ids
 from channels.base import InboundMessage
@@ -27,6 +27,7 @@ from channels.base import InboundMessage
 CV = Conversation.__table__.c
 CU = Customer.__table__.c
 ID = Identity.__table__.c
+MS = Message.__table__.c
 
 # A lone 1-5 may answer the desk's satisfaction question.
 RATING = re.compile(r"^\s*([1-5])\s*(?:/\s*5)?\s*[.!]?\s*$")
@@ -44,6 +45,9 @@ _OPEN_CONVERSATIONS = (
     .where(CV.identity_id.in_(bindparam("identities", expanding=True)),
            CV.status != ConversationStatus.RESOLVED)
     .order_by(CV.id.desc()))
+_LAST_IDS = (select(MS.conversation_id, func.max(MS.id))
+             .where(MS.conversation_id.in_(bindparam("conversations", expanding=True)))
+             .group_by(MS.conversation_id))
 _INSERT_CUSTOMER = insert(Customer.__table__).returning(CU.id)
 _INSERT_IDENTITY = insert(Identity.__table__).returning(ID.id)
 
@@ -75,10 +79,14 @@ class Sender:
 class Loaded:
     senders: dict[tuple[str, str], Sender]
     surveys: dict[int, PendingSurvey]  # by message index
+    #: conversation id -> its newest message id before this batch (the conversations whose
+    #: channel serves its own transcript: it may extend what it knows only from there)
+    last_ids: dict[int, int] = field(default_factory=dict)
 
 
 async def load(conn: AsyncConnection, messages: Sequence[InboundMessage], *,
-               surveys: SurveySource | None, now: datetime) -> Loaded:
+               surveys: SurveySource | None, now: datetime,
+               stored_delivery: frozenset[str] = frozenset()) -> Loaded:
     senders = await _senders(conn, messages)
     pending_new: list[InboundMessage] = []
     for msg in messages:
@@ -110,7 +118,13 @@ async def load(conn: AsyncConnection, messages: Sequence[InboundMessage], *,
                     rating=int(rating.group(1)))
                 if survey is not None:
                     found[index] = survey
-    return Loaded(senders, found)
+    stored = sorted(c.id for s in senders.values() for c in s.conversations
+                    if c.id is not None and c.channel in stored_delivery)
+    last_ids: dict[int, int] = {}
+    if stored:
+        last_ids = {int(r[0]): int(r[1]) for r in (await conn.execute(
+            _LAST_IDS, {"conversations": stored})).all()}
+    return Loaded(senders, found, last_ids)
 
 
 async def _senders(conn: AsyncConnection,
