@@ -12,7 +12,6 @@ conversation, nobody else. The message is committed to the queue before the 202 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import secrets
@@ -22,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 from sqlalchemy import bindparam, select
 
@@ -161,7 +161,7 @@ class WebChatChannel(Channel):
         messages = await self._new_messages(visitor, after)
         if not messages and wait > 0:
             messages = await self._wait_for(visitor, after, wait)
-        return web.json_response({"messages": messages})
+        return web.json_response({"messages": messages}, dumps=_dumps)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         visitor = _visitor(request)
@@ -175,7 +175,7 @@ class WebChatChannel(Channel):
                 await resp.write(b": keep-alive\n\n")
                 continue
             for m in messages:
-                await resp.write(f"id: {m['id']}\ndata: {json.dumps(m)}\n\n".encode())
+                await resp.write(f"id: {m['id']}\ndata: {_dumps(m)}\n\n".encode())
                 after = m["id"]
 
     async def _wait_for(self, visitor: str, after: int, wait: float) -> list[dict[str, Any]]:
@@ -282,6 +282,10 @@ class _Tail:
             self.start = int(dropped[-1]["id"])
 
 
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def _shown(m: StoredMessage) -> dict[str, Any]:
     """A message as the page gets it."""
     return {"id": m.id, "from": "you" if m.direction == "in" else m.author, "text": m.text,
@@ -293,7 +297,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise InputError("send JSON with Content-Type: application/json", status=415)
     try:
-        body = await request.json()
+        body = await request.json(loads=orjson.loads)
     except (ValueError, UnicodeDecodeError):
         raise InputError("the body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -86,7 +86,9 @@ _VAGUE = re.compile(r"^(?:help|help\s+me|hello\s+help|i\s+have\s+a\s+(?:question
 # A thumbs-up or a smile says "ok"; any other lone emoji is worth a clarifying question.
 _ACK_EMOJI = frozenset("👍👌🙏❤♥😊🙂😀😁😃👏✅💯🤝")
 _SKIN_AND_JOINERS = frozenset("\U0001F3FB\U0001F3FC\U0001F3FD\U0001F3FE\U0001F3FF\u200d\ufe0f")
+_EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\uFE0F\u200d]+")
 _THAI_PARTICLES = re.compile(r"(?:ครับ|คับ|ค่ะ|คะ|ค่า|จ้า|จ้ะ|นะ|น้า)+$")
+_ANY_BREAK = re.compile(r"[?!？！。.;\n]")
 _QUESTION_BREAK = re.compile(r"(?<=[?!？！。])\s*|\n+|(?<=[.;])\s+")
 _GREETING_LEAD = re.compile(
     r"^\s*(?:(?:hi|hello|hey|hiya|good\s+(?:morning|afternoon|evening)|ciao|salve|buongiorno|"
@@ -97,7 +99,8 @@ _GREETING_LEAD = re.compile(
 def _plain(text: str) -> str:
     """Lower case, no surrounding punctuation, repeated letters and Thai particles trimmed."""
     text = unicodedata.normalize("NFC", text).strip().lower()
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "So")  # emoji
+    if not text.isascii():
+        text = _EMOJI.sub("", text)
     text = re.sub(r"(.)\1{2,}", r"\1", text)  # "thanksss", "ค่ะะะ"
     text = text.strip(" \t.!?,;:~-_*()[]\"'…？！。")
     return text
@@ -114,6 +117,8 @@ def says_not_helped(text: str) -> bool:
 def small_talk_kind(text: str) -> str | None:
     """The kind of small talk a whole message is ("greeting", "thanks", "ack"...), or None
     when it says more than small talk does."""
+    if len(text) > 80:  # small talk is short; most questions stop here
+        return None
     if _only_symbols(text):
         return "ack" if set(text) - _SKIN_AND_JOINERS and \
             set(text) - _SKIN_AND_JOINERS <= _ACK_EMOJI | set(" !.") else None
@@ -155,7 +160,10 @@ def is_vague(text: str) -> bool:
 def split_questions(text: str) -> list[str]:
     """The separate sentences of a message, a leading greeting taken off ("Hi! How much is
     shipping? And how long does it take?" -> two questions)."""
-    body = _GREETING_LEAD.sub("", text, count=1)
+    lead = _GREETING_LEAD.match(text)
+    if lead is None and not _ANY_BREAK.search(text.rstrip(" ?!.？！。")):
+        return [text]  # one sentence, no greeting: the common case
+    body = text[lead.end():] if lead else text
     parts = [p.strip() for p in _QUESTION_BREAK.split(body)]
     parts = [p for p in parts if p and small_talk_kind(p) is None and len(_plain(p)) >= 3]
     return parts or ([body.strip()] if body.strip() else [])
