@@ -25,7 +25,10 @@ from faq.language import detect_language
 from faq.models import KINDS, STAGES, FaqEntry, Kind
 from faq.normalize import normalize
 
-KNOWN_KEYS = ("id", "questions", "answer", "stage", "tags", "escalate", "negatives", "kind")
+KNOWN_KEYS = ("id", "questions", "answer", "stage", "tags", "escalate", "negatives", "kind",
+              "draft")
+#: answers that mean "not written yet" (what `faq suggest` puts in its drafts)
+PLACEHOLDERS = frozenset({"todo", "tbd", "fixme", "xxx", "..."})
 REQUIRED_LANGUAGES = ("en", "it", "th")
 NEAR_DUPLICATE_RATIO = 90.0
 _ID = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
@@ -40,6 +43,8 @@ class Problem:
     line: int | None
     message: str
     level: Literal["error", "warning"] = "error"
+    #: False for an error that only keeps its entry out of the served FAQ (a draft)
+    blocks_load: bool = True
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else self.path
@@ -65,7 +70,7 @@ def load_faq_dir(path: Path) -> list[FaqEntry]:
     """
     entries, problems = _load(Path(path))
     for problem in problems:
-        if problem.level == "error":
+        if problem.level == "error" and problem.blocks_load:
             raise FaqLoadError(problem.path, problem.line, problem.message)
     return entries
 
@@ -173,6 +178,16 @@ def _parse_entry(name: str, node: yaml.Node, problems: list[Problem]) -> FaqEntr
     tags = _string_list(name, fields.get("tags"), f"{label}: tags", line, problems)
     negatives = _string_list(name, fields.get("negatives"), f"{label}: negatives", line, problems)
     escalate = _bool(name, fields.get("escalate"), f"{label}: escalate", problems)
+    if _bool(name, fields.get("draft"), f"{label}: draft", problems):
+        problems.append(Problem(
+            name, line, f"{label} is a draft (from `faq suggest`): it is not served until its "
+            "answers are written and `draft: true` is removed", blocks_load=False))
+        return None
+    for lang, text in answers.items():
+        if text.strip().lower() in PLACEHOLDERS:
+            problems.append(Problem(name, _line(fields.get("answer")),
+                                    f"{label}: the {lang!r} answer is the placeholder {text!r}; "
+                                    "write the answer customers should get"))
     if len(problems) > before or entry_id is None:
         return None
     return FaqEntry(

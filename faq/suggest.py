@@ -97,7 +97,9 @@ def render_yaml(groups: Sequence[QuestionGroup], *, languages: Sequence[str] = (
                 ) -> str:
     """Draft FAQ YAML: one entry per group, answers set to TODO in every language.
 
-    The output loads with `load_faq_dir` as it is, so a shop owner only replaces the TODOs.
+    Every entry is marked `draft: true`: copied into the FAQ folder as it is, the loader keeps
+    it out of the served FAQ (and `faq lint` says why) until the owner writes the answers and
+    removes the mark, so customers never get the word "TODO".
     """
     used: set[str] = set()
     chunks: list[str] = []
@@ -113,6 +115,7 @@ def render_yaml(groups: Sequence[QuestionGroup], *, languages: Sequence[str] = (
             "id": entry_id,
             "questions": group.questions[:MAX_PHRASINGS_PER_ENTRY],
             "answer": answer,
+            "draft": True,
         }
         body = yaml.safe_dump([entry], allow_unicode=True, sort_keys=False, width=100)
         chunks.append(f"# asked {group.count} time{'s' if group.count != 1 else ''}\n{body}")

@@ -53,12 +53,21 @@ def test_asking_for_a_person_is_recognised_and_escalated(
 
 
 @pytest.mark.parametrize(
-    "question", ["what's the weather in Rome tomorrow?", "ขอบคุณค่ะ", "hello", "", "!!!"]
+    "question", ["what's the weather in Rome tomorrow?", "", "!!!"]
 )
 def test_off_topic_is_not_answered(sample_matcher: Matcher, question: str) -> None:
     result = sample_matcher.match(question)
     assert result.decision == "escalate"
     assert result.entry is None
+
+
+@pytest.mark.parametrize(("question", "entry"), [("ขอบคุณค่ะ", "thanks"), ("hello", "greeting"),
+                                                  ("grazie mille", "thanks")])
+def test_small_talk_reaches_its_small_talk_entry(sample_matcher: Matcher, question: str,
+                                                  entry: str) -> None:
+    result = sample_matcher.match(question)
+    assert result.faq_id == entry and result.small_talk is not None
+    assert result.confident_answer is None  # never an FAQ answer
 
 
 def _entry(entry_id: str, questions: tuple[str, ...], negatives: tuple[str, ...] = ()) -> FaqEntry:
