@@ -341,7 +341,7 @@ def _single_text_model(transformer: Any, tokenizer: Any) -> Any:
     """
     import torch
 
-    class TokenStates(torch.nn.Module):
+    class TokenStates(torch.nn.Module):  # type: ignore[misc, unused-ignore]
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
@@ -696,7 +696,7 @@ def _adapt_top_layers(transformer: Any, tokenizer: Any, groups: list[list[str]])
         loss = (torch.nn.functional.cross_entropy(logits, target)
                 + torch.nn.functional.cross_entropy(logits.T, target)) / 2
         optimiser.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
         optimiser.step()
         schedule.step()
     transformer.eval()
