@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bot.clock import Clock, system_clock
 from bot.db.engine import Database
 from bot.desk import Desk
 from bot.handler import HandlerConfig, MessageHandler, Outcome
@@ -36,8 +37,10 @@ log = logging.getLogger(__name__)
 class Service:
     """Everything `python -m bot serve` runs, in one process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = system_clock) -> None:
         self.settings = settings
+        #: "now" for lifecycle rules, the stage schedule and store webhooks (tests inject one)
+        self.clock = clock
         self.db = Database(settings.database_url)
         self.inbox: Inbox = Inbox(self.db, max_attempts=settings.max_attempts)
         self.redis_inbox: RedisInbox | None = None

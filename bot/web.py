@@ -147,7 +147,7 @@ async def post_customer_orders(request: web.Request) -> web.Response:
     orders = await _orders_from(await _json(request))
     async with service.db.write() as conn:
         result = await push_orders(conn, service.lifecycle.rules, int(request.match_info["id"]),
-                                   orders)
+                                   orders, now=service.clock())
     return web.json_response(result)
 
 
@@ -161,7 +161,8 @@ async def post_orders(request: web.Request) -> web.Response:
     async with service.db.write() as conn:
         customer_id = await find_or_create_by_contact(
             conn, email=body.get("email"), phone=body.get("phone"), name=body.get("name"))
-        result = await push_orders(conn, service.lifecycle.rules, customer_id, orders)
+        result = await push_orders(conn, service.lifecycle.rules, customer_id, orders,
+                                   now=service.clock())
     return web.json_response(result)
 
 
