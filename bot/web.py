@@ -20,6 +20,7 @@ from bot.errors import InputError, RateLimited
 from bot.metrics import metrics_view
 from bot.orders import push_orders
 from bot.reports import conversation_detail, list_escalations
+from bot.store_webhooks import StoreWebhooks
 
 if TYPE_CHECKING:
     from bot.app import Service
@@ -82,6 +83,7 @@ def build_http_app(service: Service) -> web.Application:
     app.router.add_get("/api/faq", admin_only(get_faq))
     for channel in service.channels.values():
         channel.routes(app)
+    StoreWebhooks(service).routes(app)  # Shopify / WooCommerce, each when its secret is set
     from bot.dashboard import add_routes as add_dashboard_routes  # it imports this module
 
     add_dashboard_routes(app)
