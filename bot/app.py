@@ -19,6 +19,7 @@ from bot.desk import Desk
 from bot.handler import HandlerConfig, MessageHandler, Outcome
 from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
+from bot.lifecycle_schedule import StageSchedule
 from bot.metrics import Metrics, metrics_view
 from bot.queue import Inbox, QueuedItem
 from bot.settings import Settings
@@ -60,6 +61,8 @@ class Service:
         self.faq = FaqStore(settings.faq_dir, threshold=settings.faq_threshold,
                             semantic_model=settings.faq_semantic_model)
         self.lifecycle = LifecycleStore(settings.lifecycle_rules)
+        self.stage_schedule = StageSchedule(self.db, self.lifecycle, clock,
+                                            interval=settings.lifecycle_schedule_seconds)
         ctx = ChannelContext(settings=settings, intake=self.inbox, db=self.db)
         self.channels: dict[str, Channel] = {}
         for name, spec in CHANNELS.items():
@@ -113,6 +116,9 @@ class Service:
             self._spawn(self.leader.run("outbox", self.stop_event, self.outbox.run), "outbox")
             if self.desk is not None:
                 self._spawn(self.leader.run("desk", self.stop_event, self.desk.run), "desk")
+            # time rules (no order for N days): one process at a time, catching up at once
+            self._spawn(self.leader.run("lifecycle-schedule", self.stop_event,
+                                        self.stage_schedule.run), "lifecycle-schedule")
             self._spawn(self.faq.watch(self.stop_event), "faq-watch")
             self._spawn(self.lifecycle.watch(self.stop_event), "rules-watch")
         if http:
