@@ -253,6 +253,10 @@ class Escalation(Model, table=True):
     csat: int | None = None
     csat_asked_at: datetime | None = ts()
     created_at: datetime = created()
+    #: set by the routing rule (bot/data/routing.yaml): a valued or at-risk customer
+    priority: bool = False
+    #: the routing rule's reminder time; None = the team's repost_after_minutes
+    repost_after_minutes: float | None = None
 
 
 class DeskJob(Model, table=True):
