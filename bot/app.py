@@ -8,15 +8,17 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bot.clock import Clock, system_clock
 from bot.db.engine import Database
 from bot.desk import Desk
 from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
+from bot.lifecycle_schedule import StageSchedule
 from bot.metrics import Metrics, metrics_view
 from bot.pipeline import Outcome, Pipeline, PipelineConfig, RuleConfig
 from bot.queue import Inbox, QueuedItem
@@ -36,11 +38,11 @@ log = logging.getLogger(__name__)
 class Service:
     """Everything `python -m bot serve` runs, in one process."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = system_clock) -> None:
         """`clock` gives the time for every decision that depends on it (repeats, stages,
-        business hours); tests pass their own."""
+        business hours, the stage schedule, store webhooks); tests pass their own."""
         self.settings = settings
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.clock = clock
         self.db = Database(settings.database_url)
         self.inbox: Inbox = Inbox(self.db, max_attempts=settings.max_attempts)
         self.redis_inbox: RedisInbox | None = None
@@ -60,6 +62,8 @@ class Service:
         self.faq = FaqStore(settings.faq_dir, threshold=settings.faq_threshold,
                             semantic_model=settings.faq_semantic_model)
         self.lifecycle = LifecycleStore(settings.lifecycle_rules)
+        self.stage_schedule = StageSchedule(self.db, self.lifecycle, clock,
+                                            interval=settings.lifecycle_schedule_seconds)
         ctx = ChannelContext(settings=settings, intake=self.inbox, db=self.db)
         self.channels: dict[str, Channel] = {}
         for name, spec in CHANNELS.items():
@@ -149,6 +153,9 @@ class Service:
             self._spawn(self.leader.run("desk", self.stop_event, self.desk.run), "desk")
         self._spawn(self.leader.run("housekeeping", self.stop_event, self._housekeeping),
                     "housekeeping")
+        # time rules (no order for N days): one process at a time, catching up at once
+        self._spawn(self.leader.run("lifecycle-schedule", self.stop_event,
+                                    self.stage_schedule.run), "lifecycle-schedule")
         self._spawn(self.faq.watch(self.stop_event), "faq-watch")
         self._spawn(self.lifecycle.watch(self.stop_event), "rules-watch")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import logging
 import signal
@@ -167,45 +166,30 @@ def import_orders(
     settings = _settings()
     if not file.exists():
         raise _fail(f"{file} does not exist")
-    from bot.customers import OrderIn, find_or_create_by_contact
+    from bot.clock import system_clock
     from bot.db.engine import Database
     from bot.lifecycle import LifecycleRules
-    from bot.orders import push_orders
+    from bot.orders import import_orders as run_import
+    from bot.orders import read_orders_csv
 
-    rows = []
-    with file.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"order_id", "total"} - set(reader.fieldnames or ())
-        if missing or not ({"email", "phone"} & set(reader.fieldnames or ())):
-            raise _fail(f"{file}: needs columns order_id, total and email or phone "
-                        f"(missing {', '.join(sorted(missing)) or 'email/phone'})")
-        for line_no, row in enumerate(reader, start=2):
-            try:
-                rows.append((line_no, row, OrderIn.parse(row)))
-            except InputError as exc:
-                raise _fail(f"{file}:{line_no}: {exc}") from None
+    try:
+        rows = read_orders_csv(file)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
     rules = LifecycleRules.from_file(settings.lifecycle_rules)
 
     async def main() -> int:
         db = Database(settings.database_url)
-        changes = 0
         try:
             await db.upgrade()
-            async with db.write() as conn:
-                for line_no, row, order in rows:
-                    try:
-                        cid = await find_or_create_by_contact(
-                            conn, email=row.get("email"), phone=row.get("phone"),
-                            name=row.get("name"))
-                    except InputError as exc:
-                        raise _fail(f"{file}:{line_no}: {exc}") from None
-                    result = await push_orders(conn, rules, cid, [order])
-                    changes += len(result["stage_changes"])
+            return await run_import(db, rules, file, rows, clock=system_clock)
         finally:
             await db.close()
-        return changes
 
-    changes = asyncio.run(main())
+    try:
+        changes = asyncio.run(main())
+    except InputError as exc:
+        raise _fail(str(exc)) from None
     typer.echo(f"imported {len(rows)} orders from {file}; {changes} stage changes")
 
 

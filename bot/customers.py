@@ -144,7 +144,7 @@ async def customer_facts(conn: AsyncConnection, customer_id: int) -> CustomerFac
 async def refresh_order_facts(conn: AsyncConnection, customer_id: int) -> CustomerFacts:
     row = (await conn.execute(
         select(func.count(), func.coalesce(func.sum(O.total), 0.0), func.max(O.placed_at))
-        .where(O.customer_id == customer_id, O.status != "cancelled"))).one()
+        .where(O.customer_id == customer_id, O.status.not_in(NOT_BOUGHT)))).one()
     last = row[2]
     if isinstance(last, str):  # SQLite max() over a typed column returns the raw string
         last = datetime.fromisoformat(last)
@@ -155,16 +155,47 @@ async def refresh_order_facts(conn: AsyncConnection, customer_id: int) -> Custom
     return CustomerFacts(int(row[0]), float(row[1]), last)
 
 
+ORDER_STATUSES = ("placed", "paid", "fulfilled", "delivered", "returned", "cancelled",
+                  "refunded")
+#: orders that no longer count as bought: not in orders_count, total_spent, last_order_at
+NOT_BOUGHT = ("cancelled", "refunded")
+#: store platforms whose order ids are unique store-wide (prefixed "<source>:")
+PLATFORM_SOURCES = ("shopify", "woocommerce")
+
+
+def order_number(value: str | None) -> str | None:
+    """How an order number is kept and compared: "#A-1001 " -> "a-1001"."""
+    if not value:
+        return None
+    cleaned = str(value).strip().lstrip("#").strip().lower()
+    return cleaned[:64] or None
+
+
 @dataclass(frozen=True, slots=True)
 class OrderIn:
+    """One order as the store knows it, from the API, a CSV row or a platform webhook."""
+
     order_id: str
     total: float
     currency: str = "EUR"
     placed_at: datetime | None = None
     status: str = "placed"
+    source: str = "api"
+    number: str | None = None
+    financial_status: str | None = None
+    fulfillment_status: str | None = None
+    tracking_number: str | None = None
+    tracking_url: str | None = None
+    carrier: str | None = None
+    shipment_status: str | None = None
+    expected_delivery_at: datetime | None = None
+    delivered_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    line_items: tuple[dict[str, Any], ...] | None = None
+    updated_at: datetime | None = None
 
     @classmethod
-    def parse(cls, data: dict[str, Any]) -> OrderIn:
+    def parse(cls, data: dict[str, Any], *, source: str = "api") -> OrderIn:
         """Validate one order from the API or a CSV row; raises InputError naming the field."""
         order_id = str(data.get("order_id") or data.get("id") or "").strip()
         if not order_id or len(order_id) > 128:
@@ -175,35 +206,90 @@ class OrderIn:
             raise InputError(f"total must be a number, got {data.get('total')!r}") from None
         if total < 0:
             raise InputError("total must not be negative")
-        placed_raw = data.get("placed_at")
-        placed: datetime | None = None
-        if placed_raw:
-            try:
-                placed = datetime.fromisoformat(str(placed_raw).replace("Z", "+00:00"))
-            except ValueError:
-                raise InputError(
-                    f"placed_at must be an ISO date/time, got {placed_raw!r}") from None
-            if placed.tzinfo is None:
-                placed = placed.replace(tzinfo=UTC)
         status = str(data.get("status") or "placed")
-        if status not in ("placed", "fulfilled", "returned", "cancelled"):
-            raise InputError("status must be placed, fulfilled, returned or cancelled")
+        if status not in ORDER_STATUSES:
+            raise InputError(f"status must be one of {', '.join(ORDER_STATUSES)}")
         currency = str(data.get("currency") or "EUR").upper()[:8]
-        return cls(order_id, total, currency, placed, status)
+        text = {k: (str(data[k]).strip()[:500] or None) if data.get(k) else None
+                for k in ("tracking_number", "tracking_url", "carrier")}
+        if text["tracking_url"] and not text["tracking_url"].startswith(("https://", "http://")):
+            raise InputError("tracking_url must be an http(s) URL")
+        return cls(order_id, total, currency, parse_time(data, "placed_at"), status,
+                   source=source, number=order_number(str(data.get("number") or order_id)),
+                   expected_delivery_at=parse_time(data, "expected_delivery_at"),
+                   delivered_at=parse_time(data, "delivered_at"),
+                   tracking_number=text["tracking_number"], tracking_url=text["tracking_url"],
+                   carrier=text["carrier"])
 
 
-async def record_order(conn: AsyncConnection, customer_id: int, order: OrderIn) -> CustomerFacts:
-    """Insert or update one order (idempotent on the store's order id)."""
-    existing = (await conn.execute(select(O.id).where(
-        O.customer_id == customer_id, O.external_id == order.order_id))).scalar()
-    values = {"total": order.total, "currency": order.currency, "status": order.status,
-              "placed_at": order.placed_at or datetime.now(UTC)}
+def parse_time(data: dict[str, Any], key: str) -> datetime | None:
+    """An ISO date/time field as aware UTC (naive means UTC); InputError names the field."""
+    raw = data.get(key)
+    if not raw:
+        return None
+    try:
+        when = datetime.fromisoformat(str(raw).strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"{key} must be an ISO date/time, got {raw!r}") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderWrite:
+    """What storing one order did: whether it was new, its status before, whether the data
+    was older than what we hold (then nothing changed)."""
+
+    order_row_id: int
+    customer_id: int
+    created: bool
+    previous_status: str | None
+    stale: bool = False
+
+
+_OPTIONAL = ("financial_status", "fulfillment_status", "tracking_number", "tracking_url",
+             "carrier", "shipment_status", "expected_delivery_at", "delivered_at",
+             "cancelled_at", "updated_at")
+
+
+async def upsert_order(conn: AsyncConnection, customer_id: int, order: OrderIn, *,
+                       now: datetime | None = None) -> OrderWrite:
+    """Insert or update one order (idempotent on the store's order id).
+
+    A platform order is found by its id alone and stays with the customer it was first
+    linked to (a later payload with an edited email does not hand it to someone else). Fields
+    the new data leaves empty keep what we had; data older than the stored `updated_at` is
+    ignored, since platforms do not promise delivery order."""
+    now = now or datetime.now(UTC)
+    where = [O.external_id == order.order_id]
+    if order.source not in PLATFORM_SOURCES:
+        where.append(O.customer_id == customer_id)
+    existing = (await conn.execute(select(O.id, O.customer_id, O.status, O.updated_at)
+                                   .where(*where).limit(1))).first()
+    values: dict[str, Any] = {"total": order.total, "currency": order.currency,
+                              "status": order.status, "source": order.source,
+                              "number": order.number or order_number(order.order_id)}
+    if order.line_items is not None:
+        values["line_items"] = list(order.line_items)
+    values.update({k: getattr(order, k) for k in _OPTIONAL if getattr(order, k) is not None})
     if existing is None:
-        await conn.execute(insert(Order.__table__).values(
-            customer_id=customer_id, external_id=order.order_id, **values))
-    else:
-        await conn.execute(update(Order.__table__).where(O.id == existing).values(values))
-    return await refresh_order_facts(conn, customer_id)
+        row_id = (await conn.execute(insert(Order.__table__).values(
+            customer_id=customer_id, external_id=order.order_id,
+            placed_at=order.placed_at or now, **values).returning(O.id))).scalar_one()
+        return OrderWrite(int(row_id), customer_id, True, None)
+    if (order.updated_at is not None and existing.updated_at is not None
+            and order.updated_at < existing.updated_at):
+        return OrderWrite(existing.id, existing.customer_id, False, existing.status, stale=True)
+    if order.placed_at is not None:
+        values["placed_at"] = order.placed_at
+    await conn.execute(update(Order.__table__).where(O.id == existing.id).values(values))
+    return OrderWrite(existing.id, existing.customer_id, False, existing.status)
+
+
+async def record_order(conn: AsyncConnection, customer_id: int, order: OrderIn, *,
+                       now: datetime | None = None) -> CustomerFacts:
+    """Insert or update one order and return the customer's refreshed order facts."""
+    written = await upsert_order(conn, customer_id, order, now=now)
+    return await refresh_order_facts(conn, written.customer_id)
 
 
 async def find_or_create_by_contact(conn: AsyncConnection, *, email: str | None,

@@ -149,17 +149,25 @@ class Desk:
 
     async def on_escalation(self, conn: AsyncConnection, *, escalation_id: int,
                             conversation_id: int) -> None:
-        row = (await conn.execute(select(ES.reason, ES.candidates, CV.channel, CV.language,
-                                         CV.stage).join(Conversation.__table__,
-                                                        CV.id == ES.conversation_id)
-                                  .where(ES.id == escalation_id))).one()
+        row = (await conn.execute(
+            select(ES.reason, ES.candidates, CV.channel, CV.language,
+                   func.coalesce(CU.stage, CV.stage).label("stage"), CU.total_spent,
+                   CU.orders_count)
+            .join(Conversation.__table__, CV.id == ES.conversation_id)
+            .join(Customer.__table__, CU.id == CV.customer_id)
+            .where(ES.id == escalation_id))).one()
         tags = {t for c in row.candidates or () for t in self._entry_tags(c.get("faq_id"))}
         routing = self.routing.routing
-        team = routing.route({"language": row.language, "stage": row.stage,
-                              "channel": row.channel, "reason": row.reason,
-                              "faq_tag": sorted(tags)})
+        # the stage is the customer's (all channels), not this conversation's
+        decision = routing.decide({"language": row.language, "stage": row.stage,
+                                   "channel": row.channel, "reason": row.reason,
+                                   "faq_tag": sorted(tags), "total_spent": row.total_spent,
+                                   "orders_count": row.orders_count})
+        team = decision.team
+        repost = decision.repost_after.total_seconds() / 60 if decision.repost_after else None
         await conn.execute(update(Escalation.__table__).where(ES.id == escalation_id).values(
-            team=team.name, staff_channel=team.channel or self.default_channel))
+            team=team.name, staff_channel=team.channel or self.default_channel,
+            priority=decision.priority, repost_after_minutes=repost))
         await self._job(conn, "card", escalation_id)
         now = self.clock()
         if not team.is_open(now):
@@ -454,11 +462,14 @@ class Desk:
         routing = self.routing.routing
         count = 0
         async with self.db.write() as conn:
-            rows = (await conn.execute(select(ES.id, ES.team, ES.created_at).where(
+            rows = (await conn.execute(select(ES.id, ES.team, ES.created_at,
+                                              ES.repost_after_minutes).where(
                 ES.status == OPEN, ES.reposted_at.is_(None)))).all()
             for r in rows:
                 team = routing.team(r.team)
-                due = team.next_open(r.created_at) + team.repost_after
+                wait = team.repost_after if r.repost_after_minutes is None \
+                    else timedelta(minutes=r.repost_after_minutes)
+                due = team.next_open(r.created_at) + wait
                 if now < due:
                     continue
                 waited = cards.minutes((now - r.created_at).total_seconds())

@@ -53,6 +53,25 @@ class CardData:
     out_of_hours: str | None = None
     messages: Sequence[CardMessage] = ()
     candidates: Sequence[tuple[str, str, float]] = field(default_factory=tuple)
+    priority: bool = False
+    orders_count: int = 0
+    total_spent: float = 0.0
+    currency: str = ""
+    #: the customer's latest order: (number, status, placed_at)
+    last_order: tuple[str, str, datetime | None] | None = None
+
+
+def customer_line(d: CardData) -> str:
+    """Orders, total spent and the latest order, so staff see who they are talking to."""
+    if not d.orders_count and d.last_order is None:
+        return "🛒 No orders on file"
+    line = f"🛒 {d.orders_count} order{'s' if d.orders_count != 1 else ''} · " \
+           f"{d.total_spent:.2f} {d.currency}".rstrip()
+    if d.last_order is not None:
+        number, status, placed = d.last_order
+        when = f" on {placed:%Y-%m-%d}" if placed is not None else ""
+        line += f" · last #{escape(number)}{when}: {escape(status)}"
+    return line
 
 
 def escape(text: str) -> str:
@@ -100,12 +119,15 @@ def card(d: CardData) -> tuple[str, list[dict[str, Any]]]:
     """(fallback text, blocks) of the escalation card."""
     via = CHANNEL_NAMES.get(d.channel, d.channel)
     title = f"Escalation #{d.escalation_id}: {short(d.customer, 80)} via {via}"
+    if d.priority:
+        title = "🔥 Priority · " + title
     fields = [f"*Language*\n{d.language or '?'}", f"*Stage*\n{d.stage or '-'}",
               f"*Why*\n{REASONS.get(d.reason, d.reason)}", f"*Team*\n{d.team or '-'}"]
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*🆘 {escape(title)}*"}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": status_line(d)}]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": customer_line(d)}]},
     ]
     if d.out_of_hours:
         blocks.append({"type": "context", "elements": [

@@ -16,13 +16,13 @@ from operator import attrgetter
 from typing import Any, Protocol
 
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot import desk_cards as cards
 from bot.db.engine import Database
-from bot.db.models import Conversation, Customer, DeskJob, Escalation, Message
+from bot.db.models import Conversation, Customer, DeskJob, Escalation, Message, Order
 from bot.errors import ChannelError, ChannelPermanentError, ChannelRateLimited
 from bot.queue import backoff, due_rows
 from channels.slack import call_slack
@@ -30,7 +30,7 @@ from faq.models import FaqEntry
 
 log = logging.getLogger(__name__)
 ES, CV, CU = Escalation.__table__.c, Conversation.__table__.c, Customer.__table__.c
-MS, DJ = Message.__table__.c, DeskJob.__table__.c
+MS, DJ, OR = Message.__table__.c, DeskJob.__table__.c, Order.__table__.c
 _CONFIG_ERRORS = {"not_in_channel", "channel_not_found"}  # fixable by inviting the app
 
 
@@ -155,8 +155,9 @@ class DeskPoster:
     async def _card_data(self, esc_id: int) -> tuple[cards.CardData, str, str | None] | None:
         async with self.db.read() as conn:
             r = (await conn.execute(
-                select(Escalation.__table__, CV.channel, CV.language, CV.stage,
-                       CU.display_name, CV.address)
+                select(Escalation.__table__, CV.channel, CV.language,
+                       func.coalesce(CU.stage, CV.stage).label("stage"), CU.display_name,
+                       CV.address, CU.orders_count, CU.total_spent, CV.customer_id)
                 .join(Conversation.__table__, CV.id == ES.conversation_id)
                 .join(Customer.__table__, CU.id == CV.customer_id)
                 .where(ES.id == esc_id))).first()
@@ -165,6 +166,10 @@ class DeskPoster:
             msgs = (await conn.execute(select(MS.author, MS.text, MS.attachments).where(
                 MS.conversation_id == r.conversation_id, MS.direction.in_(("in", "out")))
                 .order_by(MS.id.desc()).limit(6))).all()
+            last = (await conn.execute(select(OR.number, OR.status, OR.placed_at, OR.currency)
+                                       .where(OR.customer_id == r.customer_id)
+                                       .order_by(OR.placed_at.desc(), OR.id.desc()).limit(1))
+                    ).first()
         candidates = []
         for c in r.candidates or ():
             entry = self.faq.get(str(c.get("faq_id"))) if self.faq else None
@@ -181,5 +186,9 @@ class DeskPoster:
                 "out of hours: ") else None,
             messages=[cards.CardMessage(m.author, m.text, len(m.attachments or ()))
                       for m in reversed(msgs)],
-            candidates=candidates)
+            candidates=candidates, priority=bool(r.priority), orders_count=r.orders_count or 0,
+            total_spent=float(r.total_spent or 0.0),
+            currency=last.currency if last is not None else "",
+            last_order=None if last is None else (
+                (last.number or "").upper(), last.status, last.placed_at))
         return data, r.staff_channel or self.default_channel, r.staff_thread

@@ -25,6 +25,11 @@ DEFAULT_ROUTING = Path(__file__).resolve().parent / "data" / "routing.yaml"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 CONDITIONS = ("language", "stage", "faq_tag", "channel", "reason")
+#: conditions on the customer's value: the fact must be at least this much
+AMOUNTS = ("spend_min", "orders_min")
+_AMOUNT_FACTS = {"spend_min": "total_spent", "orders_min": "orders_count"}
+#: what a rule may set besides the team
+OUTCOMES = ("priority", "repost_after_minutes")
 
 DAY_NAMES = {
     "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
@@ -80,8 +85,14 @@ class Team:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    team: str
+    """Conditions (all must hold) and what they decide. Facts: language, stage (the
+    customer's), faq_tag, channel, reason, total_spent, orders_count."""
+
+    team: str | None
     when: Mapping[str, frozenset[str]]
+    amounts: Mapping[str, float] = field(default_factory=dict)
+    priority: bool = False
+    repost_after: timedelta | None = None
 
     def matches(self, facts: Mapping[str, Any]) -> bool:
         for key, wanted in self.when.items():
@@ -89,7 +100,24 @@ class Rule:
             values = set(value) if isinstance(value, (list, tuple, set, frozenset)) else {value}
             if not values & wanted:
                 return False
+        for key, least in self.amounts.items():
+            value = facts.get(_AMOUNT_FACTS[key])
+            if not isinstance(value, (int, float)) or value < least:
+                return False
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """Where an escalation goes, whether it is marked priority, and when to remind on-call."""
+
+    team: Team
+    priority: bool = False
+    repost_after: timedelta | None = None  # None: the team's own repost_after
+
+    @property
+    def reminder_after(self) -> timedelta:
+        return self.repost_after if self.repost_after is not None else self.team.repost_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +127,24 @@ class Routing:
     default_team: str
     survey: bool = True
     survey_hours: float = 24.0
+    handover: tuple[Rule, ...] = ()
 
     def route(self, facts: Mapping[str, Any]) -> Team:
         """The first rule whose conditions all hold picks the team; else the default team."""
+        return self.decide(facts).team
+
+    def decide(self, facts: Mapping[str, Any]) -> RouteDecision:
+        """The first matching rule's team, priority mark and reminder time."""
         for rule in self.rules:
             if rule.matches(facts):
-                return self.teams[rule.team]
-        return self.teams[self.default_team]
+                return RouteDecision(self.teams[rule.team or self.default_team], rule.priority,
+                                     rule.repost_after)
+        return RouteDecision(self.teams[self.default_team])
+
+    def hand_over(self, facts: Mapping[str, Any]) -> bool:
+        """Whether a person should answer instead of the bot (a `handover` rule holds), e.g. an
+        at-risk or top-spend customer asking about a refund or complaining."""
+        return any(rule.matches(facts) for rule in self.handover)
 
     def team(self, name: str | None) -> Team:
         return self.teams.get(name or "", self.teams[self.default_team])
@@ -185,16 +224,39 @@ def parse_routing(data: Any) -> Routing:
     for i, r in enumerate(data.get("rules") or (), start=1):
         if not isinstance(r, dict) or r.get("team") not in teams:
             raise ValueError(f"rule {i}: needs a team that is listed under teams")
-        unknown = set(r) - {"team", *CONDITIONS}
-        if unknown:
-            raise ValueError(f"rule {i}: unknown condition(s) {sorted(unknown)}; "
-                             f"use {', '.join(CONDITIONS)}")
-        when = {k: frozenset(str(v) for v in _as_list(r[k])) for k in CONDITIONS if k in r}
-        rules.append(Rule(team=r["team"], when=when))
+        rules.append(_rule(f"rule {i}", r, {"team", *OUTCOMES}))
+    handover = []
+    for i, r in enumerate(data.get("handover") or (), start=1):
+        if not isinstance(r, dict) or not r:
+            raise ValueError(f"handover rule {i}: needs conditions")
+        handover.append(_rule(f"handover rule {i}", r, set()))
     survey = data.get("satisfaction_survey", {}) or {}
     return Routing(teams=teams, rules=tuple(rules), default_team=default,
                    survey=bool(survey.get("enabled", True)),
-                   survey_hours=float(survey.get("answer_within_hours", 24)))
+                   survey_hours=float(survey.get("answer_within_hours", 24)),
+                   handover=tuple(handover))
+
+
+def _rule(where: str, r: dict[str, Any], extra: set[str]) -> Rule:
+    unknown = set(r) - {*extra, *CONDITIONS, *AMOUNTS}
+    if unknown:
+        raise ValueError(f"{where}: unknown condition(s) {sorted(unknown)}; "
+                         f"use {', '.join((*CONDITIONS, *AMOUNTS))}")
+    when = {k: frozenset(str(v) for v in _as_list(r[k])) for k in CONDITIONS if k in r}
+    amounts = {}
+    for key in AMOUNTS:
+        if key in r:
+            value = r[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{where}: {key} must be a number >= 0")
+            amounts[key] = float(value)
+    repost = r.get("repost_after_minutes")
+    if repost is not None and (isinstance(repost, bool) or not isinstance(repost, (int, float))
+                               or repost <= 0):
+        raise ValueError(f"{where}: repost_after_minutes must be a number > 0")
+    return Rule(team=r.get("team"), when=when, amounts=amounts,
+                priority=bool(r.get("priority", False)),
+                repost_after=timedelta(minutes=float(repost)) if repost is not None else None)
 
 
 def _as_list(value: Any) -> Sequence[Any]:

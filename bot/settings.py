@@ -150,6 +150,26 @@ class Settings(BaseSettings):
         None, description="Desk routing rules: teams, channels, hours, on-call "
                           "(default bot/data/routing.yaml)")
 
+    # --- store platforms' webhooks (each on when its secret is set) --------------------------
+    shopify_webhook_secret: SecretStr | None = Field(
+        None, description="The app's client secret (or the store's webhook signing key): "
+        "POST /webhooks/shopify checks X-Shopify-Hmac-Sha256 with it")
+    woocommerce_webhook_secret: SecretStr | None = Field(
+        None, description="The secret of the WooCommerce webhooks: POST /webhooks/woocommerce "
+        "checks X-WC-Webhook-Signature with it")
+
+    # --- lifecycle schedule ---------------------------------------------------------------
+    lifecycle_schedule_seconds: float = Field(
+        3600.0, gt=0, description="How often time rules (no order for N days) are applied to "
+        "customers nobody heard from")
+
+    @field_validator("shopify_webhook_secret", "woocommerce_webhook_secret")
+    @classmethod
+    def _secret_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty; leave it unset to turn the webhook off")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:

@@ -20,6 +20,7 @@ from bot.errors import InputError, RateLimited
 from bot.metrics import metrics_view
 from bot.orders import push_orders
 from bot.reports import conversation_detail, list_escalations
+from bot.store_webhooks import StoreWebhooks
 
 if TYPE_CHECKING:
     from bot.app import Service
@@ -82,6 +83,7 @@ def build_http_app(service: Service) -> web.Application:
     app.router.add_get("/api/faq", admin_only(get_faq))
     for channel in service.channels.values():
         channel.routes(app)
+    StoreWebhooks(service).routes(app)  # Shopify / WooCommerce, each when its secret is set
     from bot.dashboard import add_routes as add_dashboard_routes  # it imports this module
 
     add_dashboard_routes(app)
@@ -147,7 +149,7 @@ async def post_customer_orders(request: web.Request) -> web.Response:
     orders = await _orders_from(await _json(request))
     async with service.db.write() as conn:
         result = await push_orders(conn, service.lifecycle.rules, int(request.match_info["id"]),
-                                   orders)
+                                   orders, now=service.clock())
     return web.json_response(result)
 
 
@@ -161,7 +163,8 @@ async def post_orders(request: web.Request) -> web.Response:
     async with service.db.write() as conn:
         customer_id = await find_or_create_by_contact(
             conn, email=body.get("email"), phone=body.get("phone"), name=body.get("name"))
-        result = await push_orders(conn, service.lifecycle.rules, customer_id, orders)
+        result = await push_orders(conn, service.lifecycle.rules, customer_id, orders,
+                                   now=service.clock())
     return web.json_response(result)
 
 

@@ -94,7 +94,7 @@ class Customer(Model, table=True):
     stage: str | None = Field(default=None, index=True)  # dashboard: customers per stage now
     orders_count: int = 0
     total_spent: float = 0.0
-    last_order_at: datetime | None = ts()
+    last_order_at: datetime | None = ts(index=True)  # the schedule's time rules
     merged_into: int | None = Field(default=None, foreign_key="customer.id")
     created_at: datetime = created()
 
@@ -255,6 +255,10 @@ class Escalation(Model, table=True):
     csat: int | None = None
     csat_asked_at: datetime | None = ts()
     created_at: datetime = created()
+    #: set by the routing rule (bot/data/routing.yaml): a valued or at-risk customer
+    priority: bool = False
+    #: the routing rule's reminder time; None = the team's repost_after_minutes
+    repost_after_minutes: float | None = None
 
 
 class DeskJob(Model, table=True):
@@ -276,17 +280,80 @@ class DeskJob(Model, table=True):
 
 
 class Order(Model, table=True):
-    """What the store told us a customer bought (pushed by API or CSV import)."""
+    """What the store told us a customer bought: by API, CSV import or a store's webhooks.
+
+    `external_id` is the store's id (prefixed "shopify:" / "woocommerce:" for webhook orders);
+    `number` is what the customer sees and types ("1001" for Shopify's "#1001", "A-1001"),
+    kept lower case without "#" so a message's order number finds it."""
 
     __tablename__ = "orders"
-    __table_args__ = (UniqueConstraint("customer_id", "external_id"),)
+    __table_args__ = (UniqueConstraint("customer_id", "external_id"),
+                      Index("ix_orders_customer_number", "customer_id", "number"),
+                      Index("ix_orders_external_id", "external_id"))
     id: int | None = Field(default=None, primary_key=True)
     customer_id: int = Field(foreign_key="customer.id", index=True)
     external_id: str
     total: float = 0.0
     currency: str = "EUR"
-    status: str = "placed"  # placed, fulfilled, returned, cancelled
+    #: placed, paid, fulfilled, delivered, returned, cancelled, refunded
+    status: str = "placed"
     placed_at: datetime = created()
+    source: str = "api"  # api, csv, shopify, woocommerce
+    number: str | None = None
+    financial_status: str | None = None  # the store's own words (paid, pending, refunded...)
+    fulfillment_status: str | None = None  # the store's own words (fulfilled, partial...)
+    tracking_number: str | None = None
+    tracking_url: str | None = None
+    carrier: str | None = None
+    shipment_status: str | None = None  # in_transit, out_for_delivery, delivered, failure...
+    expected_delivery_at: datetime | None = ts()
+    delivered_at: datetime | None = ts()
+    cancelled_at: datetime | None = ts()
+    line_items: list[dict[str, Any]] | None = json_field(None)
+    #: the store's last-modified time of the data we hold: older webhooks do not overwrite it
+    updated_at: datetime | None = ts()
+
+
+class Checkout(Model, table=True):
+    """A checkout the store told us about (Shopify checkouts/create, checkouts/update)."""
+
+    __table_args__ = (UniqueConstraint("external_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int | None = Field(default=None, foreign_key="customer.id", index=True)
+    external_id: str
+    abandoned_checkout_url: str | None = None
+    total: float = 0.0
+    currency: str = "EUR"
+    line_items: list[dict[str, Any]] | None = json_field(None)
+    completed_at: datetime | None = ts()
+    created_at: datetime = created()
+    updated_at: datetime | None = ts()
+
+
+class StoreEvent(Model, table=True):
+    """A store webhook we applied, by the platform's delivery id: a redelivery is a no-op."""
+
+    __tablename__ = "store_event"
+    __table_args__ = (UniqueConstraint("source", "event_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    source: str  # shopify, woocommerce
+    event_id: str
+    topic: str
+    received_at: datetime = created()
+
+
+class ScheduledStage(Model, table=True):
+    """A time rule the schedule applied to a customer, once per customer per transition:
+    `basis` is the customer's last order time the rule counted from, so a customer who orders
+    again and lapses again is moved again, and never twice for the same lapse."""
+
+    __tablename__ = "scheduled_stage"
+    __table_args__ = (UniqueConstraint("customer_id", "rule", "basis"),)
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    rule: str
+    basis: str
+    created_at: datetime = created()
 
 
 class ChannelState(Model, table=True):

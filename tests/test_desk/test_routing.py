@@ -3,6 +3,7 @@ re-posts of untaken escalations through the real service with a controlled clock
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -223,3 +224,52 @@ async def test_waiting_time_on_the_card_is_refreshed(start_desk: Any, slack: Fak
         assert await service.desk.refresh_waiting() == 0  # not again right away
     finally:
         await session.close()
+
+
+def test_customer_value_priority_and_handover() -> None:
+    r = parse_routing(yaml.safe_load("""
+teams: {support: {repost_after_minutes: 15}, keep: {channel: CKEEP}}
+rules:
+  - {team: keep, stage: [at_risk], priority: true, repost_after_minutes: 5}
+  - {team: support, spend_min: 500, orders_min: 2, priority: true}
+handover:
+  - {stage: [at_risk], faq_tag: [returns, complaint]}
+  - {spend_min: 500, faq_tag: [returns]}
+"""))
+    at_risk = r.decide({"stage": "at_risk", "total_spent": 10.0})
+    assert (at_risk.team.name, at_risk.priority) == ("keep", True)
+    assert at_risk.reminder_after == timedelta(minutes=5)
+    top = r.decide({"stage": "retention", "total_spent": 800.0, "orders_count": 3})
+    assert (top.team.name, top.priority, top.reminder_after) == ("support", True,
+                                                                  timedelta(minutes=15))
+    plain = r.decide({"stage": "retention", "total_spent": 800.0, "orders_count": 1})
+    assert not plain.priority and r.route({"total_spent": "lots"}).name == "support"
+    assert r.hand_over({"stage": "at_risk", "faq_tag": ["complaint"]})
+    assert r.hand_over({"total_spent": 501.0, "faq_tag": ["returns", "money"]})
+    assert not r.hand_over({"stage": "retention", "faq_tag": ["returns"]})
+    assert not r.hand_over({"stage": "at_risk", "faq_tag": ["shipping"]})
+    for bad, message in (({"rules": [{"team": "support", "spend_min": "x"}]}, "spend_min"),
+                         ({"rules": [{"team": "support", "repost_after_minutes": 0}]},
+                          "repost_after_minutes"),
+                         ({"handover": [{"vip": True}]}, "unknown condition")):
+        with pytest.raises(ValueError, match=message):
+            parse_routing({"teams": {"support": {}}, **bad})
+
+
+def test_card_shows_priority_stage_and_orders() -> None:
+    from bot import desk_cards as cards
+
+    data = cards.CardData(
+        escalation_id=7, status="open", reason="order_problem", customer="Ann", channel="webchat",
+        language="en", stage="at_risk", team="support", created_at=MONDAY, now=MONDAY,
+        priority=True, orders_count=3, total_spent=640.5, currency="EUR",
+        last_order=("A-1003", "fulfilled", MONDAY - timedelta(days=2)))
+    text, blocks = cards.card(data)
+    rendered = json.dumps(blocks, ensure_ascii=False)
+    assert "🔥 Priority" in rendered and "*Stage*\\nat_risk" in rendered
+    assert "3 orders · 640.50 EUR · last #A-1003 on 2026-11-21: fulfilled" in rendered
+    plain = cards.card(cards.CardData(
+        escalation_id=8, status="open", reason="no_match", customer="Bob", channel="webchat",
+        language="en", stage=None, team=None, created_at=MONDAY, now=MONDAY))[1]
+    assert "No orders on file" in json.dumps(plain) and "Priority" not in json.dumps(plain)
+    assert text
