@@ -82,7 +82,9 @@ class Service:
             stored_delivery=frozenset(name for name, channel in self.channels.items()
                                       if channel.delivers_by_storing),
             threads_own=frozenset(name for name, channel in self.channels.items()
-                                  if channel.threads_are_conversations)),
+                                  if channel.threads_are_conversations),
+            unverified=frozenset(name for name, channel in self.channels.items()
+                                 if not channel.vouches_for_contacts)),
             desk=self.desk, clock=self.clock)
         self.outbox = OutboxSender(self.db, self.metrics.instrument(self.channels),
                                    concurrency=settings.send_concurrency,

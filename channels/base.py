@@ -149,6 +149,9 @@ class Channel(abc.ABC):
     #: True when each platform thread is a conversation of its own (a Slack channel where
     #: every top-level message starts one); elsewhere a new thread joins the open conversation
     threads_are_conversations: ClassVar[bool] = False
+    #: False when the customer's address and contact details are only what they typed (the
+    #: web chat): nothing about their orders is told there
+    vouches_for_contacts: ClassVar[bool] = True
 
     def __init__(self, intake: Intake) -> None:
         self.intake = intake

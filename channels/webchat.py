@@ -63,6 +63,7 @@ _NEW_MESSAGES = (
 class WebChatChannel(Channel):
     name = "webchat"
     delivers_by_storing = True
+    vouches_for_contacts = False
 
     def __init__(self, intake: Intake, db: Database, *, max_text: int, per_minute: int) -> None:
         super().__init__(intake)

@@ -25,8 +25,8 @@ from faq.language import detect_language
 from faq.models import KINDS, STAGES, FaqEntry, Kind
 from faq.normalize import normalize
 
-KNOWN_KEYS = ("id", "questions", "answer", "stage", "tags", "escalate", "negatives", "kind",
-              "draft")
+KNOWN_KEYS = ("id", "questions", "answer", "answer_with_order", "stage", "tags", "escalate",
+              "negatives", "kind", "draft")
 #: answers that mean "not written yet" (what `faq suggest` puts in its drafts)
 PLACEHOLDERS = frozenset({"todo", "tbd", "fixme", "xxx", "..."})
 REQUIRED_LANGUAGES = ("en", "it", "th")
@@ -172,6 +172,8 @@ def _parse_entry(name: str, node: yaml.Node, problems: list[Problem]) -> FaqEntr
     questions = _string_list(name, fields.get("questions"), f"{label}: questions", line,
                              problems, required=True)
     kind = _kind(name, fields.get("kind"), label, problems)
+    order_answers = (_answers(name, fields["answer_with_order"], f"{label}: answer_with_order",
+                              line, problems) if "answer_with_order" in fields else {})
     answers = ({} if kind == "small_talk" and "answer" not in fields
                else _answers(name, fields.get("answer"), label, line, problems))
     stage = _stage(name, fields.get("stage"), label, problems)
@@ -199,6 +201,7 @@ def _parse_entry(name: str, node: yaml.Node, problems: list[Problem]) -> FaqEntr
         escalate=escalate,
         negatives=tuple(negatives),
         kind=kind,
+        order_answers=order_answers,
         source=name,
         line=line or 0,
     )

@@ -33,6 +33,9 @@ class FaqEntry:
     escalate: bool = False
     negatives: tuple[str, ...] = ()
     kind: Kind = "answer"
+    #: the answer when the customer's order is known (`$order_number`, `$tracking_url`...),
+    #: by language; `answers` stays the fallback for customers without one
+    order_answers: Mapping[str, str] = field(default_factory=dict)
     source: str = ""
     line: int = 0
 
@@ -46,13 +49,16 @@ class FaqEntry:
         """
         if not self.answers:
             return "", lang
+        answers = self.answers
+        if self.order_answers and variables and variables.get("order_number"):
+            answers = self.order_answers
         for candidate in (lang, default_lang, "default"):
-            if candidate in self.answers:
-                text = self.answers[candidate]
+            if candidate in answers:
+                text = answers[candidate]
                 used = default_lang if candidate == "default" else candidate
                 break
         else:
-            used, text = next(iter(self.answers.items()))
+            used, text = next(iter(answers.items()))
         if variables:
             text = string.Template(text).safe_substitute(variables)
         return text, used

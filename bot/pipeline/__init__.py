@@ -21,6 +21,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.lifecycle import LifecycleRules, StageSignal
+from bot.order_context import OrderContext, named_numbers, order_context
 from bot.pipeline import rules
 from bot.pipeline.load import Loaded, Sender, SurveySource, load, pick_conversation
 from bot.pipeline.rules import ConversationState, Decision, RuleConfig, Turn
@@ -77,6 +78,9 @@ class PipelineConfig:
     stored_delivery: frozenset[str] = frozenset()
     #: channels whose threads are separate conversations (Slack customer channels)
     threads_own: frozenset[str] = frozenset()
+    #: channels where the customer's contact details are only typed in (the web chat): their
+    #: conversations are told nothing about orders
+    unverified: frozenset[str] = frozenset()
 
 
 class Pipeline:
@@ -97,7 +101,8 @@ class Pipeline:
             desk_available=desk is not None,
             queue_notice=desk.queue_notice if desk is not None else r.queue_notice,
             complaint_entry=self._complaint_entry, rematch=self._match)
-        return PipelineConfig(rule_config, config.stored_delivery, config.threads_own)
+        return PipelineConfig(rule_config, config.stored_delivery, config.threads_own,
+                              config.unverified)
 
     def _match(self, text: str) -> MatchResult:
         return self.faq.matcher.match(text)
@@ -120,16 +125,34 @@ class Pipeline:
         now = self.clock()
         loaded = await load(conn, messages, surveys=self.desk, now=now,
                             stored_delivery=self.config.stored_delivery)
+        orders = await self._orders(conn, messages, seen, loaded)
         plan = Plan()
         for index, (msg, understood) in enumerate(zip(messages, seen, strict=True)):
-            self._plan(plan, index, msg, understood, loaded, now)
+            self._plan(plan, index, msg, understood, loaded, now, orders.get(index))
         await write(conn, plan, stored_delivery=self.config.stored_delivery, desk=self.desk,
                     now=now)
         last_ids = dict(loaded.last_ids)
         return [_outcome(p, now, last_ids) for p in plan.planned]
 
+    async def _orders(self, conn: AsyncConnection, messages: Sequence[InboundMessage],
+                      seen: Sequence[Understanding], loaded: Loaded) -> dict[int, OrderContext]:
+        """The order each message is about, for customers with orders who name one or ask an
+        order question; never on a channel whose contact details nobody vouches for."""
+        found: dict[int, OrderContext] = {}
+        for index, (msg, understood) in enumerate(zip(messages, seen, strict=True)):
+            sender = loaded.senders[(msg.channel, msg.who)]
+            if not sender.facts.orders_count or msg.channel in self.config.unverified:
+                continue
+            about_orders = any(a.entry is not None and (a.entry.order_answers
+                                                        or "orders" in a.entry.tags)
+                               for a in (understood.match, *understood.answers) if a)
+            if about_orders or named_numbers(msg.text):
+                found[index] = await order_context(conn, customer_id=sender.customer_id,
+                                                   text=msg.text)
+        return found
+
     def _plan(self, plan: Plan, index: int, msg: InboundMessage, seen: Understanding,
-              loaded: Loaded, now: datetime) -> None:
+              loaded: Loaded, now: datetime, order: OrderContext | None) -> None:
         sender = loaded.senders[(msg.channel, msg.who)]
         survey = loaded.surveys.get(index)
         if survey is not None:
@@ -144,7 +167,7 @@ class Pipeline:
                 plan.opened.append((conv, sender))
         lang = msg.language_hint or detect_language(
             msg.text, default=conv.language or self.config.rules.default_language)
-        turn = Turn(msg, seen, conv, lang, now, self.config.rules, survey)
+        turn = Turn(msg, seen, conv, lang, now, self.config.rules, survey, order)
         decision = rules.decide(turn)
         planned = Planned(index, msg, sender, conv, lang, decision, plan.next_round(conv))
         plan.planned.append(planned)

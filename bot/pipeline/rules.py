@@ -15,6 +15,7 @@ from typing import Any
 
 from rapidfuzz import fuzz
 
+from bot.order_context import ORDER_PROBLEM, OrderContext, order_problem, variables_for
 from bot.pipeline import signals
 from bot.pipeline.understand import Understanding
 from bot.texts import text_for
@@ -111,7 +112,13 @@ class Turn:
     now: datetime
     config: RuleConfig
     survey: PendingSurvey | None = None
+    #: the customer's order this message is about (only theirs, by a verified identity)
+    order: OrderContext | None = None
     variables: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.order is not None and self.order.order is not None:
+            self.variables = {**variables_for(self.order.order, self.lang), **self.variables}
 
     def text(self, key: str) -> Reply:
         return Reply(text_for(key, self.lang, self.config.default_language), self.lang)
@@ -188,6 +195,15 @@ def not_helped(t: Turn) -> Decision | None:
     return _escalate(t, "repeated_question", t.hand_over("escalated"))
 
 
+def order_needs_a_person(t: Turn) -> Decision | None:
+    """The order asked about is late, or marked delivered while the customer says it never
+    came: no canned answer fixes that."""
+    facts = t.order.order if t.order is not None else None
+    if facts is None or not order_problem(facts, t.msg.text, t.now, t.lang):
+        return None
+    return _escalate(t, ORDER_PROBLEM, t.hand_over("escalated"))
+
+
 def answer(t: Turn) -> Decision | None:
     if not t.seen.answers:
         return None
@@ -258,7 +274,8 @@ def no_match(t: Turn) -> Decision:
 
 
 RULES: tuple[Rule, ...] = (
-    survey_answer, person_owns, while_waiting, complaint, asked_for_person, not_helped, answer,
+    survey_answer, person_owns, while_waiting, complaint, asked_for_person, not_helped,
+    order_needs_a_person, answer,
     small_talk, follow_up, vague, entry_escalates, ambiguous, attachment_only,
 )
 
