@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 
 from bot.app import Service
 from bot.db.models import (
@@ -27,7 +27,7 @@ from bot.db.models import (
     InboxItem,
     Message,
 )
-from bot.queue import enqueue_outbound
+from bot.replies import OutgoingReply, queue_replies
 from tests.conftest import ADMIN_TOKEN, chat
 from tests.fakes.twilio import (
     ACCOUNT_SID,
@@ -227,12 +227,9 @@ async def test_outside_24h_window_sends_the_template_and_records_63016(
         conv = (await conn.execute(select(Conversation.id))).scalar_one()
         await conn.execute(update(Conversation).where(Conversation.id == conv).values(
             last_inbound_at=datetime.now(UTC) - timedelta(hours=25)))
-        msg_id = (await conn.execute(insert(Message).values(
-            conversation_id=conv, direction="out", channel="whatsapp", author="staff:U1",
-            text="Your parcel left today.", status="pending", created_at=datetime.now(UTC))
-            .returning(Message.id))).scalar_one()
-        await enqueue_outbound(conn, message_id=msg_id, conversation_id=conv,
-                               channel="whatsapp")
+        (msg_id,) = await queue_replies(conn, [OutgoingReply(
+            conversation_id=conv, channel="whatsapp", text="Your parcel left today.", language="en",
+            author="staff:U1")], stored_delivery=(), now=datetime.now(UTC))
     service.outbox.wake()
     await wait_for(lambda: len(fake.accepted) == 2)
     template = fake.accepted[1]
@@ -261,12 +258,9 @@ async def test_outside_window_without_template_fails_clearly(fake: FakeTwilio,
         conv = (await conn.execute(select(Conversation.id))).scalar_one()
         await conn.execute(update(Conversation).values(
             last_inbound_at=datetime.now(UTC) - timedelta(days=2)))
-        msg_id = (await conn.execute(insert(Message).values(
-            conversation_id=conv, direction="out", channel="whatsapp", author="staff:U1",
-            text="Any news?", status="pending", created_at=datetime.now(UTC))
-            .returning(Message.id))).scalar_one()
-        await enqueue_outbound(conn, message_id=msg_id, conversation_id=conv,
-                               channel="whatsapp")
+        (msg_id,) = await queue_replies(conn, [OutgoingReply(
+            conversation_id=conv, channel="whatsapp", text="Any news?", language="en",
+            author="staff:U1")], stored_delivery=(), now=datetime.now(UTC))
     service.outbox.wake()
 
     async def failed() -> bool:
