@@ -198,6 +198,11 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    @property
+    def desk_configured(self) -> bool:
+        """Staff work in Slack: the bot may promise customers that a person will reply."""
+        return self.slack_bot_token is not None and bool(self.slack_staff_channel)
+
 
 class SemanticSettings(BaseSettings):
     """The FAQ neural mode's tuning (faq/semantic.py), read when FAQ_SEMANTIC_MODEL is set.

@@ -65,9 +65,12 @@ class WebChatChannel(Channel):
     delivers_by_storing = True
     vouches_for_contacts = False
 
-    def __init__(self, intake: Intake, db: Database, *, max_text: int, per_minute: int) -> None:
+    def __init__(self, intake: Intake, db: Database, *, max_text: int, per_minute: int,
+                 staffed: bool = False) -> None:
         super().__init__(intake)
         self.db = db
+        #: a person can pick escalations up, so the page may say one will reply
+        self.staffed = staffed
         self.max_text = max_text
         self.visitor_limit = RateLimiter(per_minute)
         self.ip_limit = RateLimiter(per_minute * 10)
@@ -83,7 +86,8 @@ class WebChatChannel(Channel):
         if not ctx.settings.webchat_enabled:
             return None
         return cls(ctx.intake, ctx.db, max_text=ctx.settings.max_text_chars,
-                   per_minute=ctx.settings.webchat_rate_per_minute)
+                   per_minute=ctx.settings.webchat_rate_per_minute,
+                   staffed=ctx.settings.desk_configured)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.page)
@@ -162,7 +166,7 @@ class WebChatChannel(Channel):
         messages = await self._new_messages(visitor, after)
         if not messages and wait > 0:
             messages = await self._wait_for(visitor, after, wait)
-        return web.json_response({"messages": messages}, dumps=_dumps)
+        return web.json_response({"messages": messages, "staffed": self.staffed}, dumps=_dumps)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         visitor = _visitor(request)
