@@ -7,12 +7,14 @@ the phone number the order carries, so the channel itself vouches for who they a
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 from sqlalchemy import select
 
 from bot.app import Service
+from bot.clock import FrozenClock
 from bot.db.models import Escalation, Message
 from channels.base import InboundMessage
 from tests.test_bot.test_store_webhooks import SHOPIFY_ORDER, post_shopify
@@ -79,3 +81,17 @@ async def test_delivered_but_never_came_goes_to_a_person(
     assert (await post_shopify(http, order, "orders/fulfilled", "w3"))[0] == 200
     _, reasons = await ask(shop, PHONE, "my order 1001 says delivered but it never arrived", 4)
     assert reasons == ["order_problem"]
+
+
+async def test_an_order_update_changes_the_answer(shop: Service, http: aiohttp.ClientSession,
+                                                  clock: FrozenClock) -> None:
+    paid = shipped(1001, PHONE)
+    paid.update(fulfillment_status=None, fulfillments=[])
+    assert (await post_shopify(http, paid, "orders/paid", "w5"))[0] == 200
+    (before,), _ = await ask(shop, PHONE, "Where is my order #1001?", 5)
+    assert "1001" in before and "ups.example" not in before
+
+    clock.advance(timedelta(days=1))  # the next day the order ships and they ask again
+    assert (await post_shopify(http, shipped(1001, PHONE), "orders/fulfilled", "w6"))[0] == 200
+    (after,), _ = await ask(shop, PHONE, "Where is my order #1001?", 6)
+    assert "https://ups.example/1001" in after and after != before

@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from bot.app import Service
+from bot.db.models import Customer
 from tests.conftest import eventually, next_reply, stays, transcript
-from tests.fakes.slack import FakeSlack
+from tests.fakes.slack import FakeSlack, click
 from tests.test_desk.conftest import STAFF, blocks_text, card_of, escalation
-from tests.test_desk.test_desk import last_id, new_reply, say, webchat
+from tests.test_desk.test_desk import conversation_status, last_id, new_reply, say, webchat
 
 HUMAN = "I want to talk to a human please"
 
@@ -98,3 +101,32 @@ teams:
 
 async def _has_text(session: Any, visitor: str, text: str) -> bool:
     return any(m["text"] == text for m in await transcript(session, visitor))
+
+
+async def test_a_complaint_while_a_person_owns_the_conversation_marks_the_customer_at_risk(
+        start_desk: Any, slack: FakeSlack) -> None:
+    service, _ = await start_desk()
+    session, visitor = await webchat(service, HUMAN, name="Cleo")
+    try:
+        await next_reply(session, visitor)
+        ts, _ = await card_of(service, slack)
+        esc = await escalation(service)
+        assert await click(service, "desk_take", str(esc.id), message_ts=ts) == 200
+        assert await conversation_status(service) == "human"
+        seen = await last_id(session, visitor)
+        await say(service, "worst shop ever, I want my money back", visitor)
+
+        async def at_risk() -> bool:
+            async with service.db.read() as conn:
+                return (await conn.execute(select(Customer.stage))).scalar_one() == "at_risk"
+        await eventually(at_risk, what="the customer is at_risk")
+
+        async def bot_silent() -> bool:
+            return not [m for m in await transcript(session, visitor, seen) if m["from"] != "you"]
+        await stays(bot_silent, window=0.5, what="the bot stays out while a person owns it")
+        await eventually(lambda: any("worst shop ever" in str(c.params.get("text"))
+                                     for c in slack.posts(STAFF, thread=ts)),
+                         what="the complaint reaches the staff thread")
+    finally:
+        await session.close()
+
