@@ -20,11 +20,12 @@ from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
 from bot.lifecycle_schedule import StageSchedule
 from bot.metrics import Metrics, metrics_view
+from bot.outbox import OutboxSender
 from bot.pipeline import Outcome, Pipeline, PipelineConfig, RuleConfig
 from bot.queue import Inbox, QueuedItem
 from bot.settings import Settings
 from bot.web import build_http_app
-from bot.worker import OutboxSender, WorkerPool
+from bot.worker import WorkerPool
 from channels import CHANNELS
 from channels.base import Channel, ChannelContext
 from faq.store import FaqStore
@@ -88,7 +89,8 @@ class Service:
             desk=self.desk, clock=self.clock)
         self.outbox = OutboxSender(self.db, self.metrics.instrument(self.channels),
                                    concurrency=settings.send_concurrency,
-                                   max_attempts=settings.send_max_attempts)
+                                   max_attempts=settings.send_max_attempts,
+                                   send_timeout=settings.send_timeout)
         self.workers = WorkerPool(self.db, self.inbox, self.pipeline, workers=settings.workers,
                                   batch=settings.queue_batch, on_committed=self.outbox.wake)
         self.workers.listeners.append(self.metrics.on_outcome)

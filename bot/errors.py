@@ -96,6 +96,11 @@ class ChannelTemporaryError(ChannelError):
     """A failure worth retrying: 5xx, timeouts, dropped connections."""
 
 
+class ChannelOutcomeUnknown(ChannelTemporaryError):
+    """The request left but no answer came back (timeout, dropped connection): the platform may
+    have the message. Retried, since a possible duplicate is better than a lost answer."""
+
+
 class ChannelPermanentError(ChannelError):
     """The platform refused this message for good; retrying would not help."""
 

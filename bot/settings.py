@@ -71,8 +71,12 @@ class Settings(BaseSettings):
     inbox_keep_hours: float = Field(
         72.0, ge=1, description="Handled inbox rows are kept this long, so a platform's late "
         "redelivery is still recognised as a duplicate, then removed")
-    send_concurrency: int = Field(16, ge=1, le=256)
+    send_concurrency: int = Field(
+        16, ge=1, le=256, description="Conversations whose replies are being sent at once")
     send_max_attempts: int = Field(8, ge=1, le=100)
+    send_timeout: float = Field(
+        20.0, ge=1, le=120, description="Seconds one send may take before it is cut and "
+        "retried (the platform may have it: a possible duplicate, never a lost answer)")
 
     # --- scale-out (PostgreSQL + Redis, several processes) ----------------------------------
     redis_prefix: str = Field("storedesk", description="Key prefix in Redis")

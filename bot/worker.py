@@ -1,10 +1,8 @@
-"""The loops that drain the queues: inbound workers and the outbox sender.
+"""The inbound workers (the outbox sender is bot/outbox.py).
 
 Workers take their shard of the inbox in order and handle a batch of messages in one
 transaction, with a savepoint per message, so a crash re-does whole messages and a message
-that raises is retried later without undoing its neighbours. The sender delivers outbox rows
-per conversation in order, concurrently across conversations, and retries failures with
-backoff that honours the platform's Retry-After.
+that raises is retried later without undoing its neighbours.
 """
 
 from __future__ import annotations
@@ -13,26 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.engine import Database
 from bot.db.models import Conversation, Message, OutboxItem
-from bot.errors import (
-    ChannelAuthError,
-    ChannelError,
-    ChannelPermanentError,
-    ChannelRateLimited,
-)
 from bot.pipeline import Outcome, Pipeline
-from bot.queue import Inbox, QueuedItem, backoff
-from channels.base import Attachment, Channel, OutboundMessage, SendResult
+from bot.queue import Inbox, QueuedItem
 
 log = logging.getLogger(__name__)
 OB = OutboxItem.__table__.c
@@ -159,180 +144,6 @@ class WorkerPool:
             if await self.inbox.retry_later(item, error):
                 log.error("message %d dead-lettered after %d attempts: %s", item.id,
                           item.attempts + 1, error)
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    outbox_id: int
-    attempts: int
-    message: OutboundMessage
-
-
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    """A delivered reply, recorded with the others of its round in one executemany."""
-
-    job: _Job
-    result: SendResult
-
-
-_Update = Callable[[AsyncConnection], Awaitable[None]] | _Sent
-_OUTBOX_SENT = (update(OutboxItem.__table__).where(OB.id == bindparam("ob_id"))
-                .values(status="sent", sent_at=bindparam("now"), attempts=bindparam("attempts")))
-_MESSAGE_SENT = (update(Message.__table__).where(MS.id == bindparam("msg_id"))
-                 .values(status=bindparam("status"), provider_id=bindparam("provider_id"),
-                         sent_at=bindparam("now"), error=None))
-
-
-class OutboxSender:
-    """Delivers queued replies through their channel."""
-
-    def __init__(self, db: Database, channels: Mapping[str, Channel], *, concurrency: int,
-                 max_attempts: int, batch: int = 200) -> None:
-        self.db = db
-        self.channels = channels
-        self.max_attempts = max_attempts
-        self.batch = batch
-        self.semaphore = asyncio.Semaphore(concurrency)
-        self.wakeup = asyncio.Event()
-        self.sent = 0
-        self.failed = 0
-        self.on_sent: list[Callable[[OutboundMessage, SendResult], Awaitable[None]]] = []
-        #: called inside the transaction that records a permanent failure (outbox id, message,
-        #: error), so e.g. the desk's notice is as durable as the failure itself
-        self.on_failed: list[Callable[[AsyncConnection, int, OutboundMessage, str],
-                                      Awaitable[None]]] = []
-
-    def wake(self) -> None:
-        self.wakeup.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                jobs, next_due = await self._due()
-            except Exception:
-                log.exception("outbox: could not read pending replies; retrying in 1 s")
-                await _sleep_or_stop(stop, 1.0)
-                continue
-            if not jobs:
-                self.wakeup.clear()
-                await _wait_event_or_stop(self.wakeup, stop, timeout=min(next_due, 1.0))
-                continue
-            await self._deliver(jobs)
-
-    async def _due(self) -> tuple[list[_Job], float]:
-        now = datetime.now(UTC)
-        stmt = (select(OB.id, OB.attempts, OB.next_attempt_at, OB.conversation_id, OB.channel,
-                       MS.id.label("message_id"), MS.text, MS.attachments, MS.meta,
-                       CV.address, CV.thread, CV.meta.label("conv_meta"))
-                .join(Message.__table__, MS.id == OB.message_id)
-                .join(Conversation.__table__, CV.id == OB.conversation_id)
-                .where(OB.status == "pending").order_by(OB.id).limit(self.batch))
-        async with self.db.read() as conn:
-            rows = (await conn.execute(stmt)).all()
-        jobs: list[_Job] = []
-        waiting: set[int] = set()
-        next_due = 1.0
-        for r in rows:
-            if r.conversation_id in waiting:
-                continue
-            if r.next_attempt_at is not None and r.next_attempt_at > now:
-                waiting.add(r.conversation_id)
-                next_due = min(next_due, (r.next_attempt_at - now).total_seconds())
-                continue
-            meta = dict(r.conv_meta or {})
-            meta.update(r.meta or {})
-            jobs.append(_Job(r.id, r.attempts, OutboundMessage(
-                channel=r.channel, address=r.address, text=r.text, message_id=r.message_id,
-                conversation_id=r.conversation_id, thread=r.thread,
-                attachments=tuple(Attachment(**a) for a in r.attachments or ()), meta=meta)))
-        return jobs, max(next_due, 0.01)
-
-    async def _deliver(self, jobs: list[_Job]) -> None:
-        by_conversation: dict[int, list[_Job]] = defaultdict(list)
-        for job in jobs:
-            by_conversation[job.message.conversation_id].append(job)
-        results = await asyncio.gather(*(self._send_in_order(js)
-                                         for js in by_conversation.values()))
-        updates = [u for batch in results for u in batch]
-        sent = [u for u in updates if isinstance(u, _Sent)]
-        async with self.db.write() as conn:
-            if sent:  # the common case, in two statements whatever the batch size
-                now = datetime.now(UTC)
-                await conn.execute(_OUTBOX_SENT, [
-                    {"ob_id": u.job.outbox_id, "attempts": u.job.attempts + 1, "now": now}
-                    for u in sent])
-                await conn.execute(_MESSAGE_SENT, [
-                    {"msg_id": u.job.message.message_id, "status": u.result.status,
-                     "provider_id": u.result.provider_id, "now": now} for u in sent])
-            for apply in updates:
-                if not isinstance(apply, _Sent):
-                    await apply(conn)
-
-    async def _send_in_order(self, jobs: list[_Job]) -> list[_Update]:
-        updates: list[_Update] = []
-        async with self.semaphore:
-            for job in jobs:
-                update_fn, ok = await self._send_one(job)
-                updates.append(update_fn)
-                if not ok:  # later replies of this conversation wait for this one
-                    break
-        return updates
-
-    async def _send_one(self, job: _Job) -> tuple[_Update, bool]:
-        channel = self.channels.get(job.message.channel)
-        try:
-            if channel is None:
-                raise ChannelPermanentError(f"channel {job.message.channel!r} is not configured")
-            result = await channel.send(job.message)
-        except ChannelRateLimited as exc:
-            return self._retry(job, str(exc), delay=max(exc.retry_after, 0.5)), False
-        except (ChannelPermanentError, ChannelAuthError) as exc:
-            return self._fail(job, f"{type(exc).__name__}: {exc}"), True
-        except ChannelError as exc:
-            return self._retry(job, f"{type(exc).__name__}: {exc}"), False
-        except Exception as exc:
-            log.exception("outbox %d: unexpected error from %s", job.outbox_id, channel)
-            return self._retry(job, f"{type(exc).__name__}: {exc}"), False
-        self.sent += 1
-        for hook in self.on_sent:
-            await hook(job.message, result)
-        return self._mark_sent(job, result), True
-
-    @staticmethod
-    def _mark_sent(job: _Job, result: SendResult) -> _Sent:
-        return _Sent(job, result)
-
-    def _retry(self, job: _Job, error: str, delay: float | None = None) -> Callable[
-            [AsyncConnection], Awaitable[None]]:
-        attempts = job.attempts + 1
-        if attempts >= self.max_attempts:
-            return self._fail(job, f"gave up after {attempts} attempts: {error}")
-        wait = delay if delay is not None else backoff(attempts)
-        log.warning("outbox %d via %s: attempt %d failed, retrying in %.1f s: %s",
-                    job.outbox_id, job.message.channel, attempts, wait, error)
-
-        async def apply(conn: AsyncConnection) -> None:
-            await conn.execute(update(OutboxItem.__table__).where(OB.id == job.outbox_id).values(
-                attempts=attempts, last_error=error[:2000],
-                next_attempt_at=datetime.now(UTC) + timedelta(seconds=wait)))
-            await conn.execute(update(Message.__table__).where(MS.id == job.message.message_id)
-                               .values(error=error[:2000]))
-        return apply
-
-    def _fail(self, job: _Job, error: str) -> Callable[[AsyncConnection], Awaitable[None]]:
-        self.failed += 1
-        log.error("outbox %d via %s failed for good: %s", job.outbox_id, job.message.channel,
-                  error)
-
-        async def apply(conn: AsyncConnection) -> None:
-            await conn.execute(update(OutboxItem.__table__).where(OB.id == job.outbox_id).values(
-                status="failed", attempts=job.attempts + 1, last_error=error[:2000]))
-            await conn.execute(update(Message.__table__).where(MS.id == job.message.message_id)
-                               .values(status="failed", error=error[:2000]))
-            for hook in self.on_failed:
-                await hook(conn, job.outbox_id, job.message, error)
-        return apply
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -42,6 +42,7 @@ from pydantic import ValidationError
 from bot.errors import (
     ChannelAuthError,
     ChannelError,
+    ChannelOutcomeUnknown,
     ChannelPermanentError,
     ChannelRateLimited,
     ChannelTemporaryError,
@@ -275,9 +276,8 @@ def _translate(exc: BaseException) -> ChannelError:
     """The one place aiogram's errors become ours.
 
     sendMessage is not idempotent and Telegram has no idempotency key: after a timeout or a
-    dropped connection we cannot know whether the message went out, so that is recorded as a
-    permanent "outcome unknown" failure rather than risking a double answer. Only errors raised
-    before the request reached Telegram (connection refused, DNS) are retried.
+    dropped connection we cannot know whether the message went out. That is "outcome unknown",
+    retried by the outbox: a customer may see an answer twice, but never misses one.
     """
     if isinstance(exc, TelegramRetryAfter):
         return ChannelRateLimited(f"telegram flood control: retry in {exc.retry_after} s",
@@ -295,9 +295,8 @@ def _translate(exc: BaseException) -> ChannelError:
     if isinstance(cause, aiohttp.ClientConnectorError):
         return ChannelTemporaryError(f"cannot reach the Telegram API: {cause}")
     if isinstance(exc, TelegramNetworkError | aiohttp.ClientError | TimeoutError):
-        return ChannelPermanentError(
-            f"outcome unknown (the request may have been delivered): {exc}; "
-            "check the chat and resend by hand if needed", code="unknown")
+        return ChannelOutcomeUnknown(
+            f"outcome unknown (the request may have been delivered): {type(exc).__name__}")
     if isinstance(exc, TelegramAPIError):
         return ChannelPermanentError(f"telegram refused the message: {exc.message}",
                                      code="400")

@@ -14,9 +14,9 @@ Twilio reports what happened later by status callback; we keep the furthest stat
 (callbacks arrive out of order) and record failures such as 63016 on the message row.
 
 Messages.create is not idempotent. After a timeout or a dropped connection we cannot know
-whether Twilio created the message, so the reply is marked failed with "outcome unknown"
-instead of being sent again; only errors before the request left (connection refused) and
-Twilio's 429/5xx answers are retried. Vendor errors become ours in `_translate` only.
+whether Twilio created the message: that is "outcome unknown", which the outbox retries (a
+possible duplicate rather than a lost answer), as it retries connection errors and Twilio's
+429/5xx answers. Vendor errors become ours in `_translate` only.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from bot.db.models import ChannelState, Conversation, Message, OutboxItem
 from bot.errors import (
     ChannelAuthError,
     ChannelError,
+    ChannelOutcomeUnknown,
     ChannelPermanentError,
     ChannelRateLimited,
     ChannelTemporaryError,
@@ -430,7 +431,6 @@ def _translate(exc: BaseException) -> ChannelError:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return ChannelTemporaryError(f"cannot reach the Twilio API: {exc}")
     if isinstance(exc, aiohttp.ClientError | TimeoutError):
-        return ChannelPermanentError(
-            f"outcome unknown (Twilio may have created the message): {type(exc).__name__}; "
-            "check the Twilio console before resending", code="unknown")
+        return ChannelOutcomeUnknown(
+            f"outcome unknown (Twilio may have created the message): {type(exc).__name__}")
     return ChannelPermanentError(f"twilio: {exc}")

@@ -4,7 +4,9 @@
 `{"ok": true, "result": ...}`. Implements getMe, sendMessage, getUpdates (long-polls until an
 update is pushed or `timeout` passes; an offset confirms earlier updates), setWebhook,
 deleteWebhook, getFile and GET /file/bot{token}/{path}. Every call is recorded. Scripted
-failures: 429 with `parameters.retry_after` and 400 "chat not found".
+failures: 429 with `parameters.retry_after`, 400 "chat not found", a send that hangs until the
+client gives up ("hang"), and chats whose sends hang until `release()` (`hold`), after which
+they are accepted, as a platform that was merely slow would.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ class FakeTelegram:
     failures: list[str] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
+    #: chat ids whose sendMessage hangs until `release()`
+    held: set[int] = field(default_factory=set)
     _new_update: asyncio.Event = field(default_factory=asyncio.Event)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     # --- test API --------------------------------------------------------------------------
@@ -53,6 +58,13 @@ class FakeTelegram:
 
     def fail_next(self, kind: str, count: int = 1) -> None:
         self.failures.extend([kind] * count)
+
+    def hold(self, *chat_ids: int) -> None:
+        self.held.update(chat_ids)
+
+    def release(self) -> None:
+        self.held.clear()
+        self._released.set()
 
     def calls_to(self, method: str) -> list[dict[str, Any]]:
         return [c.params for c in self.calls if c.method == method]
@@ -114,9 +126,13 @@ class FakeTelegram:
                 return _error(400, "Bad Request: chat not found")
             if kind == "blocked":
                 return _error(403, "Forbidden: bot was blocked by the user")
+            if kind == "hang":  # never answers: the client's timeout decides
+                await asyncio.Event().wait()
             return _error(500, "Internal Server Error")
-        params["_ok"] = True
         chat_id = int(params["chat_id"])
+        if chat_id in self.held:
+            await self._released.wait()
+        params["_ok"] = True
         return _ok({"message_id": next(self._ids), "date": int(time.time()),
                     "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "group"},
                     "from": BOT_USER, "text": params.get("text", "")})
@@ -158,6 +174,7 @@ async def fake_telegram() -> AsyncIterator[FakeTelegram]:
         yield fake
     finally:
         fake._new_update.set()
+        fake._released.set()
         await runner.cleanup()
 
 
