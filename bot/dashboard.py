@@ -37,6 +37,7 @@ from bot.errors import InputError, RateLimited
 from bot.ratelimit import RateLimiter
 from bot.reports import conversation_detail
 from bot.web import SERVICE
+from channels.edge import form_fields, id_param, read_body
 
 if TYPE_CHECKING:
     from bot.app import Service
@@ -132,8 +133,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     allowed, wait = request.app[LOGIN_LIMIT].allow(request.remote or "?")
     if not allowed:
         raise RateLimited("too many sign-in attempts", retry_after=wait)
-    form = await request.post()
-    given = str(form.get("token", "")).strip()
+    form = form_fields(await read_body(request), request.content_type)
+    given = form.get("token", "").strip()
     if not hmac.compare_digest(given.encode(), token.encode()):
         log.warning("dashboard sign-in refused from %s", request.remote)
         return _login_page("That is not the admin token.", status=401)
@@ -439,7 +440,7 @@ async def api_conversations(request: web.Request) -> web.Response:
 
 
 async def api_conversation(request: web.Request) -> web.Response:
-    conversation_id = int(request.match_info["id"])
+    conversation_id = id_param(request.match_info["id"], "id")
     async with request.app[SERVICE].db.read() as conn:
         detail = await conversation_detail(conn, conversation_id)
         if detail is None:

@@ -32,6 +32,7 @@ from bot.db.engine import Database
 from bot.db.models import InboxItem
 from bot.errors import QueueError
 from channels.base import Attachment, InboundMessage
+from channels.edge import clean_message
 
 log = logging.getLogger(__name__)
 SHARDS = 1024
@@ -128,6 +129,7 @@ class Inbox:
 
     async def put(self, message: InboundMessage) -> bool:
         """Commit `message` to the queue. True if new, False if already queued (duplicate)."""
+        message = clean_message(message)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((message, future))
         if self._flusher is None or self._flusher.done():

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from sqlalchemy import func, select
 
 from bot.customers import OrderIn, find_or_create_by_contact
@@ -21,6 +23,7 @@ from bot.metrics import metrics_view
 from bot.orders import push_orders
 from bot.reports import conversation_detail, list_escalations
 from bot.store_webhooks import StoreWebhooks
+from channels.edge import id_param, json_value, read_body
 
 if TYPE_CHECKING:
     from bot.app import Service
@@ -33,6 +36,12 @@ SERVICE: web.AppKey[Service] = web.AppKey("service")
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every refusal is a 4xx with a clear JSON message and one log line; nothing crashes."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):  # no platform compresses what it posts to us
+        log.warning("%s %s -> 415: Content-Encoding %r refused", request.method, request.path,
+                    encoding[:40])
+        return web.json_response({"error": "send the body without Content-Encoding"},
+                                 status=415, headers={"Connection": "close"})
     try:
         return await handler(request)
     except InputError as exc:
@@ -44,6 +53,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPRequestEntityTooLarge:
         log.warning("%s %s -> 413: body over the size limit", request.method, request.path)
         return web.json_response({"error": "request body too large"}, status=413)
+    except (HttpProcessingError, RequestPayloadError) as exc:  # aiohttp could not read it
+        log.warning("%s %s -> 400: unreadable request (%s)", request.method, request.path,
+                    type(exc).__name__)
+        return web.json_response({"error": "the request cannot be read"}, status=400)
     except web.HTTPException as exc:
         if exc.status >= 400:
             log.warning("%s %s -> %d", request.method, request.path, exc.status)
@@ -119,7 +132,7 @@ async def get_escalations(request: web.Request) -> web.Response:
 
 async def get_conversation(request: web.Request) -> web.Response:
     async with request.app[SERVICE].db.read() as conn:
-        detail = await conversation_detail(conn, int(request.match_info["id"]))
+        detail = await conversation_detail(conn, id_param(request.match_info["id"], "id"))
     if detail is None:
         raise InputError("no such conversation", status=404)
     return web.json_response(detail)
@@ -138,18 +151,16 @@ def _bad_order() -> OrderIn:
 
 
 async def _json(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise InputError("the body is not valid JSON") from None
+    return json_value(await read_body(request))
 
 
 async def post_customer_orders(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    customer_id = id_param(request.match_info["id"], "id")
     orders = await _orders_from(await _json(request))
     async with service.db.write() as conn:
-        result = await push_orders(conn, service.lifecycle.rules, int(request.match_info["id"]),
-                                   orders, now=service.clock())
+        result = await push_orders(conn, service.lifecycle.rules, customer_id, orders,
+                                   now=service.clock())
     return web.json_response(result)
 
 

@@ -60,6 +60,7 @@ from channels.base import (
     OutboundMessage,
     SendResult,
 )
+from channels.edge import json_object, read_body
 
 log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/telegram"
@@ -158,10 +159,7 @@ class TelegramChannel(Channel):
             raise SignatureError("missing or wrong Telegram secret token")
         if request.content_length is not None and request.content_length > self.max_body:
             raise PayloadTooLarge(f"body over {self.max_body} bytes")
-        try:
-            data = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise InputError("the body is not valid JSON") from None
+        data = json_object(await read_body(request))
         try:
             update = Update.model_validate(data, context={"bot": self.bot})
         except ValidationError:

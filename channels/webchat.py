@@ -38,6 +38,7 @@ from channels.base import (
     SendResult,
     StoredMessage,
 )
+from channels.edge import MAX_ID, has_bad_characters, json_object, read_body
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "bot" / "static"
@@ -140,6 +141,8 @@ class WebChatChannel(Channel):
             raise InputError("'text' must be a non-empty string")
         if len(text) > self.max_text:
             raise InputError(f"'text' is longer than {self.max_text} characters", status=413)
+        if has_bad_characters(text):
+            raise InputError("'text' contains characters that are not text (NUL or controls)")
         visitor = body.get("visitor_id") or secrets.token_urlsafe(24)
         client_id = body.get("client_message_id") or uuid.uuid4().hex
         for field, value in (("visitor_id", visitor), ("client_message_id", client_id)):
@@ -301,13 +304,7 @@ def _shown(m: StoredMessage) -> dict[str, Any]:
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise InputError("send JSON with Content-Type: application/json", status=415)
-    try:
-        body = await request.json(loads=orjson.loads)
-    except (ValueError, UnicodeDecodeError):
-        raise InputError("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InputError("the body must be a JSON object")
-    return body
+    return json_object(await read_body(request))
 
 
 def _visitor(request: web.Request) -> str:
@@ -325,6 +322,6 @@ def _int_param(request: web.Request, name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise InputError(f"'{name}' must be an integer") from None
-    if value < 0:
-        raise InputError(f"'{name}' must not be negative")
+    if not 0 <= value <= MAX_ID:
+        raise InputError(f"'{name}' must be between 0 and {MAX_ID}")
     return value

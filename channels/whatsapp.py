@@ -65,6 +65,7 @@ from channels.base import (
     OutboundMessage,
     SendResult,
 )
+from channels.edge import form_fields, read_body
 
 log = logging.getLogger(__name__)
 INBOUND_PATH = "/webhooks/twilio/whatsapp"
@@ -271,8 +272,7 @@ class WhatsAppChannel(Channel):
     async def _signed_form(self, request: web.Request) -> MultiDict[str]:
         if request.content_length is not None and request.content_length > self.max_body:
             raise PayloadTooLarge(f"body over {self.max_body} bytes")
-        raw = await request.post()
-        form: MultiDict[str] = MultiDict((k, v) for k, v in raw.items() if isinstance(v, str))
+        form = form_fields(await read_body(request), request.content_type)
         url = self.public_url + request.path_qs
         signature = request.headers.get("X-Twilio-Signature", "")
         if not signature or not self.validator.validate(url, form, signature):
