@@ -7,11 +7,16 @@ from collections import OrderedDict
 
 
 class RateLimiter:
-    """Allow `per_minute` events per key with bursts up to `burst`; forget idle keys."""
+    """At most `per_minute` events per key in any 60 seconds, up to `burst` of them at once;
+    forget idle keys.
+
+    A bucket holds `burst` tokens and refills at (per_minute - burst) a minute, so a full
+    bucket plus a minute of refill is exactly `per_minute`.
+    """
 
     def __init__(self, per_minute: int, *, burst: int | None = None, max_keys: int = 100_000):
-        self.rate = per_minute / 60.0
         self.burst = float(burst if burst is not None else max(1, per_minute // 3))
+        self.rate = max(per_minute - self.burst, 1.0) / 60.0
         self.max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 

@@ -110,15 +110,21 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     try:
-        await service.db.ping()
+        await service.db.check_writable()
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        return web.json_response({"status": "unavailable", "database": str(exc)}, status=503)
+        log.warning("not ready: the database cannot be written: %s", _first_line(exc))
+        return web.json_response({"status": "unavailable",
+                                  "database": f"cannot write: {_first_line(exc)}"}, status=503)
     try:
         await service.inbox.ping()
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return web.json_response({"status": "unavailable", "database": "ok",
                                   "queue": f"{type(exc).__name__}: {exc}"}, status=503)
     return web.json_response({"status": "ready", "database": "ok", "queue": "ok"})
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
 
 
 async def get_escalations(request: web.Request) -> web.Response:

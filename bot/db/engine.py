@@ -11,7 +11,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +100,17 @@ class Database:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+    async def check_writable(self) -> None:
+        """Commit a tiny write (this process's own row), so a full disk, a read-only file or a
+        read-only replica shows as not ready, which a read cannot tell."""
+        key = f"readyz:{socket.gethostname()}:{os.getpid()}"[:200]
+        now = datetime.now(UTC)
+        async with self.write() as conn:
+            await conn.execute(text("DELETE FROM channel_state WHERE key = :key"), {"key": key})
+            await conn.execute(text("INSERT INTO channel_state (key, value, updated_at) "
+                                    "VALUES (:key, :value, :now)"),
+                               {"key": key, "value": '{"probe": true}', "now": now})
 
     async def upgrade(self, revision: str = "head") -> None:
         """Apply Alembic migrations (the same ones on SQLite and PostgreSQL)."""

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -138,3 +141,31 @@ async def test_twilio_forms_are_read_strictly_after_the_signature(
         status, _ = await post_raw(client, "/webhooks/twilio/whatsapp", b"Body=%FF", {
             "Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": "x"})
         assert status == 400
+
+
+def _immutable(path: Path, on: bool) -> bool:
+    """chattr +i / -i: even root cannot write the file (a stand-in for a full disk)."""
+    if shutil.which("chattr") is None:
+        return False
+    done = subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+async def test_readyz_fails_while_the_database_cannot_be_written_and_recovers(
+        start: Callable[..., Awaitable[Service]], tmp_path: Path) -> None:
+    service = await start()
+    wal = tmp_path / "storedesk.db-wal"
+    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{service.port}") as client:
+        async with client.get("/readyz") as resp:
+            assert resp.status == 200
+        assert wal.exists()
+        if not _immutable(wal, True):
+            pytest.skip("chattr +i is not available here (needs ext4-like filesystem and root)")
+        try:
+            async with client.get("/readyz") as resp:
+                body = await resp.json()
+                assert resp.status == 503 and "cannot write" in body["database"]
+        finally:
+            _immutable(wal, False)
+        async with client.get("/readyz") as resp:
+            assert resp.status == 200
