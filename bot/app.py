@@ -10,12 +10,14 @@ import logging
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from bot.clock import Clock, system_clock
 from bot.db.engine import Database
 from bot.desk import Desk
+from bot.errors import QueueError
 from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
 from bot.lifecycle_schedule import StageSchedule
@@ -34,6 +36,11 @@ if TYPE_CHECKING:
     from bot.redis_queue import RedisInbox, RedisWakeups
 
 log = logging.getLogger(__name__)
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
 class Service:
@@ -110,6 +117,13 @@ class Service:
         """`http`: webhooks, web chat and API; `workers`: queue workers, outbox and pollers."""
         await self.db.upgrade()
         await self.db.optimize()
+        if self.settings.redis_url:
+            try:
+                await self.inbox.ping()
+            except Exception as exc:  # noqa: BLE001 - becomes the one line the operator reads
+                raise QueueError(f"cannot reach Redis at {_where(self.settings.redis_url)} "
+                                 f"({type(exc).__name__}): is it running? check REDIS_URL"
+                                 ) from None
         if workers:
             await self._start_workers()
         if self.wakeups is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -67,7 +68,8 @@ def _run(settings: Settings, *, http: bool, workers: bool) -> None:
     try:
         asyncio.run(main())
     except OSError as exc:
-        raise _fail(f"cannot start: {exc}") from None
+        message = _explain(exc)
+        raise _fail(message or f"cannot start: {exc}") from None
 
 
 HostOpt = Annotated[str | None, typer.Option(help="Listen address (HOST)")]
@@ -244,6 +246,30 @@ def main() -> None:
     except BotError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except Exception as exc:
+        message = _explain(exc)
+        if message is None or logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(2)
+
+
+def _explain(exc: BaseException) -> str | None:
+    """The one-line reason for a database or Redis that cannot be used (see LOG_LEVEL=DEBUG
+    for the traceback)."""
+    from bot.db.engine import explain_connect_error
+
+    url = os.environ.get("DATABASE_URL") or Settings.model_fields["database_url"].default
+    if type(exc).__module__.startswith("redis"):
+        return (f"cannot use Redis ({type(exc).__name__}: {exc}): is it running? check "
+                "REDIS_URL")
+    cause: BaseException | None = exc
+    while cause is not None:
+        message = explain_connect_error(cause, str(url))
+        if message is not None:
+            return message
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 if __name__ == "__main__":

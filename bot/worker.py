@@ -59,8 +59,10 @@ class WorkerPool:
         while not stop.is_set():
             try:
                 items = await self.inbox.claim(index, self.workers, self.batch)
-            except Exception:
-                log.exception("worker %d could not read the queue; retrying in 1 s", index)
+            except Exception as exc:
+                log.error("worker %d could not read the queue (%s: %s); retrying in 1 s", index,
+                          type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                log.debug("queue read failure", exc_info=True)
                 await _sleep_or_stop(stop, 1.0)
                 continue
             if not items:

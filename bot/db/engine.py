@@ -144,3 +144,34 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def explain_connect_error(exc: BaseException, url: str) -> str | None:
+    """One line saying what is wrong with the database and how to fix it, for the mistakes
+    people make (a missing folder, a read-only file, wrong credentials, nothing listening);
+    None when it is something else (then the traceback is the useful thing)."""
+    parsed = make_url(url)
+    message = str(getattr(exc, "orig", None) or exc)
+    name = type(getattr(exc, "orig", None) or exc).__name__
+    if parsed.drivername.startswith("sqlite"):
+        path = Path(parsed.database or "")
+        if "unable to open database file" in message:
+            if not path.parent.exists():
+                return (f"the folder {path.parent} does not exist: create it, or point "
+                        "DATABASE_URL at a folder that does")
+            return f"cannot open {path}: check that this process may read and write it"
+        if "readonly database" in message or "read-only" in message:
+            return f"{path} is read-only: let this process write it (and its folder)"
+        if "disk" in message and "full" in message:
+            return f"the disk holding {path} is full: free some space"
+        return None
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+    if name in ("InvalidPasswordError", "InvalidAuthorizationSpecificationError"):
+        return (f"PostgreSQL at {where} refused user {parsed.username or '?'}: {message}; "
+                "check DATABASE_URL")
+    if name == "InvalidCatalogNameError":
+        return (f"PostgreSQL at {where} has no database {parsed.database!r}: create it "
+                f"(createdb {parsed.database}) or fix DATABASE_URL")
+    if isinstance(exc, OSError) or name in ("ConnectionRefusedError", "TimeoutError"):
+        return f"cannot reach PostgreSQL at {where} ({message}): is it running? check DATABASE_URL"
+    return None
