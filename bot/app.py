@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from bot.clock import Clock, system_clock
+from bot.connections import SERVED, ConnectionGuard, raise_open_files_limit
 from bot.db.engine import Database
 from bot.desk import Desk
 from bot.errors import QueueError
@@ -111,6 +112,7 @@ class Service:
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
+        self.connections: ConnectionGuard | None = None
         self.port: int | None = None
 
     async def start(self, *, http: bool = True, workers: bool = True) -> None:
@@ -134,8 +136,17 @@ class Service:
                 handlers["replies"] = self._wake_readers
             self._spawn(self.wakeups.listen(self.stop_event, handlers), "wakeups")
         if http:
-            self._runner = web.AppRunner(self.http, access_log=None, shutdown_timeout=5)
+            raise_open_files_limit()
+            self._runner = web.AppRunner(
+                self.http, access_log=None, shutdown_timeout=5,
+                keepalive_timeout=self.settings.http_keepalive_timeout)
             await self._runner.setup()
+            assert self._runner.server is not None
+            self.connections = ConnectionGuard(
+                self._runner.server, self.http[SERVED],
+                header_timeout=self.settings.http_header_timeout,
+                max_connections=self.settings.http_max_connections)
+            self._spawn(self.connections.run(self.stop_event), "connection-guard")
             site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
             await site.start()
             server = site._server

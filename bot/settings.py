@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     inbox_keep_hours: float = Field(
         72.0, ge=1, description="Handled inbox rows are kept this long, so a platform's late "
         "redelivery is still recognised as a duplicate, then removed")
+    http_header_timeout: float = Field(
+        10.0, gt=0, le=300, description="A connection that has not sent a whole request head "
+        "by then is closed (idle sockets cannot use up the open files)")
+    http_keepalive_timeout: float = Field(
+        15.0, gt=0, le=3600, description="Idle keep-alive connections are closed after this")
+    http_max_connections: int = Field(
+        2000, ge=10, description="Above this many open connections, the silent ones are "
+        "closed first")
     send_concurrency: int = Field(
         16, ge=1, le=256, description="Conversations whose replies are being sent at once")
     send_max_attempts: int = Field(8, ge=1, le=100)

@@ -16,6 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from sqlalchemy import func, select
 
+from bot.connections import SERVED, note_request
 from bot.customers import OrderIn, find_or_create_by_contact
 from bot.db.models import OutboxItem
 from bot.errors import InputError, RateLimited
@@ -81,9 +82,10 @@ def admin_only(handler: Handler) -> Handler:
 
 
 def build_http_app(service: Service) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware],
+    app = web.Application(middlewares=[note_request, errors_middleware],
                           client_max_size=service.settings.max_body_bytes)
     app[SERVICE] = service
+    app[SERVED] = set()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)

@@ -3,6 +3,7 @@ the request, and nothing queued that could never be handled."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import shutil
@@ -169,3 +170,23 @@ async def test_readyz_fails_while_the_database_cannot_be_written_and_recovers(
             _immutable(wal, False)
         async with client.get("/readyz") as resp:
             assert resp.status == 200
+
+
+async def test_silent_connections_are_closed_and_the_chat_keeps_working(
+        start: Callable[..., Awaitable[Service]]) -> None:
+    service = await start(http_header_timeout=0.5, http_max_connections=50)
+    silent = []
+    for _ in range(120):  # more than the cap, none sending a byte
+        reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+        silent.append((reader, writer))
+    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{service.port}") as client:
+        _, reply = await chat(client, SHIPPING)
+        assert "shipping" in reply["text"].lower()
+
+    async def all_closed() -> bool:
+        ends = await asyncio.gather(*(asyncio.wait_for(r.read(), 5) for r, _ in silent))
+        return all(end == b"" for end in ends)
+    assert await eventually(all_closed, what="the server closed every silent connection")
+    for _, writer in silent:
+        writer.close()
+    assert service.connections is not None and service.connections.closed >= 120
