@@ -23,6 +23,13 @@ TEXTS: dict[str, dict[str, str]] = {
               "breve.",
         "th": "ได้เลยค่ะ กำลังส่งต่อให้เจ้าหน้าที่ของเรา เจ้าหน้าที่จะตอบกลับที่นี่ในไม่ช้า",
     },
+    "contact_saved": {
+        "en": "Thanks, I've saved your number: when you write to us from it on another channel, "
+              "we'll know it's you.",
+        "it": "Grazie, ho salvato il tuo numero: se ci scrivi da questo numero su un altro "
+              "canale, sapremo che sei tu.",
+        "th": "ขอบคุณค่ะ บันทึกเบอร์ของคุณแล้ว หากติดต่อเราจากเบอร์นี้ในช่องทางอื่น เราจะรู้ว่าเป็นคุณค่ะ",
+    },
     "attachment_only": {
         "en": "Thanks, we received your file. A person from our team will look at it and reply.",
         "it": "Grazie, abbiamo ricevuto il tuo file. Una persona del nostro team lo guarderà e "

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class Attachment:
     """Metadata of a file the customer sent; the bytes stay on the platform."""
 
-    kind: str  # image, document, audio, video, location, other
+    kind: str  # image, document, audio, video, location, contact, other
     name: str | None = None
     mime_type: str | None = None
     size: int | None = None

@@ -248,6 +248,10 @@ def _attachments(msg: Message) -> tuple[Attachment, ...]:
                                     size=media.file_size, ref=media.file_id))
     if msg.sticker is not None:
         found.append(Attachment("image", name=msg.sticker.emoji, ref=msg.sticker.file_id))
+    if msg.contact is not None:
+        c = msg.contact
+        name = " ".join(p for p in (c.first_name, c.last_name) if p) or None
+        found.append(Attachment("contact", name=name, ref=c.phone_number))
     if msg.location is not None:
         found.append(Attachment("location",
                                 ref=f"{msg.location.latitude},{msg.location.longitude}"))

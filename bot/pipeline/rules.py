@@ -262,6 +262,17 @@ def ambiguous(t: Turn) -> Decision | None:
     return _escalate(t, "ambiguous", t.hand_over("escalated"))
 
 
+def contact_shared(t: Turn) -> Decision | None:
+    """The customer shared their own phone number (Telegram's contact button): it now links
+    their channels; say so instead of handing a "file" to a person."""
+    shared = t.msg.attachments
+    if t.msg.text.strip() or not shared or any(a.kind != "contact" for a in shared):
+        return None
+    if not t.msg.phone:
+        return None  # someone else's card: a person should look
+    return Decision("contact_shared", "small_talk", (t.text("contact_saved"),))
+
+
 def attachment_only(t: Turn) -> Decision | None:
     if t.seen.match is not None or not t.msg.attachments:
         return None
@@ -276,7 +287,7 @@ def no_match(t: Turn) -> Decision:
 RULES: tuple[Rule, ...] = (
     survey_answer, person_owns, while_waiting, complaint, asked_for_person, not_helped,
     order_needs_a_person, answer,
-    small_talk, follow_up, vague, entry_escalates, ambiguous, attachment_only,
+    small_talk, follow_up, vague, entry_escalates, ambiguous, contact_shared, attachment_only,
 )
 
 

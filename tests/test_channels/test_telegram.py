@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.app import Service
-from bot.db.models import InboxItem, Message
+from bot.db.models import Customer, Identity, InboxItem, Message
+from channels.base import InboundMessage
 from bot.errors import ConfigError
 from tests.fakes.telegram import (
     SECRET,
@@ -244,3 +245,35 @@ async def test_set_webhook_on_start_when_asked(fake: FakeTelegram, start: Any) -
 def test_webhook_mode_needs_a_secret(make_settings: Any) -> None:
     with pytest.raises(ConfigError, match="TELEGRAM_WEBHOOK_SECRET"):
         Service(make_settings(telegram_token=TOKEN, telegram_mode="webhook"))
+
+
+async def test_a_shared_contact_links_the_customer_to_their_whatsapp(
+        fake: FakeTelegram, start: Any) -> None:
+    """Telegram's "share my contact" carries the customer's phone: the bot says it has it, and a
+    WhatsApp message from that number is the same customer."""
+    service = await start(fake)
+    contact = {"phone_number": "+39 333 123 4567", "first_name": "Ann", "user_id": 777}
+    assert await post_webhook(service, message_update(70, None, contact=contact)) == 200
+    await wait_for(lambda: len(fake.sent_messages()) == 1)
+    assert "saved your number" in str(fake.sent_messages()[0]["text"])
+
+    whatsapp = InboundMessage(channel="whatsapp", external_id="SM" + "c" * 32,
+                              address="whatsapp:+393331234567", text="hello again",
+                              phone="+393331234567")
+    async with service.db.write() as conn:
+        await service.pipeline.handle(conn, [whatsapp])
+    async with service.db.read() as conn:
+        owners = dict((await conn.execute(select(Identity.channel, Identity.customer_id)))
+                      .tuples().all())
+    assert owners["telegram"] == owners["whatsapp"]
+
+
+async def test_someone_elses_contact_card_links_nothing(fake: FakeTelegram, start: Any) -> None:
+    service = await start(fake)
+    card = {"phone_number": "+39 333 999 0000", "first_name": "Bob", "user_id": 4242}
+    assert await post_webhook(service, message_update(71, None, contact=card)) == 200
+    await wait_for(lambda: len(fake.sent_messages()) == 1)
+    assert "saved your number" not in str(fake.sent_messages()[0]["text"])
+    async with service.db.read() as conn:
+        phones = (await conn.execute(select(Customer.phone))).scalars().all()
+    assert phones == [None]
