@@ -7,6 +7,7 @@ up in logs or reprs.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,10 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8080",
         description="URL the platforms call us on (used to check Twilio signatures)",
     )
+    trusted_proxies: str = Field(
+        "", description="Comma-separated CIDRs of reverse proxies (e.g. 127.0.0.1/32,10.0.0.0/8) "
+        "whose X-Forwarded-For / -Proto / -Host are believed: rate limits and logs then see the "
+        "visitor's address and Twilio signatures the public URL; empty = believe no one")
     store_name: str = "Our Store"
     default_language: Literal["en", "it", "th"] = "en"
     admin_token: SecretStr | None = Field(
@@ -181,6 +186,21 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be empty; leave it unset to turn the webhook off")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or CIDR network") from None
+        return value
+
+    @cached_property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p.strip(), strict=False)
+                     for p in self.trusted_proxies.split(",") if p.strip())
 
     @field_validator("database_url")
     @classmethod

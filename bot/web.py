@@ -22,6 +22,7 @@ from bot.db.models import OutboxItem
 from bot.errors import InputError, RateLimited
 from bot.metrics import metrics_view
 from bot.orders import push_orders
+from bot.proxies import forwarded_middleware
 from bot.reports import conversation_detail, list_escalations
 from bot.store_webhooks import StoreWebhooks
 from channels.edge import id_param, json_value, read_body
@@ -82,7 +83,8 @@ def admin_only(handler: Handler) -> Handler:
 
 
 def build_http_app(service: Service) -> web.Application:
-    app = web.Application(middlewares=[note_request, errors_middleware],
+    proxies = forwarded_middleware(service.settings.trusted_networks)
+    app = web.Application(middlewares=[note_request, proxies, errors_middleware],
                           client_max_size=service.settings.max_body_bytes)
     app[SERVICE] = service
     app[SERVED] = set()

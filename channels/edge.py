@@ -25,6 +25,8 @@ from channels.base import InboundMessage
 #: NUL and the C0/C1 controls other than tab, newline and carriage return
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SURROGATES = re.compile("[\ud800-\udfff]")
+#: set on a request whose scheme or host came from a trusted proxy (bot/proxies.py)
+FORWARDED: web.RequestKey[bool] = web.RequestKey("forwarded", bool)
 #: the largest id a database column holds (64-bit signed)
 MAX_ID = 2**63 - 1
 

@@ -65,7 +65,7 @@ from channels.base import (
     OutboundMessage,
     SendResult,
 )
-from channels.edge import form_fields, read_body
+from channels.edge import FORWARDED, form_fields, read_body
 
 log = logging.getLogger(__name__)
 INBOUND_PATH = "/webhooks/twilio/whatsapp"
@@ -274,9 +274,13 @@ class WhatsAppChannel(Channel):
             raise PayloadTooLarge(f"body over {self.max_body} bytes")
         form = form_fields(await read_body(request), request.content_type)
         url = self.public_url + request.path_qs
+        urls = [url]
+        if request.get(FORWARDED):  # the URL the trusted proxy says was called
+            urls.append(str(request.url))
         signature = request.headers.get("X-Twilio-Signature", "")
-        if not signature or not self.validator.validate(url, form, signature):
-            raise SignatureError(f"missing or wrong X-Twilio-Signature for {url}", status=403)
+        if not signature or not any(self.validator.validate(u, form, signature) for u in urls):
+            raise SignatureError(f"missing or wrong X-Twilio-Signature for {' or '.join(urls)}",
+                                 status=403)
         return form
 
     async def inbound(self, request: web.Request) -> web.Response:
