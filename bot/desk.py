@@ -45,6 +45,7 @@ from bot.routing import DAY_NAMES, RoutingStore
 from bot.settings import Settings
 from bot.texts import text_for
 from channels.base import Attachment, Channel, OutboundMessage
+from channels.edge import id_param
 from channels.slack import (
     Profiles,
     SlackChannel,
@@ -349,13 +350,13 @@ class Desk:
         user = str(body.get("user", {}).get("id", ""))
         kind, value = action.get("action_id", ""), str(action.get("value", ""))
         try:
-            ids = [int(v) for v in value.split(":")]
+            ids = [id_param(v, "value") for v in value.split(":")]
             async with self.db.write() as conn:
                 if kind == cards.ACTIONS["retry"] and len(ids) == 2:
                     await self.retry(conn, ids[0], ids[1], user)
                 else:
                     await self._do(conn, kind.removeprefix("desk_"), ids[0], user)
-        except (DeskRefused, ValueError, IndexError) as exc:
+        except (DeskRefused, InputError, ValueError, IndexError) as exc:
             channel = (body.get("channel") or {}).get("id")
             log.info("desk action %s %s refused: %s", kind, value, exc)
             if channel:

@@ -317,3 +317,11 @@ async def test_slack_staff_requests_must_be_signed(start_desk: Any, slack: FakeS
                 Message.text == "forged"))).first() is None
     finally:
         await session.close()
+
+
+@pytest.mark.parametrize("value", [str(2**64), "99999999999999999999999", "-1", "x", "1:2:3"])
+async def test_a_desk_button_with_an_id_no_database_holds_is_refused_politely(
+        start_desk: Any, slack: FakeSlack, value: str) -> None:
+    service, _ = await start_desk()
+    assert await click(service, "desk_take", value) == 200
+    await wait_for(lambda: slack.calls_to("chat.postEphemeral"), what="the staff member told")
