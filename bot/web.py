@@ -104,6 +104,9 @@ def build_http_app(service: Service) -> web.Application:
     from bot.dashboard import add_routes as add_dashboard_routes  # it imports this module
 
     add_dashboard_routes(app)
+    from bot.openapi import openapi_view  # it imports the dashboard
+
+    app.router.add_get("/api/openapi.json", openapi_view)
     return app
 
 

@@ -25,11 +25,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
 from bot.app import Service
+from bot.openapi import openapi_document
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes import slack as fake_slack_module
 from tests.fakes import telegram as fake_telegram_module
@@ -270,3 +272,28 @@ def test_queries_never_get_a_5xx(running: Running, path: str) -> None:
 def _quote_path(path: str) -> str:
     from urllib.parse import quote
     return quote(path, safe="/%")
+
+
+# --- the published OpenAPI document, fuzzed by schemathesis -------------------------------
+
+API = schemathesis.openapi.from_dict(openapi_document())
+
+
+@API.parametrize()
+@settings(max_examples=max(EXAMPLES // 5, 20), deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+def test_every_documented_operation_answers_4xx_or_success(case: Any, running: Running) -> None:
+    if case.query and "wait" in case.query:
+        case.query["wait"] = 0  # a long-poll that waits is right, and slow
+    response = case.call(base_url=f"http://127.0.0.1:{running.port}",
+                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert response.status_code < 500, (case.method, case.formatted_path, case.query,
+                                        case.body, response.status_code, response.text[:300])
+
+
+def test_the_document_is_served(running: Running) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=10)
+    conn.request("GET", "/api/openapi.json")
+    response = conn.getresponse()
+    document = json.loads(response.read())
+    assert response.status == 200 and "/api/webchat/messages" in document["paths"]
