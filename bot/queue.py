@@ -24,7 +24,19 @@ from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import String, bindparam, delete, func, insert, select, text, update
+import orjson
+from sqlalchemy import (
+    String,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -197,7 +209,10 @@ class Inbox:
         message of the same conversation that is waiting for a retry."""
         t = InboxItem.__table__.c
         now = datetime.now(UTC)
-        stmt = (select(t.id, t.attempts, t.conversation_key, t.payload, t.next_attempt_at)
+        # The payload comes back as its stored text and is decoded only for the rows taken:
+        # the window is 4x the batch, and decoding JSON was most of the cost of a claim.
+        stmt = (select(t.id, t.attempts, t.conversation_key,
+                       type_coerce(t.payload, Text).label("payload"), t.next_attempt_at)
                 .where(t.status == "pending"))
         if workers > 1:
             stmt = stmt.where(t.shard % workers == worker)
@@ -207,7 +222,9 @@ class Inbox:
         items: list[QueuedItem] = []
         for row in due_rows(rows, now, set()):
             try:
-                message = decode_message(row.payload)
+                payload = row.payload  # text, or already a dict where the driver decodes JSON
+                message = decode_message(payload if isinstance(payload, dict)
+                                         else orjson.loads(payload))
             except (TypeError, ValueError, KeyError) as exc:
                 await self.park(row.id, f"undecodable payload: {exc}")
                 continue
