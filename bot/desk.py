@@ -54,6 +54,7 @@ from channels.slack import (
     is_human_message,
     with_links,
 )
+from faq.models import FaqEntry
 
 log = logging.getLogger(__name__)
 ES, CV, CU = Escalation.__table__.c, Conversation.__table__.c, Customer.__table__.c
@@ -83,6 +84,15 @@ def _insert_ignore(conn: AsyncConnection, table: Any) -> Any:
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def answerable(faq: FaqLookup | None, faq_id: str) -> FaqEntry | None:
+    """The entry when staff may send its answer: it has one, and it is not a hand-over line
+    (escalate-only) or small talk."""
+    entry = faq.get(faq_id) if faq is not None else None
+    if entry is None or entry.escalate or not entry.answers or entry.kind != "answer":
+        return None
+    return entry
 
 
 class Desk:
@@ -150,6 +160,20 @@ class Desk:
 
     async def on_escalation(self, conn: AsyncConnection, *, escalation_id: int,
                             conversation_id: int) -> None:
+        team = await self._route(conn, escalation_id)
+        now = self.clock()
+        if not team.is_open(now):
+            row = (await conn.execute(select(CV.language).where(
+                CV.id == conversation_id))).one()
+            lang = row.language or self.default_language
+            text = team.out_of_hours_text(now, lang)
+            await self._to_customer(conn, conversation_id, text, lang, "bot",
+                                    {"out_of_hours": team.name})
+            await conn.execute(update(Escalation.__table__).where(ES.id == escalation_id)
+                               .values(detail=f"out of hours: {text}"[:2000]))
+
+    async def _route(self, conn: AsyncConnection, escalation_id: int) -> Any:
+        """Pick the team (routing rules), record it and queue the card; returns the team."""
         row = (await conn.execute(
             select(ES.reason, ES.candidates, CV.channel, CV.language,
                    func.coalesce(CU.stage, CV.stage).label("stage"), CU.total_spent,
@@ -170,14 +194,22 @@ class Desk:
             team=team.name, staff_channel=team.channel or self.default_channel,
             priority=decision.priority, repost_after_minutes=repost))
         await self._job(conn, "card", escalation_id)
-        now = self.clock()
-        if not team.is_open(now):
-            lang = row.language or self.default_language
-            text = team.out_of_hours_text(now, lang)
-            await self._to_customer(conn, conversation_id, text, lang, "bot",
-                                    {"out_of_hours": team.name})
-            await conn.execute(update(Escalation.__table__).where(ES.id == escalation_id)
-                               .values(detail=f"out of hours: {text}"[:2000]))
+        return team
+
+    async def post_unposted(self) -> int:
+        """Escalations raised while no desk was configured (or before this one existed) get
+        their card now: nobody is left waiting unseen."""
+        has_card = select(DJ.id).where(DJ.escalation_id == ES.id, DJ.kind == "card")
+        async with self.db.write() as conn:
+            ids = (await conn.execute(select(ES.id).where(
+                ES.status.in_((OPEN, TAKEN)), ES.staff_thread.is_(None), ~has_card.exists())
+                .order_by(ES.id))).scalars().all()
+            for esc_id in ids:
+                await self._route(conn, esc_id)
+        if ids:
+            log.info("desk: posting %d escalation(s) raised before the desk was on", len(ids))
+            self.wake()
+        return len(ids)
 
     async def on_customer_message(self, conn: AsyncConnection, *, conversation_id: int,
                                   message_id: int, author: str = "customer") -> None:
@@ -293,8 +325,8 @@ class Desk:
 
     async def suggest(self, conn: AsyncConnection, esc_id: int, user: str) -> str:
         e = await self._open_escalation(conn, esc_id)
-        best = (e.candidates or [{}])[0].get("faq_id")
-        entry = self.faq.get(best) if self.faq and best else None
+        entry = next((c for c in (answerable(self.faq, str(c.get("faq_id")))
+                                  for c in e.candidates or ()) if c is not None), None)
         if entry is None:
             raise DeskRefused(f"#{esc_id} has no FAQ answer to suggest.")
         text, lang = entry.answer_for(e.language or self.default_language,
@@ -441,6 +473,10 @@ class Desk:
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         last_check = 0.0
+        try:
+            await self.post_unposted()
+        except Exception:  # tried again at the next start
+            log.exception("desk: could not post the earlier escalations")
         while not stop.is_set():
             delivered = 0
             try:

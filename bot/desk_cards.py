@@ -59,6 +59,13 @@ class CardData:
     currency: str = ""
     #: the customer's latest order: (number, status, placed_at)
     last_order: tuple[str, str, datetime | None] | None = None
+    email: str | None = None
+    phone: str | None = None
+
+
+def contact_line(d: CardData) -> str | None:
+    parts = [f"✉️ {escape(d.email)}" if d.email else "", f"📞 {escape(d.phone)}" if d.phone else ""]
+    return " · ".join(p for p in parts if p) or None
 
 
 def customer_line(d: CardData) -> str:
@@ -81,6 +88,11 @@ def escape(text: str) -> str:
 
 def short(text: str, limit: int = MAX_LINE) -> str:
     text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def clip(text: str, limit: int) -> str:
+    """Cut to `limit` characters, keeping the line breaks (Slack's section limit is 3000)."""
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
@@ -129,6 +141,9 @@ def card(d: CardData) -> tuple[str, list[dict[str, Any]]]:
         {"type": "context", "elements": [{"type": "mrkdwn", "text": status_line(d)}]},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": customer_line(d)}]},
     ]
+    contact = contact_line(d)
+    if contact:
+        blocks.insert(2, {"type": "context", "elements": [{"type": "mrkdwn", "text": contact}]})
     if d.out_of_hours:
         blocks.append({"type": "context", "elements": [
             {"type": "mrkdwn", "text": f"🌙 Outside team hours; customer told: "
@@ -136,7 +151,7 @@ def card(d: CardData) -> tuple[str, list[dict[str, Any]]]:
     if d.messages:
         lines = [f"> *{who(m.author)}*: {escape(short(m.text))}"
                  + (f" 📎×{m.attachments}" if m.attachments else "") for m in d.messages]
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": short(
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": clip(
             "*Last messages*\n" + "\n".join(lines), 2900)}})
     if d.candidates:
         lines = [f"• `{escape(fid)}` {escape(short(q, 120))} ({score:.2f})"
@@ -145,7 +160,8 @@ def card(d: CardData) -> tuple[str, list[dict[str, Any]]]:
             "type": "mrkdwn", "text": "*FAQ candidates*\n" + "\n".join(lines)}})
     if d.status in ("open", "taken"):
         value = str(d.escalation_id)
-        buttons = [_button("Take", ACTIONS["take"], value, "primary")]
+        buttons = [_button("Take", ACTIONS["take"], value, "primary")] if d.status == "open" \
+            else []
         if d.candidates:
             buttons.append(_button("Send suggested answer", ACTIONS["suggest"], value))
         buttons += [_button("Resolve", ACTIONS["resolve"], value),

@@ -34,6 +34,16 @@ MS, DJ, OR = Message.__table__.c, DeskJob.__table__.c, Order.__table__.c
 _CONFIG_ERRORS = {"not_in_channel", "channel_not_found"}  # fixable by inviting the app
 
 
+def customer_name(name: str | None, email: str | None, phone: str | None, channel: str,
+                  address: str) -> str:
+    """Who staff are talking to: a name, else a contact, never the web chat's visitor token."""
+    if name or email or phone:
+        return str(name or email or phone)
+    if channel == "webchat":
+        return "Web chat visitor"
+    return address.removeprefix("whatsapp:")
+
+
 class FaqLookup(Protocol):
     def get(self, entry_id: str) -> FaqEntry | None: ...
 
@@ -157,7 +167,8 @@ class DeskPoster:
             r = (await conn.execute(
                 select(Escalation.__table__, CV.channel, CV.language,
                        func.coalesce(CU.stage, CV.stage).label("stage"), CU.display_name,
-                       CV.address, CU.orders_count, CU.total_spent, CV.customer_id)
+                       CU.email, CU.phone, CV.address, CU.orders_count, CU.total_spent,
+                       CV.customer_id)
                 .join(Conversation.__table__, CV.id == ES.conversation_id)
                 .join(Customer.__table__, CU.id == CV.customer_id)
                 .where(ES.id == esc_id))).first()
@@ -171,14 +182,17 @@ class DeskPoster:
                                        .order_by(OR.placed_at.desc(), OR.id.desc()).limit(1))
                     ).first()
         candidates = []
-        for c in r.candidates or ():
+        for c in r.candidates or ():  # only entries staff may send (not hand-over lines)
             entry = self.faq.get(str(c.get("faq_id"))) if self.faq else None
-            question = entry.questions[0] if entry and entry.questions else ""
+            if entry is None or entry.escalate or not entry.answers or entry.kind != "answer":
+                continue
+            question = entry.questions[0] if entry.questions else ""
             candidates.append((str(c.get("faq_id")), question, float(c.get("score") or 0)))
         detail = r.detail or ""
         data = cards.CardData(
             escalation_id=r.id, status=r.status, reason=r.reason,
-            customer=r.display_name or r.address, channel=r.channel, language=r.language,
+            customer=customer_name(r.display_name, r.email, r.phone, r.channel, r.address),
+            email=r.email, phone=r.phone, channel=r.channel, language=r.language,
             stage=r.stage, team=r.team, created_at=r.created_at, now=self.now(),
             taken_by=r.taken_by, taken_at=r.taken_at, first_response_at=r.first_response_at,
             resolved_at=r.resolved_at, reposted_at=r.reposted_at, csat=r.csat,
