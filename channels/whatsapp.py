@@ -9,7 +9,10 @@ is the customer's phone in E.164 (`whatsapp:` stripped) and is also passed as th
 phone, so a WhatsApp customer is the same customer as the one the store knows by phone.
 
 Replies: free text inside WhatsApp's 24-hour customer-service window (measured from the last
-inbound message of that number); outside it, the approved template `TWILIO_TEMPLATE_SID`.
+inbound message of that number). Outside it the real text cannot be sent: the reply is *held*
+(status "held", never "sent") and the approved template `TWILIO_TEMPLATE_SID`, when set, asks
+the customer to reopen the conversation; the held text goes out when they write again (the
+pipeline re-queues held replies of a conversation that hears from its customer).
 Twilio reports what happened later by status callback; we keep the furthest status by rank
 (callbacks arrive out of order) and record failures such as 63016 on the message row.
 
@@ -80,6 +83,8 @@ STATUS_MAP = {"accepted": "sent", "scheduled": "sent", "queued": "sent", "sendin
               "sent": "sent", "delivered": "delivered", "read": "read", "failed": "failed",
               "undelivered": "failed", "canceled": "failed"}
 RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
+#: a reply outside the 24-hour window, waiting for the customer to write again
+HELD = "held"
 KNOWN_ERRORS = {"63016": "outside the 24-hour window: only an approved template can be sent",
                 "63018": "WhatsApp sender rate limit", "63003": "not a WhatsApp number",
                 "21211": "invalid 'To' phone number", "63024": "invalid message recipient"}
@@ -221,9 +226,9 @@ class WhatsAppChannel(Channel):
             if self.template_variables:
                 params["content_variables"] = self.template_variables
         else:
-            raise ChannelPermanentError(
-                "outside the 24-hour WhatsApp window and TWILIO_TEMPLATE_SID is not set",
-                code="63016")
+            log.info("twilio: reply %d held: outside the 24-hour window and no "
+                     "TWILIO_TEMPLATE_SID to ask the customer to reopen", message.message_id)
+            return SendResult(provider_id=None, status=HELD)
         _RETRY_AFTER.set(None)
         try:
             created = await self.client().messages.create_async(**params)
@@ -236,6 +241,8 @@ class WhatsAppChannel(Channel):
         except Exception:  # it was sent: raising now would send it twice
             log.exception("twilio: message %s sent as %s, but recording the sid failed",
                           message.message_id, sid)
+        if template:  # the reopen request went out; the text itself waits for the customer
+            return SendResult(provider_id=sid, status=HELD)
         return SendResult(provider_id=sid, status=STATUS_MAP.get(twilio_status, "sent"))
 
     async def _window_open(self, address: str) -> bool:
@@ -391,7 +398,9 @@ async def _merge_status(conn: AsyncConnection, message_id: int, raw: str | None,
         c = failure.get("code")
         detail = failure.get("message") or KNOWN_ERRORS.get(str(c), "")
         new_error = f"{best} {c}: {detail}".strip() if c else best
-    if RANK[status] < RANK.get(row.status, 0):
+    if row.status == HELD and status != "failed":
+        status, new_error = row.status, row.error  # the template arrived; the text still waits
+    elif RANK[status] < RANK.get(row.status, 0):
         status, new_error = row.status, row.error  # never step back from what is recorded
     if (status, new_error, meta) != (row.status, row.error, dict(row.meta or {})):
         await conn.execute(update(MESSAGE).where(MS.id == message_id)

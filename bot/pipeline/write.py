@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.db.models import Conversation, ConversationStatus, Customer, Escalation, Message
+from bot.db.models import (
+    Conversation,
+    ConversationStatus,
+    Customer,
+    Escalation,
+    Message,
+    OutboxItem,
+)
 from bot.db.models import StageChange as StageChangeRow
 from bot.pipeline.load import Sender, row_for
 from bot.pipeline.rules import ConversationState, Decision, PendingSurvey
@@ -102,6 +109,8 @@ async def write(conn: AsyncConnection, plan: Plan, *, stored_delivery: Collectio
             row_for(conv, sender, now) for conv, sender in plan.opened])
         for (conv, _), conv_id in zip(plan.opened, ids, strict=True):
             conv.id = conv_id
+    await _release_held(conn, {(p.conv.channel, p.conv.address) for p in plan.planned
+                               if p.conv.channel not in stored_delivery}, now)
     rounds = max((p.round for p in plan.planned), default=-1) + 1
     for turn in range(rounds):
         await _write_round(conn, [p for p in plan.planned if p.round == turn],
@@ -123,6 +132,31 @@ async def write(conn: AsyncConnection, plan: Plan, *, stored_delivery: Collectio
             for conv, at in plan.touched.values()])
     if desk is not None:
         await _tell_desk(conn, plan, desk)
+
+
+async def _release_held(conn: AsyncConnection, addresses: set[tuple[str, str]],
+                        now: datetime) -> None:
+    """Replies held outside a platform's reply window (WhatsApp's 24 hours) go out now that
+    the customer has written (in any of their conversations on that address), ahead of the
+    answers to what they just wrote."""
+    if not addresses:
+        return
+    conversations = select(CV.id).where(
+        CV.channel.in_(sorted({c for c, _ in addresses})),
+        CV.address.in_(sorted({a for _, a in addresses})))
+    held = [h for h in (await conn.execute(
+        select(MS.id, MS.conversation_id, MS.channel, CV.address)
+        .join(Conversation.__table__, CV.id == MS.conversation_id)
+        .where(MS.conversation_id.in_(conversations), MS.status == "held")
+        .order_by(MS.id))).all() if (h.channel, h.address) in addresses]
+    if not held:
+        return
+    await conn.execute(update(Message.__table__).where(MS.id.in_([h.id for h in held]))
+                       .values(status="pending", error=None))
+    await conn.execute(insert(OutboxItem.__table__), [
+        {"message_id": h.id, "conversation_id": h.conversation_id, "channel": h.channel,
+         "status": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now}
+        for h in held])
 
 
 async def _write_round(conn: AsyncConnection, planned: list[Planned],

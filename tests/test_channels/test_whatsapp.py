@@ -239,9 +239,15 @@ async def test_outside_24h_window_sends_the_template_and_records_63016(
     assert "Body" not in template
     assert template["To"] == "whatsapp:+15551234567"
 
-    # Twilio refuses it later, by callback
+    # the reopen request went out; the staff text itself waits for the customer
     sid = template["_sid"]
-    await wait_for(lambda: outbound_has_sid(service, sid))
+
+    async def held() -> bool:
+        return any(r.id == msg_id and r.status == "held" and r.provider_id == sid
+                   for r in await outbound(service))
+    await wait_for(held)
+
+    # Twilio refuses it later, by callback
     assert await fake.emit_status(service, sid, "failed", error_code="63016",
                                   error_message="Failed to send freeform message") == 200
     row = next(r for r in await outbound(service) if r.id == msg_id)
@@ -250,8 +256,10 @@ async def test_outside_24h_window_sends_the_template_and_records_63016(
     assert row.meta["whatsapp_template"] == TEMPLATE
 
 
-async def test_outside_window_without_template_fails_clearly(fake: FakeTwilio,
-                                                             start: Any) -> None:
+async def test_outside_the_window_the_reply_is_held_and_goes_out_when_the_customer_writes(
+        fake: FakeTwilio, start: Any) -> None:
+    """No template to ask them to reopen: nothing is posted, the reply is held (never marked
+    sent), and it is delivered, once, as soon as the customer writes again."""
     service = await start(fake)
     assert await deliver(service, "SM" + "7" * 32, SHIPPING) == 200
     await wait_for(lambda: len(fake.accepted) == 1)
@@ -260,18 +268,23 @@ async def test_outside_window_without_template_fails_clearly(fake: FakeTwilio,
         await conn.execute(update(Conversation).values(
             last_inbound_at=datetime.now(UTC) - timedelta(days=2)))
         (msg_id,) = await queue_replies(conn, [OutgoingReply(
-            conversation_id=conv, channel="whatsapp", text="Any news?", language="en",
-            author="staff:U1")], stored_delivery=(), now=datetime.now(UTC))
+            conversation_id=conv, channel="whatsapp", text="Any news? Your refund is done.",
+            language="en", author="staff:U1")], stored_delivery=(), now=datetime.now(UTC))
     service.outbox.wake()
 
-    async def failed() -> bool:
-        return any(r.id == msg_id and r.status == "failed" for r in await outbound(service))
+    async def held() -> bool:
+        return any(r.id == msg_id and r.status == "held" for r in await outbound(service))
 
-    await wait_for(failed)
-    row = next(r for r in await outbound(service) if r.id == msg_id)
-    assert "24-hour" in row.error and "TWILIO_TEMPLATE_SID" in row.error
+    await wait_for(held)
     assert len(fake.requests) == 1  # nothing was posted for it
 
+    assert await deliver(service, "SM" + "8" * 32, "hello?") == 200
+    await wait_for(lambda: len(fake.accepted) == 3)
+    bodies = [m.get("Body") for m in fake.accepted]
+    assert bodies[1] == "Any news? Your refund is done."  # the held text first, then the answer
+    assert bodies.count("Any news? Your refund is done.") == 1
+    row = next(r for r in await outbound(service) if r.id == msg_id)
+    assert row.status in ("sent", "delivered")
 
 async def test_invalid_number_21211_is_permanent_and_rate_limit_honours_retry_after(
         fake: FakeTwilio, start: Any) -> None:
