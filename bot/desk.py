@@ -37,7 +37,7 @@ from bot.db.models import (
     Message,
     OutboxItem,
 )
-from bot.desk_jobs import DeskPoster, FaqLookup, queue_job
+from bot.desk_jobs import DeskPoster, FaqLookup, queue_job, staff_may_send
 from bot.errors import ChannelError, InputError
 from bot.pipeline.rules import PendingSurvey
 from bot.replies import OutgoingReply, queue_replies
@@ -87,12 +87,9 @@ def _insert_ignore(conn: AsyncConnection, table: Any) -> Any:
 
 
 def answerable(faq: FaqLookup | None, faq_id: str) -> FaqEntry | None:
-    """The entry when staff may send its answer: it has one, and it is not a hand-over line
-    (escalate-only) or small talk."""
+    """The entry when staff may send its answer (see `staff_may_send`)."""
     entry = faq.get(faq_id) if faq is not None else None
-    if entry is None or entry.escalate or not entry.answers or entry.kind != "answer":
-        return None
-    return entry
+    return entry if staff_may_send(entry) else None
 
 
 class Desk:
@@ -329,14 +326,26 @@ class Desk:
                                   for c in e.candidates or ()) if c is not None), None)
         if entry is None:
             raise DeskRefused(f"#{esc_id} has no FAQ answer to suggest.")
+        return await self._send_entry(conn, e, entry, user, "the suggested answer")
+
+    async def answer(self, conn: AsyncConnection, esc_id: int, faq_id: str, user: str) -> str:
+        """Send an FAQ entry's own text in the customer's language (the picker, `answer:`)."""
+        e = await self._open_escalation(conn, esc_id)
+        entry = answerable(self.faq, faq_id.strip())
+        if entry is None:
+            raise DeskRefused(f"`{faq_id.strip()[:80]}` is not an FAQ answer staff can send.")
+        return await self._send_entry(conn, e, entry, user, "the FAQ answer")
+
+    async def _send_entry(self, conn: AsyncConnection, e: Row[Any], entry: FaqEntry, user: str,
+                          what: str) -> str:
         text, lang = entry.answer_for(e.language or self.default_language,
                                       self.default_language, {"store_name": self.store_name})
         await self._staff_send(conn, e, user, text, (), {"faq_id": entry.id, "suggested": True},
                                lang=lang)
-        await self._job(conn, "post", esc_id, {
-            "text": f"📨 <@{user}> sent the suggested answer `{entry.id}`:\n"
+        await self._job(conn, "post", e.id, {
+            "text": f"📨 <@{user}> sent {what} `{entry.id}` ({lang}):\n"
                     f"> {cards.escape(cards.short(text))}"})
-        return f"Suggested answer sent for #{esc_id}."
+        return f"Sent `{entry.id}` for #{e.id}."
 
     async def retry(self, conn: AsyncConnection, outbox_id: int, esc_id: int, user: str) -> str:
         row = (await conn.execute(select(OB.status, OB.message_id)
@@ -363,6 +372,14 @@ class Desk:
             e = await self._escalation(conn, staff=(channel, str(thread)))
             if e is None or not await self._first_time(conn, f"slack:{channel}:{ts}", event_id):
                 return
+            command = text.strip()
+            if command.lower().startswith("answer:"):  # an FAQ entry's text, in their language
+                try:
+                    await self.answer(conn, e.id, command[len("answer:"):], user)
+                except DeskRefused as exc:
+                    await self._job(conn, "post", e.id, {"text": f"⚠️ <@{user}> {exc}"})
+                self._changed()
+                return
             if text.strip().lower().startswith("note:"):
                 await conn.execute(insert(Message.__table__).values(
                     conversation_id=e.conversation_id, direction="note", channel="slack",
@@ -381,7 +398,15 @@ class Desk:
         await ack()
         user = str(body.get("user", {}).get("id", ""))
         kind, value = action.get("action_id", ""), str(action.get("value", ""))
+        if kind == cards.ACTIONS["answer"]:  # the picker: "<escalation id>:<entry id>"
+            value = str((action.get("selected_option") or {}).get("value", ""))
         try:
+            if kind == cards.ACTIONS["answer"]:
+                esc, _, faq_id = value.partition(":")
+                async with self.db.write() as conn:
+                    await self.answer(conn, id_param(esc, "value"), faq_id, user)
+                self._changed()
+                return
             ids = [id_param(v, "value") for v in value.split(":")]
             async with self.db.write() as conn:
                 if kind == cards.ACTIONS["retry"] and len(ids) == 2:

@@ -21,7 +21,7 @@ REASONS = {
 CHANNEL_NAMES = {"telegram": "Telegram", "whatsapp": "WhatsApp", "email": "Email",
                  "slack": "Slack", "webchat": "Web chat"}
 ACTIONS = {"take": "desk_take", "suggest": "desk_suggest", "resolve": "desk_resolve",
-           "back": "desk_back", "retry": "desk_retry"}
+           "back": "desk_back", "retry": "desk_retry", "answer": "desk_answer"}
 MAX_LINE = 300
 
 
@@ -53,6 +53,8 @@ class CardData:
     out_of_hours: str | None = None
     messages: Sequence[CardMessage] = ()
     candidates: Sequence[tuple[str, str, float]] = field(default_factory=tuple)
+    #: (entry id, label) staff may send from the picker, the candidates first
+    answer_options: Sequence[tuple[str, str]] = field(default_factory=tuple)
     priority: bool = False
     orders_count: int = 0
     total_spent: float = 0.0
@@ -166,11 +168,36 @@ def card(d: CardData) -> tuple[str, list[dict[str, Any]]]:
             buttons.append(_button("Send suggested answer", ACTIONS["suggest"], value))
         buttons += [_button("Resolve", ACTIONS["resolve"], value),
                     _button("Back to bot", ACTIONS["back"], value)]
+        if d.answer_options:
+            buttons.append({
+                "type": "static_select", "action_id": ACTIONS["answer"],
+                "placeholder": {"type": "plain_text", "text": "Send FAQ answer…"},
+                "options": [{"text": {"type": "plain_text", "text": clip(label, 75)},
+                             "value": f"{d.escalation_id}:{entry_id}"[:150]}
+                            for entry_id, label in d.answer_options[:100]]})
         blocks.append({"type": "actions", "block_id": f"desk-{d.escalation_id}",
                        "elements": buttons})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": (
-        "Reply in this thread to answer the customer; start with `note:` to keep it internal.")}]})
-    return f"{title} ({status_line(d)})", blocks
+        "Reply in this thread to answer the customer; start with `note:` to keep it internal, "
+        "or `answer: <entry id>` to send an FAQ answer in the customer's language.")}]})
+    return clip(f"{title} ({status_line(d)})", 3000), _within_limits(blocks)
+
+
+def _within_limits(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Slack refuses the whole message when one text is too long: section and context texts
+    at most 3,000 characters, section fields 2,000, button labels 75."""
+    for block in blocks:
+        text = block.get("text")
+        if isinstance(text, dict):
+            text["text"] = clip(text["text"], 3000)
+        for f in block.get("fields", ()):
+            f["text"] = clip(f["text"], 2000)
+        for element in block.get("elements", ()):
+            if element.get("type") == "mrkdwn":
+                element["text"] = clip(element["text"], 3000)
+            elif element.get("type") == "button":
+                element["text"]["text"] = clip(element["text"]["text"], 75)
+    return blocks
 
 
 def _button(label: str, action_id: str, value: str, style: str | None = None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ always shows the latest state however many changes were queued.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any, Protocol
@@ -46,6 +46,33 @@ def customer_name(name: str | None, email: str | None, phone: str | None, channe
 
 class FaqLookup(Protocol):
     def get(self, entry_id: str) -> FaqEntry | None: ...
+
+    @property
+    def entries(self) -> list[FaqEntry]: ...
+
+
+def staff_may_send(entry: FaqEntry | None) -> bool:
+    """An entry whose answer staff may send: it has one, and it is neither a hand-over line
+    (escalate-only) nor small talk."""
+    return entry is not None and not entry.escalate and bool(entry.answers) \
+        and entry.kind == "answer"
+
+
+def answer_options(faq: FaqLookup | None, first: Sequence[str]) -> list[tuple[str, str]]:
+    """(entry id, label) for the card's "Send FAQ answer" picker: the bot's candidates first,
+    then every other answerable entry, at most Slack's 100 options."""
+    if faq is None:
+        return []
+    ordered = [faq.get(i) for i in first] + sorted(faq.entries, key=lambda e: e.id)
+    seen: set[str] = set()
+    options = []
+    for entry in ordered:
+        if entry is None or entry.id in seen or not staff_may_send(entry):
+            continue
+        seen.add(entry.id)
+        question = entry.questions[0] if entry.questions else ""
+        options.append((entry.id, f"{entry.id}: {question}"))
+    return options[:100]
 
 
 async def queue_job(conn: AsyncConnection, kind: str, esc_id: int,
@@ -184,10 +211,11 @@ class DeskPoster:
         candidates = []
         for c in r.candidates or ():  # only entries staff may send (not hand-over lines)
             entry = self.faq.get(str(c.get("faq_id"))) if self.faq else None
-            if entry is None or entry.escalate or not entry.answers or entry.kind != "answer":
+            if entry is None or not staff_may_send(entry):
                 continue
             question = entry.questions[0] if entry.questions else ""
             candidates.append((str(c.get("faq_id")), question, float(c.get("score") or 0)))
+        options = answer_options(self.faq, [c[0] for c in candidates])
         detail = r.detail or ""
         data = cards.CardData(
             escalation_id=r.id, status=r.status, reason=r.reason,
@@ -200,7 +228,8 @@ class DeskPoster:
                 "out of hours: ") else None,
             messages=[cards.CardMessage(m.author, m.text, len(m.attachments or ()))
                       for m in reversed(msgs)],
-            candidates=candidates, priority=bool(r.priority), orders_count=r.orders_count or 0,
+            candidates=candidates, answer_options=options, priority=bool(r.priority),
+            orders_count=r.orders_count or 0,
             total_spent=float(r.total_spent or 0.0),
             currency=last.currency if last is not None else "",
             last_order=None if last is None else (
