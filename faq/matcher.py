@@ -41,7 +41,7 @@ from rapidfuzz import fuzz, process
 
 from faq.language import detect_language
 from faq.models import Candidate, FaqEntry, MatchResult
-from faq.normalize import analyze_token, tokenize
+from faq.normalize import FUNCTION_WEIGHT, FUNCTION_WORDS, analyze_token, tokenize
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -75,6 +75,11 @@ CANDIDATE_MIN_POSTINGS = 100
 # and `depth` attributes).
 SEMANTIC_SHARE = 0.7
 SEMANTIC_DEPTH = 10
+# Per-language calibration (`_calibrate`): held-out phrasings per language needed, at most this
+# many scored, and the bounds of a language's score scale.
+CALIBRATION_MIN = 8
+CALIBRATION_MAX = 300
+CALIBRATION_BOUNDS = (0.8, 1.5)
 # Distinct tokens whose feature ids a matcher remembers (about 1 kB each); later new tokens
 # are analysed each time. Customers' questions reuse a few thousand words.
 TOKEN_CACHE_SIZE = 20_000
@@ -96,6 +101,8 @@ class ScoredCandidate:
     negative_similarity: float
     semantic_similarity: float = 0.0
     coverage: float = 0.0
+    language: str = ""
+    language_scale: float = 1.0
 
 
 class SemanticScorer(Protocol):
@@ -210,6 +217,8 @@ class Matcher:
         threshold: best score under which the question is escalated instead of answered.
         ambiguity_margin: if the two best entries are closer than this, the decision is
             "ambiguous" (the bot should ask or hand over rather than guess).
+        calibrate: fit the per-language score scales on the FAQ's own phrasings (see
+            `_calibrate`); off for the held-out matcher the fit itself builds.
     """
 
     def __init__(
@@ -218,6 +227,7 @@ class Matcher:
         *,
         threshold: float = DEFAULT_THRESHOLD,
         ambiguity_margin: float = DEFAULT_AMBIGUITY_MARGIN,
+        calibrate: bool = True,
     ) -> None:
         self.entries = tuple(entries)
         self.threshold = threshold
@@ -240,12 +250,13 @@ class Matcher:
             negative_ranges.append((len(negatives), len(negatives) + len(entry.negatives)))
             negatives.extend(entry.negatives)
         self._phrasings = phrasings
+        self._languages = [detect_language(p) for p in phrasings]
         tokens = [tokenize(p) for p in phrasings]
         self._sorted_phrasings = [" ".join(sorted(t)) for t in tokens]
         self._token_cache: dict[str, _TokenFeatures] = {}
         self._fit_idf(tokens, owners)
         rows = [self._vectorize(t).as_dict() for t in tokens]
-        centroids, centroid_owners = self._centroids(rows, owners, phrasings)
+        centroids, centroid_owners = self._centroids(rows, owners, self._languages)
         entry_centroids: list[list[dict[int, float]]] = [[] for _ in self.entries]
         for centroid, owner in zip(centroids, centroid_owners, strict=True):
             entry_centroids[owner].append(centroid)
@@ -275,6 +286,8 @@ class Matcher:
         # Scratch vector for the question, one per thread so `match` is safe to call from
         # worker threads too; it is zeroed again after every question.
         self._scratch = threading.local()
+        # Score scale per question language: 1.0 for the FAQ's best-covered language.
+        self.language_scales: dict[str, float] = self._calibrate() if calibrate else {}
 
     def use_semantic(self, scorer: SemanticScorer, *, threshold: float) -> None:
         """Blend `scorer`'s similarities into every score from now on, with its own threshold."""
@@ -282,6 +295,63 @@ class Matcher:
         self.threshold = threshold
 
     # ---- building -------------------------------------------------------------------------
+
+    def _calibrate(self) -> dict[str, float]:
+        """Per-language score scales, fitted by holding out one phrasing per (entry, language).
+
+        The same question scores lower in a language whose phrasings share fewer exact words
+        (Thai segmented into short words, Italian inflections and elisions): one threshold then
+        hands over most right answers in that language. A matcher is built without one phrasing
+        of every entry that has two or more in a language; each held-out phrasing is matched,
+        and the median score of those that found their own entry is that language's typical
+        right-answer score. Scores of questions in a language are multiplied by the FAQ's
+        best-covered language's median over theirs (bounded), so a score, and the threshold,
+        mean the same in every language. Languages with under CALIBRATION_MIN held-out
+        phrasings keep scale 1.
+        """
+        held_out: dict[str, list[tuple[int, int]]] = {}  # language -> (entry, phrasing index)
+        for index, (lo, hi) in enumerate(self._phrase_ranges):
+            by_language: dict[str, list[int]] = {}
+            for at in range(lo, hi):
+                by_language.setdefault(self._languages[at], []).append(at)
+            for language, positions in by_language.items():
+                if len(positions) >= 2:
+                    held_out.setdefault(language, []).append((index, positions[-1]))
+        held_out = {
+            lang: picks for lang, picks in held_out.items() if len(picks) >= CALIBRATION_MIN
+        }
+        if len(held_out) < 2:
+            return {}
+        for language, picks in held_out.items():
+            if len(picks) > CALIBRATION_MAX:  # evenly spread over the FAQ, deterministic
+                step = len(picks) / CALIBRATION_MAX
+                held_out[language] = [picks[int(i * step)] for i in range(CALIBRATION_MAX)]
+        skipped = {at for picks in held_out.values() for _, at in picks}
+        reduced = [
+            FaqEntry(id=entry.id, questions=tuple(
+                self._phrasings[at] for at in range(lo, hi) if at not in skipped
+            ), answers={}, negatives=entry.negatives)
+            for entry, (lo, hi) in zip(self.entries, self._phrase_ranges, strict=True)
+        ]
+        fold = Matcher(reduced, calibrate=False)
+        medians: dict[str, float] = {}
+        for language, picks in held_out.items():
+            scores = []
+            for index, at in picks:
+                found = fold.score(self._phrasings[at], depth=1)
+                if found and found[0].entry_id == self.entries[index].id:
+                    scores.append(found[0].score)
+            if len(scores) >= CALIBRATION_MIN // 2:
+                medians[language] = float(np.median(scores))
+        if len(medians) < 2:
+            return {}
+        reference_language = max(medians, key=lambda lang: (len(held_out[lang]), lang == "en"))
+        reference = medians[reference_language]
+        low, high = CALIBRATION_BOUNDS
+        scales = {lang: min(max(reference / median, low), high) if median > 0 else 1.0
+                  for lang, median in medians.items()}
+        # Within 2% of 1 everywhere: not worth guessing the language of every question.
+        return scales if any(abs(scale - 1.0) > 0.02 for scale in scales.values()) else {}
 
     def _fit_idf(self, tokens: Sequence[Sequence[str]], owners: Sequence[int]) -> None:
         """IDF per feature, counting in how many *entries* (not phrasings) it appears.
@@ -307,6 +377,9 @@ class Matcher:
             for group in (words, chars)
             for owner_set in group.values()
         ]
+        for key, feature in self._word_vocab.items():
+            if key in FUNCTION_WORDS:
+                idf[feature] *= FUNCTION_WEIGHT
         self._idf_list = idf
         self._unseen_idf = (math.log(1 + n_entries) + 1.0) ** IDF_POWER
 
@@ -382,7 +455,7 @@ class Matcher:
         return _Vector(np.array(features, dtype=np.int64), np.array(values, dtype=np.float64))
 
     def _centroids(
-        self, rows: Sequence[dict[int, float]], owners: Sequence[int], phrasings: Sequence[str]
+        self, rows: Sequence[dict[int, float]], owners: Sequence[int], languages: Sequence[str]
     ) -> tuple[list[dict[int, float]], list[int]]:
         """Mean phrasing vector per (entry, language), renormalised to length 1.
 
@@ -390,8 +463,8 @@ class Matcher:
         average of an entry's English, Italian and Thai phrasings.
         """
         sums: dict[tuple[int, str], Counter[int]] = {}
-        for row, owner, phrasing in zip(rows, owners, phrasings, strict=True):
-            sums.setdefault((owner, detect_language(phrasing)), Counter()).update(row)
+        for row, owner, language in zip(rows, owners, languages, strict=True):
+            sums.setdefault((owner, language), Counter()).update(row)
         centroids: list[dict[int, float]] = []
         centroid_owners: list[int] = []
         for (owner, _), total in sorted(sums.items()):
@@ -446,7 +519,16 @@ class Matcher:
                 negative_sims = [self._negative_similarity(parts[0], dense) for parts in finalists]
             finally:
                 dense[features] = 0.0
-        return self._rerank(" ".join(sorted(tokens)), finalists, negative_sims, semantic)
+        scored = self._rerank(" ".join(sorted(tokens)), finalists, negative_sims, semantic)
+        if self.language_scales and semantic is None:
+            language = detect_language(text)
+            scale = self.language_scales.get(language, 1.0)
+            for candidate in scored:
+                candidate.language = language
+                if scale != 1.0:
+                    candidate.language_scale = scale
+                    candidate.score = min(candidate.score * scale, 1.0)
+        return scored
 
     def _exact_scores(self, shortlist: Sequence[int], dense: FloatArray) -> list[_Parts]:
         """The parts of every shortlisted entry's lexical score.
