@@ -41,7 +41,7 @@ from rapidfuzz import fuzz, process
 
 from faq.language import detect_language
 from faq.models import Candidate, FaqEntry, MatchResult
-from faq.normalize import FUNCTION_WEIGHT, FUNCTION_WORDS, analyze_token, tokenize
+from faq.normalize import FUNCTION_KEYS, FUNCTION_WEIGHT, analyze_token, tokenize
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -378,7 +378,7 @@ class Matcher:
             for owner_set in group.values()
         ]
         for key, feature in self._word_vocab.items():
-            if key in FUNCTION_WORDS:
+            if key in FUNCTION_KEYS:
                 idf[feature] *= FUNCTION_WEIGHT
         self._idf_list = idf
         self._unseen_idf = (math.log(1 + n_entries) + 1.0) ** IDF_POWER

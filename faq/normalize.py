@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 
-from faq import thai
+from faq import keywords, thai
 
 
 def _words(text: str) -> list[str]:
@@ -264,6 +264,9 @@ def analyze_token(token: str) -> tuple[tuple[str, ...], str | None, tuple[str, .
             return tuple(thai_grams(token)), token, chars
         if token in thai.STOPWORDS:
             return (), None, chars
+        concepts = _CONCEPT_OF.get(token)
+        if concepts:
+            return concepts, concepts[0], chars
         return (token,), token, chars
     if token in _FUTURE_AUXILIARIES:  # English "will", "'ll": the future, as Italian "-rà"
         return (FUTURE_TOKEN,), FUTURE_TOKEN, chars
@@ -275,9 +278,40 @@ def analyze_token(token: str) -> tuple[tuple[str, ...], str | None, tuple[str, .
     if future is not None:  # Italian future tense: the verb, and the tense as a word of its own
         if future in STOPWORDS:
             return (FUTURE_TOKEN,), FUTURE_TOKEN, chars
+        concepts = _CONCEPT_OF.get(future)
+        if concepts:
+            return (*concepts, FUTURE_TOKEN), concepts[0], chars
         return (future, FUTURE_TOKEN), future, chars
     stemmed = stem(token)
+    concepts = _CONCEPT_OF.get(stemmed)
+    if concepts:  # a store word of faq/keywords.py: its concept, the same in every language
+        return concepts, concepts[0], chars
     return (stemmed,), stemmed, chars
+
+
+def _concept_table() -> dict[str, tuple[str, ...]]:
+    """Word key (stem, or Thai word) -> the concept features of faq/keywords.py it stands for."""
+    table: dict[str, list[str]] = {}
+    for concept, words in keywords.CONCEPTS.items():
+        for word in words.split():
+            if _THAI_RUN.fullmatch(word):
+                key = thai.VARIANTS.get(word, word)
+            else:
+                tokens = _TOKEN.findall(normalize(word))
+                if len(tokens) != 1 or tokens[0] in STOPWORDS:
+                    continue
+                key = future_stem(tokens[0]) or stem(tokens[0])
+            keys = table.setdefault(key, [])
+            if f"~{concept}" not in keys:
+                keys.append(f"~{concept}")
+    return {key: tuple(concepts) for key, concepts in table.items()}
+
+
+_CONCEPT_OF = _concept_table()
+#: The word keys of FUNCTION_WORDS, as the matcher sees them ("where" -> "wher").
+FUNCTION_KEYS = frozenset(
+    word if _THAI_RUN.fullmatch(word) else stem(word) for word in FUNCTION_WORDS
+)
 
 
 def tokenize(text: str) -> list[str]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 
+from faq import keywords
+
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
@@ -40,7 +42,7 @@ FUNCTION_WORDS = _words(
 VARIANTS = {
     "มั้ย": "ไหม", "มั๊ย": "ไหม", "ไม๊": "ไหม", "เท่าไร": "เท่าไหร่", "เท่าไร่": "เท่าไหร่",
     "อย่างไร": "ยังไง", "เมื่อไร": "เมื่อไหร่", "รึเปล่า": "หรือเปล่า", "คับ": "ครับ",
-    "ไซส์": "ไซซ์", "ไซด์": "ไซซ์", "ออร์เดอร์": "ออเดอร์",
+    "ไซซ์": "ไซส์", "ไซด์": "ไซส์", "ออร์เดอร์": "ออเดอร์",
 }
 
 
@@ -48,12 +50,19 @@ VARIANTS = {
 def _segmenter() -> Callable[[str], list[str]] | None:
     """PyThaiNLP's newmm word segmenter, or None when the package is missing or broken."""
     try:
+        from pythainlp.corpus.common import thai_words
         from pythainlp.tokenize import word_tokenize
+        from pythainlp.util import dict_trie
+
+        # The shipped dictionary plus the store words of faq/keywords.py ("โค้ดส่วนลด", "ไซส์"),
+        # so they come out as one word.
+        extra = keywords.THAI_WORDS | set(VARIANTS) | set(VARIANTS.values()) | FUNCTION_WORDS
+        trie = dict_trie(set(thai_words()) | extra)
     except Exception:  # noqa: BLE001 - any failure means "no segmenter": fall back to grams
         return None
 
     def segment(text: str) -> list[str]:
-        return list(word_tokenize(text, engine="newmm", keep_whitespace=False))
+        return list(word_tokenize(text, custom_dict=trie, engine="newmm", keep_whitespace=False))
 
     return segment
 
