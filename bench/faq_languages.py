@@ -33,8 +33,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from faq.loader import load_faq_dir  # noqa: E402
 from faq.language import detect_language  # noqa: E402
+from faq.loader import load_faq_dir  # noqa: E402
 from faq.matcher import Matcher  # noqa: E402
 from faq.models import FaqEntry  # noqa: E402
 
@@ -99,9 +99,11 @@ def xsid_faqs(seed: int) -> tuple[dict[str, list[FaqEntry]], dict[str, list[Case
 
 
 def sample_faqs() -> dict[str, list[FaqEntry]]:
-    """The sample FAQ with 3 phrasings per entry: one per language, or English only."""
+    """The sample FAQ as shipped, and with 3 phrasings per entry: one per language, or English
+    only."""
     entries = load_faq_dir(ROOT / "faq" / "sample")
-    out: dict[str, list[FaqEntry]] = {"one per language": [], "en-only": []}
+    out: dict[str, list[FaqEntry]] = {"all (as shipped)": list(entries), "one per language": [],
+                                      "en-only": []}
     for entry in entries:
         by_lang: dict[str, list[str]] = defaultdict(list)
         for question in entry.questions:

@@ -33,7 +33,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -287,7 +287,9 @@ class Matcher:
         # worker threads too; it is zeroed again after every question.
         self._scratch = threading.local()
         # Score scale per question language: 1.0 for the FAQ's best-covered language.
-        self.language_scales: dict[str, float] = self._calibrate() if calibrate else {}
+        self.language_scales: dict[str, float] = {}
+        if calibrate:
+            self.language_scales = self._calibrate()
 
     def use_semantic(self, scorer: SemanticScorer, *, threshold: float) -> None:
         """Blend `scorer`'s similarities into every score from now on, with its own threshold."""
@@ -297,18 +299,51 @@ class Matcher:
     # ---- building -------------------------------------------------------------------------
 
     def _calibrate(self) -> dict[str, float]:
-        """Per-language score scales, fitted by holding out one phrasing per (entry, language).
+        """Per-language score scales, so a score, and the threshold, mean the same in every
+        language.
 
         The same question scores lower in a language whose phrasings share fewer exact words
-        (Thai segmented into short words, Italian inflections and elisions): one threshold then
-        hands over most right answers in that language. A matcher is built without one phrasing
-        of every entry that has two or more in a language; each held-out phrasing is matched,
-        and the median score of those that found their own entry is that language's typical
-        right-answer score. Scores of questions in a language are multiplied by the FAQ's
-        best-covered language's median over theirs (bounded), so a score, and the threshold,
-        mean the same in every language. Languages with under CALIBRATION_MIN held-out
-        phrasings keep scale 1.
+        with it (Thai cut into short words, Italian inflections and elisions), and much lower
+        in a language the entry has no phrasings in (only faq/keywords.py links them): one
+        threshold then hands over most right answers in that language. Each language's
+        typical right-answer score is measured on the FAQ itself and questions in it are
+        scaled by the reference language's (the best covered) over theirs, within
+        CALIBRATION_BOUNDS:
+
+        - held-out phrasings, when the language has CALIBRATION_MIN entries with two or more
+          phrasings in it: a matcher is built without one of them per entry and the median
+          score of the held-out phrasings that find their own entry is taken;
+        - otherwise the entries' answers in that language, against the answers in the
+          reference language, matched the same way (with the full FAQ).
         """
+        languages = Counter(self._languages)
+        loo = self._held_out_medians()
+        if loo:
+            reference = max(loo, key=lambda lang: (loo[lang][1], lang == "en"))
+        elif languages:
+            reference = max(languages, key=lambda lang: (languages[lang], lang == "en"))
+        else:
+            return {}
+        low, high = CALIBRATION_BOUNDS
+        scales: dict[str, float] = {}
+        if reference in loo:
+            for language, (median, _) in loo.items():
+                scales[language] = min(max(loo[reference][0] / median, low), high)
+        answer_languages = {
+            lang for entry in self.entries for lang in entry.answers if lang in _LANGUAGES
+        } - set(scales)
+        if answer_languages and reference in {lang for e in self.entries for lang in e.answers}:
+            by_answers = self._answer_medians(answer_languages | {reference})
+            if reference in by_answers:
+                for language in answer_languages & set(by_answers):
+                    ratio = by_answers[reference] / by_answers[language]
+                    scales[language] = min(max(ratio, low), high)
+        scales.setdefault(reference, 1.0)
+        # Within 2% of 1 everywhere: not worth guessing the language of every question.
+        return scales if any(abs(scale - 1.0) > 0.02 for scale in scales.values()) else {}
+
+    def _held_out_medians(self) -> dict[str, tuple[float, int]]:
+        """Language -> (median right-answer score of held-out phrasings, how many held out)."""
         held_out: dict[str, list[tuple[int, int]]] = {}  # language -> (entry, phrasing index)
         for index, (lo, hi) in enumerate(self._phrase_ranges):
             by_language: dict[str, list[int]] = {}
@@ -318,14 +353,11 @@ class Matcher:
                 if len(positions) >= 2:
                     held_out.setdefault(language, []).append((index, positions[-1]))
         held_out = {
-            lang: picks for lang, picks in held_out.items() if len(picks) >= CALIBRATION_MIN
+            lang: _spread(picks) for lang, picks in held_out.items()
+            if len(picks) >= CALIBRATION_MIN
         }
-        if len(held_out) < 2:
+        if not held_out:
             return {}
-        for language, picks in held_out.items():
-            if len(picks) > CALIBRATION_MAX:  # evenly spread over the FAQ, deterministic
-                step = len(picks) / CALIBRATION_MAX
-                held_out[language] = [picks[int(i * step)] for i in range(CALIBRATION_MAX)]
         skipped = {at for picks in held_out.values() for _, at in picks}
         reduced = [
             FaqEntry(id=entry.id, questions=tuple(
@@ -334,24 +366,33 @@ class Matcher:
             for entry, (lo, hi) in zip(self.entries, self._phrase_ranges, strict=True)
         ]
         fold = Matcher(reduced, calibrate=False)
-        medians: dict[str, float] = {}
+        medians: dict[str, tuple[float, int]] = {}
         for language, picks in held_out.items():
-            scores = []
-            for index, at in picks:
-                found = fold.score(self._phrasings[at], depth=1)
-                if found and found[0].entry_id == self.entries[index].id:
-                    scores.append(found[0].score)
+            scores = [
+                found[0].score
+                for index, at in picks
+                if (found := fold.score(self._phrasings[at], depth=1))
+                and found[0].entry_id == self.entries[index].id and found[0].score > 0
+            ]
             if len(scores) >= CALIBRATION_MIN // 2:
+                medians[language] = (float(np.median(scores)), len(picks))
+        return medians
+
+    def _answer_medians(self, languages: set[str]) -> dict[str, float]:
+        """Language -> median score of the entries' answers in it that find their own entry."""
+        medians: dict[str, float] = {}
+        for language in languages:
+            picks = _spread([e for e in self.entries if language in e.answers and e.answers[
+                language].strip() and e.kind == "answer"])
+            scores = [
+                found[0].score
+                for entry in picks
+                if (found := self.score(entry.answers[language], depth=1))
+                and found[0].entry_id == entry.id and found[0].score > 0
+            ]
+            if len(scores) >= CALIBRATION_MIN:
                 medians[language] = float(np.median(scores))
-        if len(medians) < 2:
-            return {}
-        reference_language = max(medians, key=lambda lang: (len(held_out[lang]), lang == "en"))
-        reference = medians[reference_language]
-        low, high = CALIBRATION_BOUNDS
-        scales = {lang: min(max(reference / median, low), high) if median > 0 else 1.0
-                  for lang, median in medians.items()}
-        # Within 2% of 1 everywhere: not worth guessing the language of every question.
-        return scales if any(abs(scale - 1.0) > 0.02 for scale in scales.values()) else {}
+        return medians
 
     def _fit_idf(self, tokens: Sequence[Sequence[str]], owners: Sequence[int]) -> None:
         """IDF per feature, counting in how many *entries* (not phrasings) it appears.
@@ -704,6 +745,18 @@ def _centroid_scales(
         return [1.0] * len(typicality)
     reference = math.exp(sum(math.log(t) for t in known) / len(known))
     return [reference / t if t > 1e-6 else 1.0 for t in typicality]
+
+
+_LANGUAGES = ("en", "it", "th")
+_T = TypeVar("_T")
+
+
+def _spread(items: list[_T]) -> list[_T]:
+    """At most CALIBRATION_MAX of `items`, evenly spread over them (deterministic)."""
+    if len(items) <= CALIBRATION_MAX:
+        return items
+    step = len(items) / CALIBRATION_MAX
+    return [items[int(i * step)] for i in range(CALIBRATION_MAX)]
 
 
 def _lexical(parts: _Parts) -> float:

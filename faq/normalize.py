@@ -117,6 +117,9 @@ def normalize(text: str) -> str:
         text = unicodedata.normalize("NFKC", text).casefold().replace("’", "'")
         text = _fold_accents(text)
         if _THAI_CHAR.search(text):
+            # NFKC splits sara am (ำ) into nikhahit + sara aa: put it back, or "ทำ", "คำ",
+            # "ชำระ" are no longer the dictionary's words.
+            text = text.replace("\u0e4d\u0e32", "\u0e33")
             text = _THAI_REPEAT.sub(_one_letter, text)
             text = _THAI_LAUGH.sub(" ", text)  # "555" is laughter (ha-ha-ha), not a number
     if "'" in text:
