@@ -79,7 +79,13 @@ SEMANTIC_DEPTH = 10
 # many scored, and the bounds of a language's score scale.
 CALIBRATION_MIN = 8
 CALIBRATION_MAX = 300
-CALIBRATION_BOUNDS = (0.8, 1.5)
+# Never below 1: the default threshold is set on English FAQs (~10% of out-of-scope questions
+# answered), and the scales under 1 we saw (Italian 0.91 on the sample FAQ) were within the
+# noise of a few dozen held-out scores and only cost right answers.
+CALIBRATION_BOUNDS = (1.0, 1.5)
+CALIBRATION_DEAD_ZONE = 0.08
+# The wrong-entry scores compared: their upper quartile, where the threshold sits.
+CALIBRATION_QUANTILE = 75
 # Distinct tokens whose feature ids a matcher remembers (about 1 kB each); later new tokens
 # are analysed each time. Customers' questions reuse a few thousand words.
 TOKEN_CACHE_SIZE = 20_000
@@ -299,22 +305,27 @@ class Matcher:
     # ---- building -------------------------------------------------------------------------
 
     def _calibrate(self) -> dict[str, float]:
-        """Per-language score scales, so a score, and the threshold, mean the same in every
-        language.
+        """Per-language score scales, so that one threshold gives the same wrong-answer rate
+        in every language.
 
-        The same question scores lower in a language whose phrasings share fewer exact words
-        with it (Thai cut into short words, Italian inflections and elisions), and much lower
-        in a language the entry has no phrasings in (only faq/keywords.py links them): one
-        threshold then hands over most right answers in that language. Each language's
-        typical right-answer score is measured on the FAQ itself and questions in it are
-        scaled by the reference language's (the best covered) over theirs, within
-        CALIBRATION_BOUNDS:
+        How high a question scores against entries it is *not* about depends on its language:
+        Thai cut into short words, Italian inflections and elisions, and above all a language
+        the entry has no phrasings in (only faq/keywords.py links them) all score lower, so
+        the threshold that suits English hands over most right answers in them. Each
+        language's typical wrong-entry score (the median of the best score of an entry other
+        than the right one) is measured on the FAQ itself, and questions in that language are
+        scaled by the reference language's (the best covered) over theirs:
 
-        - held-out phrasings, when the language has CALIBRATION_MIN entries with two or more
-          phrasings in it: a matcher is built without one of them per entry and the median
-          score of the held-out phrasings that find their own entry is taken;
-        - otherwise the entries' answers in that language, against the answers in the
-          reference language, matched the same way (with the full FAQ).
+        - from held-out phrasings when the language has CALIBRATION_MIN entries with two or
+          more phrasings in it: a matcher is built without one of them per entry and each
+          held-out phrasing is matched against it;
+        - otherwise from the entries' answers in that language, against the full FAQ, over
+          the same from the answers in the reference language.
+
+        Scales are bounded by CALIBRATION_BOUNDS and within CALIBRATION_DEAD_ZONE of 1 they
+        are 1: quartiles of a few dozen scores are noisy. In practice a language the FAQ has
+        phrasings in stays near 1 and one it has none in is scaled up (1.4-1.5 for Italian
+        and Thai on the sample FAQ with English phrasings only).
         """
         languages = Counter(self._languages)
         loo = self._held_out_medians()
@@ -339,11 +350,13 @@ class Matcher:
                     ratio = by_answers[reference] / by_answers[language]
                     scales[language] = min(max(ratio, low), high)
         scales.setdefault(reference, 1.0)
-        # Within 2% of 1 everywhere: not worth guessing the language of every question.
-        return scales if any(abs(scale - 1.0) > 0.02 for scale in scales.values()) else {}
+        scales = {lang: 1.0 if abs(scale - 1.0) <= CALIBRATION_DEAD_ZONE else scale
+                  for lang, scale in scales.items()}
+        # All 1: not worth guessing the language of every question.
+        return scales if any(scale != 1.0 for scale in scales.values()) else {}
 
     def _held_out_medians(self) -> dict[str, tuple[float, int]]:
-        """Language -> (median right-answer score of held-out phrasings, how many held out)."""
+        """Language -> (upper-quartile wrong-entry score of held-out phrasings, how many)."""
         held_out: dict[str, list[tuple[int, int]]] = {}  # language -> (entry, phrasing index)
         for index, (lo, hi) in enumerate(self._phrase_ranges):
             by_language: dict[str, list[int]] = {}
@@ -369,29 +382,26 @@ class Matcher:
         medians: dict[str, tuple[float, int]] = {}
         for language, picks in held_out.items():
             scores = [
-                found[0].score
+                _best_other(fold.score(self._phrasings[at]), self.entries[index].id)
                 for index, at in picks
-                if (found := fold.score(self._phrasings[at], depth=1))
-                and found[0].entry_id == self.entries[index].id and found[0].score > 0
             ]
-            if len(scores) >= CALIBRATION_MIN // 2:
-                medians[language] = (float(np.median(scores)), len(picks))
+            median = float(np.percentile(scores, CALIBRATION_QUANTILE))
+            if median > 0.01:  # no other entry ever comes close: nothing to calibrate on
+                medians[language] = (median, len(picks))
         return medians
 
     def _answer_medians(self, languages: set[str]) -> dict[str, float]:
-        """Language -> median score of the entries' answers in it that find their own entry."""
+        """Language -> upper-quartile wrong-entry score of the entries' answers in it."""
         medians: dict[str, float] = {}
         for language in languages:
             picks = _spread([e for e in self.entries if language in e.answers and e.answers[
                 language].strip() and e.kind == "answer"])
-            scores = [
-                found[0].score
-                for entry in picks
-                if (found := self.score(entry.answers[language], depth=1))
-                and found[0].entry_id == entry.id and found[0].score > 0
-            ]
-            if len(scores) >= CALIBRATION_MIN:
-                medians[language] = float(np.median(scores))
+            scores = [_best_other(self.score(entry.answers[language]), entry.id)
+                      for entry in picks]
+            if len(scores) >= CALIBRATION_MIN and (
+                median := float(np.percentile(scores, CALIBRATION_QUANTILE))
+            ) > 0.01:
+                medians[language] = median
         return medians
 
     def _fit_idf(self, tokens: Sequence[Sequence[str]], owners: Sequence[int]) -> None:
@@ -749,6 +759,11 @@ def _centroid_scales(
 
 _LANGUAGES = ("en", "it", "th")
 _T = TypeVar("_T")
+
+
+def _best_other(scored: Sequence[ScoredCandidate], own: str) -> float:
+    """The best score of an entry other than `own`: what a wrong answer would score."""
+    return next((c.score for c in scored if c.entry_id != own), 0.0)
 
 
 def _spread(items: list[_T]) -> list[_T]:

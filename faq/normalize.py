@@ -65,9 +65,10 @@ _THAI_LAUGH = re.compile(
 _THAI_CHAR = re.compile(r"[\u0e00-\u0e7f]")
 # Question words of every language: they say what kind of question it is, not what about, so
 # the matcher gives them FUNCTION_WEIGHT of their IDF ("dov'è" -> "dove", "อยู่ที่ไหน").
+# "How much" and "when" (quanto, quando) keep full weight in Italian: they tell a price question
+# from a delivery-time one ("quanto ci mette ad arrivare?"); Thai's are in faq/thai.py.
 FUNCTION_WORDS = frozenset(
-    _words("where what when how which why who dove cosa quando come quale quali quanto quanta"
-           " quanti quante perche chi")
+    _words("where what how which why who dove cosa come quale quali perche chi")
 ) | thai.FUNCTION_WORDS
 FUNCTION_WEIGHT = 0.5
 
@@ -267,6 +268,10 @@ def analyze_token(token: str) -> tuple[tuple[str, ...], str | None, tuple[str, .
             return tuple(thai_grams(token)), token, chars
         if token in thai.STOPWORDS:
             return (), None, chars
+        if token in thai.FUNCTION_WORDS:
+            # No char grams: a long question word ("เท่าไหร่", 8 letters) would otherwise
+            # outweigh the short content words next to it ("ค่า", "ส่ง").
+            return (token,), token, ()
         concepts = _CONCEPT_OF.get(token)
         if concepts:
             return concepts, concepts[0], chars

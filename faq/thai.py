@@ -33,10 +33,12 @@ STOPWORDS = _words(
     "ฉัน ผม ดิฉัน หนู เรา เค้า เขา คุณ ทาง ร้าน ของ ที่ ซึ่ง และ กับ แต่ ก็ จะ ได้ ให้ การ ความ"
     " นี้ นั้น เป็น คือ มี ไว้ อยาก ต้องการ ขอ ช่วย สอบถาม ถาม รบกวน หรือ แล้ว ยัง"
 )
-# Question words: kept, at FUNCTION_WEIGHT of their IDF.
+# Question words: kept, at FUNCTION_WEIGHT of their IDF. "How much" (เท่าไหร่) is one: Thai
+# customers ask the price of every product with it ("Dior เท่าไรคะ"), and at full weight it
+# sent them to the shipping-costs entry ("ค่าส่งเท่าไหร่"). "When" (เมื่อไหร่) keeps full weight.
 FUNCTION_WORDS = _words(
-    "ไหม มั้ย มั๊ย ไม๊ ที่ไหน ไหน อยู่ ยังไง อย่างไร อะไร เมื่อไหร่ เมื่อไร เท่าไหร่ เท่าไร กี่ ไร"
-    " หรือเปล่า รึเปล่า บ้าง ได้ไหม ทำไม"
+    "ไหม มั้ย มั๊ย ไม๊ ที่ไหน ไหน อยู่ ยังไง อย่างไร อะไร ไร หรือเปล่า รึเปล่า บ้าง ได้ไหม ทำไม"
+    " เท่าไหร่ เท่าไร กี่"
 )
 # Spellings of the same word, folded to one.
 VARIANTS = {
