@@ -33,7 +33,7 @@ CONCEPTS: dict[str, str] = {
     "change": "change modify edit cambiare modificare modifica เปลี่ยน แก้ไข",
     "exchange": "exchange swap sostituire sostituzione scambio แลก",
     "return": "return returns reso resi restituire restituzione rendere ส่งคืน คืนสินค้า",
-    "refund": "refund refunds refunded rimborso rimborsi rimborsare คืนเงิน",
+    "refund": "refund refunds refunded rimborso rimborsi rimborsare คืนเงิน เงินคืน ได้เงินคืน",
     "money": "money soldi denaro เงิน",
     "broken": "broken damaged defective faulty rotto rotta danneggiato danneggiata difettoso"
               " แตก พัง ชำรุด เสียหาย",
@@ -53,7 +53,8 @@ CONCEPTS: dict[str, str] = {
     "stock": "stock restock available disponibile disponibili esaurito สต็อก หมด",
     "invoice": "invoice receipt fattura ricevuta ใบกำกับภาษี ใบเสร็จ",
     "gift": "gift regalo ของขวัญ",
-    "points": "points point punti punto คะแนน แต้ม",
+    # not "punto": "a che punto è il mio ordine?" asks for the status
+    "points": "points point punti คะแนน แต้ม",
     "loyalty": "loyalty rewards fedelta สมาชิก",
     "friend": "friend friends amico amici amica เพื่อน",
     "review": "review reviews recensione recensioni รีวิว",
@@ -66,7 +67,8 @@ CONCEPTS: dict[str, str] = {
     "express": "express fast faster urgent veloce rapida ด่วน",
     "thailand": "thailand thailandia ไทย",
     "wash": "wash washing care lavare lavaggio ซัก ซักผ้า",
-    "sell": "sell sold vendete vendere vendita ขาย",
+    # not "sold": its stem is the stem of Italian "soldi" (money)
+    "sell": "sell vendete vendere vendita ขาย",
     "address": "address indirizzo ที่อยู่",
     "late": "late delayed ritardo ritardato ช้า",
     "wrong": "wrong sbagliato sbagliata ผิด",
