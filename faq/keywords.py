@@ -64,6 +64,8 @@ CONCEPTS: dict[str, str] = {
     "abroad": "abroad international overseas internationally estero ต่างประเทศ",
     "country": "country countries paese paesi ประเทศ",
     "day": "day days giorno giorni วัน",
+    # "how long does it take": "quanto tempo ci vuole", "quanto ci mette", "นานไหม"
+    "duration": "long tempo mette mettete impiega impiegate นาน",
     "express": "express fast faster urgent veloce rapida ด่วน",
     "thailand": "thailand thailandia ไทย",
     "wash": "wash washing care lavare lavaggio ซัก ซักผ้า",

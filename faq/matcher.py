@@ -46,7 +46,7 @@ from faq.normalize import FUNCTION_KEYS, FUNCTION_WEIGHT, analyze_token, tokeniz
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-DEFAULT_THRESHOLD = 0.34
+DEFAULT_THRESHOLD = 0.36
 DEFAULT_AMBIGUITY_MARGIN = 0.02
 
 # Share of each feature group in the cosine (they sum to 1 so scores stay in [0, 1]).

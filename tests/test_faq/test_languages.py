@@ -14,7 +14,7 @@ import pytest
 from faq import thai
 from faq.language import detect_language
 from faq.loader import lint_faq_dir
-from faq.matcher import CALIBRATION_BOUNDS, Matcher
+from faq.matcher import CALIBRATION_BOUNDS, DEFAULT_THRESHOLD, Matcher
 from faq.models import FaqEntry
 from faq.normalize import tokenize
 
@@ -165,7 +165,7 @@ def test_eval_shows_languages_the_curve_and_lists_what_to_fix(tmp_path: Path) ->
     out = done.stdout
     table = out[out.index("language  in scope"):out.index("threshold curve")]
     assert {line.split()[0] for line in table.splitlines()[2:] if line} == {"en", "it", "th"}
-    assert "0.34 (current)" in out
+    assert f"{DEFAULT_THRESHOLD:.2f} (current)" in out
     handed = out[out.index("in-scope questions handed over: 1"):out.index("wrong answers:")]
     assert "size_guide (1)" in handed and "ho bisogno di aiuto con una cosa strana" in handed
 
