@@ -34,7 +34,7 @@ CONCEPTS: dict[str, str] = {
     "exchange": "exchange swap sostituire sostituzione scambio แลก",
     "return": "return returns reso resi restituire restituzione rendere ส่งคืน คืนสินค้า",
     "refund": "refund refunds refunded rimborso rimborsi rimborsare คืนเงิน เงินคืน ได้เงินคืน",
-    "money": "money soldi denaro เงิน",
+    "money": "money soldi denaro เงิน เงินคืน ได้เงินคืน",
     "broken": "broken damaged defective faulty rotto rotta danneggiato danneggiata difettoso"
               " แตก พัง ชำรุด เสียหาย",
     "pay": "pay paid payment payments pagare pagato pagamento pagamenti จ่าย ชำระ ชำระเงิน",
@@ -69,12 +69,15 @@ CONCEPTS: dict[str, str] = {
     "express": "express fast faster urgent veloce rapida ด่วน",
     "thailand": "thailand thailandia ไทย",
     "wash": "wash washing care lavare lavaggio ซัก ซักผ้า",
-    # not "sold": its stem is the stem of Italian "soldi" (money)
     "sell": "sell vendete vendere vendita ขาย",
     "address": "address indirizzo ที่อยู่",
     "late": "late delayed ritardo ritardato ช้า",
     "wrong": "wrong sbagliato sbagliata ผิด",
 }
+
+#: Words whose stem is a table word's stem in another language, kept out of its concept:
+#: English "sold" ("sold out") has the stem of Italian "soldi" (money).
+NOT_CONCEPTS = frozenset({"sold"})
 
 #: Thai words of the table, for the segmenter's dictionary.
 THAI_WORDS = frozenset(

@@ -291,7 +291,7 @@ def analyze_token(token: str) -> tuple[tuple[str, ...], str | None, tuple[str, .
             return (*concepts, FUTURE_TOKEN), concepts[0], chars
         return (future, FUTURE_TOKEN), future, chars
     stemmed = stem(token)
-    concepts = _CONCEPT_OF.get(stemmed)
+    concepts = _CONCEPT_OF.get(stemmed) if token not in keywords.NOT_CONCEPTS else None
     if concepts:  # a store word of faq/keywords.py: its concept, the same in every language
         return concepts, concepts[0], chars
     return (stemmed,), stemmed, chars
