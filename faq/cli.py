@@ -25,6 +25,7 @@ from faq.language import detect_language
 from faq.loader import lint_faq_dir, load_faq_dir
 from faq.matcher import DEFAULT_THRESHOLD, Matcher
 from faq.models import MatchResult
+from faq.normalize import FUNCTION_KEYS, extract, tokenize
 from faq.suggest import group_questions, render_yaml
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
@@ -232,8 +233,10 @@ def evaluate(
     faq_dir: FaqDirOption = SAMPLE_DIR,
     threshold: ThresholdOption = None,
     semantic_model: SemanticOption = None,
+    limit: Annotated[int, typer.Option(min=0, help="At most this many questions per list.")] = 100,
 ) -> None:
-    """Measure the matcher on labelled questions: accuracy, wrong answers, confusions."""
+    """Measure the matcher on labelled questions: per language, the threshold curve, and the
+    questions handed over or answered wrongly, by entry."""
     cases = _read_cases(file)
     if not cases:
         _fail(f"{file}: no questions")
@@ -269,6 +272,102 @@ def evaluate(
         typer.echo("")
         typer.echo(_table([(e, g, n) for (e, g), n in confusions.most_common(10)],
                           ("expected", "answered instead", "times")))
+    typer.echo("")
+    typer.echo(_by_language(results, matcher))
+    typer.echo("")
+    typer.echo(_threshold_curve(results, matcher))
+    _list_gaps(results, limit)
+
+
+def _answered_at(result: MatchResult, threshold: float, matcher: Matcher) -> str | None:
+    """The entry `result` would be answered with at `threshold` (None: handed over)."""
+    if not result.candidates or result.score < threshold or result.score <= 0.0:
+        return None
+    best = result.candidates[0]
+    entry = matcher.get(best.entry_id)
+    if entry is None or entry.escalate:
+        return None
+    if len(result.candidates) > 1 and \
+            best.score - result.candidates[1].score < matcher.ambiguity_margin:
+        return None
+    return best.entry_id
+
+
+def _by_language(results: Sequence[tuple[_Case, MatchResult]], matcher: Matcher) -> str:
+    """Answered right / wrong / handed over per question language, at the matcher's threshold."""
+    groups: dict[str, list[tuple[_Case, MatchResult]]] = {}
+    for case, result in results:
+        groups.setdefault(detect_language(case.text), []).append((case, result))
+    rows = []
+    for language in sorted(groups):
+        pairs = groups[language]
+        in_scope = [(c, r) for c, r in pairs if c.expected is not None]
+        answered = [(c, r) for c, r in in_scope if r.decision == "answer"]
+        right = sum(1 for c, r in answered if r.faq_id == c.expected)
+        oos = [r for c, r in pairs if c.expected is None]
+        scale = matcher.language_scales.get(language, 1.0)
+        rows.append((language, len(in_scope), _share(right, len(in_scope)),
+                     _share(len(answered) - right, len(in_scope)),
+                     _share(len(in_scope) - len(answered), len(in_scope)), len(oos),
+                     _share(sum(1 for r in oos if r.decision == "answer"), len(oos)),
+                     f"{scale:.2f}"))
+    return _table(rows, ("language", "in scope", "answered right", "answered wrong",
+                         "handed over", "out of scope", "OOS answered", "score scale"))
+
+
+def _threshold_curve(results: Sequence[tuple[_Case, MatchResult]], matcher: Matcher) -> str:
+    """What other thresholds would do: right / wrong / handed over / OOS answered."""
+    in_scope = [(c, r) for c, r in results if c.expected is not None]
+    oos = [r for c, r in results if c.expected is None]
+    thresholds = sorted({round(0.2 + 0.04 * i, 2) for i in range(11)} | {matcher.threshold})
+    rows = []
+    for threshold in thresholds:
+        answers = [(c, _answered_at(r, threshold, matcher)) for c, r in in_scope]
+        right = sum(1 for c, a in answers if a is not None and a == c.expected)
+        wrong = sum(1 for c, a in answers if a is not None and a != c.expected)
+        oos_answered = sum(1 for r in oos if _answered_at(r, threshold, matcher) is not None)
+        mark = " (current)" if threshold == matcher.threshold else ""
+        rows.append((f"{threshold:.2f}{mark}", _share(right, len(in_scope)),
+                     _share(wrong, len(in_scope)),
+                     _share(len(in_scope) - right - wrong, len(in_scope)),
+                     _share(oos_answered, len(oos))))
+    return "threshold curve\n" + _table(
+        rows, ("threshold", "answered right", "answered wrong", "handed over", "OOS answered"))
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count} ({count / total:.0%})" if total else "-"
+
+
+def _list_gaps(results: Sequence[tuple[_Case, MatchResult]], limit: int) -> None:
+    """In-scope questions handed over, then wrong answers, grouped by the expected entry: the
+    list an admin works through (add these phrasings, or negatives)."""
+    handed: dict[str, list[tuple[_Case, MatchResult]]] = {}
+    wrong: dict[str, list[tuple[_Case, MatchResult]]] = {}
+    for case, result in results:
+        if case.expected is not None and result.decision != "answer":
+            handed.setdefault(case.expected, []).append((case, result))
+        elif result.decision == "answer" and result.faq_id != case.expected:
+            wrong.setdefault(case.expected or "(no answer expected)", []).append((case, result))
+    for title, groups, hint in (
+        ("in-scope questions handed over", handed, "add them as phrasings of their entry"),
+        ("wrong answers", wrong, "add them as phrasings of the right entry, or as negatives"),
+    ):
+        total = sum(len(v) for v in groups.values())
+        typer.echo(f"\n{title}: {total}" + (f" ({hint})" if total else ""))
+        shown = 0
+        for expected in sorted(groups, key=lambda k: (-len(groups[k]), k)):
+            typer.echo(f"  {expected} ({len(groups[expected])})")
+            for case, result in groups[expected]:
+                if shown >= limit:
+                    break
+                best = result.candidates[0].entry_id if result.candidates else "-"
+                got = (result.faq_id if result.decision == "answer"
+                       else f"{result.decision}, best {best}")
+                typer.echo(f"    {result.score:.3f}  {got}  {case.text!r}")
+                shown += 1
+        if shown < total:
+            typer.echo(f"  ... and {total - shown} more (--limit)")
 
 
 @app.command()
@@ -287,10 +386,41 @@ def explain(
         for c in matcher.explain(question, limit=limit)
     ]
     result = matcher.match(question)
+    language = detect_language(question)
+    scale = matcher.language_scales.get(language, 1.0)
     typer.echo(f"decision: {result.decision} (threshold {matcher.threshold:.2f}, "
                f"ambiguity margin {matcher.ambiguity_margin:.2f})")
+    typer.echo(f"language: {language}, scores x {scale:.2f} (calibrated on this FAQ's "
+               "phrasings and answers so a score means the same in every language)")
     typer.echo(_table(rows, ("entry", "score", "phrasing", "centroid", "coverage", "fuzzy",
                              "negative", "semantic", "closest phrasing")))
+    typer.echo("")
+    typer.echo(_explain_words(question, matcher, [row[0] for row in rows]))
+
+
+def _explain_words(question: str, matcher: Matcher, entry_ids: Sequence[str]) -> str:
+    """The question's words as the matcher sees them, and which candidates share each one.
+
+    Shows what normalisation did (particles dropped, Thai cut into words, store words folded
+    into one concept `~name` across languages) and why a candidate won: the words it shares.
+    """
+    words = list(dict.fromkeys(extract(question, pairs=False).words))
+    vocabulary: dict[str, set[str]] = {}
+    for entry in matcher.entries:
+        for phrasing in entry.questions:
+            for word in extract(phrasing, pairs=False).words:
+                vocabulary.setdefault(word, set()).add(entry.id)
+    lines = [f"tokens: {' '.join(tokenize(question)) or '(none)'}", "words:"]
+    for word in words:
+        owners = vocabulary.get(word, set())
+        kind = " (question word, half weight)" if word in FUNCTION_KEYS else ""
+        if not owners:
+            lines.append(f"  {word}{kind}: in no phrasing (lowers every score)")
+            continue
+        shared = [e for e in entry_ids if e in owners]
+        lines.append(f"  {word}{kind}: in {len(owners)} entr{'y' if len(owners) == 1 else 'ies'}"
+                     + (f", shared with {', '.join(shared)}" if shared else ""))
+    return "\n".join(lines)
 
 
 def _read_lines(path: Path) -> Iterator[str]:

@@ -6,7 +6,8 @@ every field still knows its line: a shop owner who breaks a file is told
 not a traceback.
 
 `load_faq_dir` stops at the first error (what the service needs); `lint_faq_dir` reports every
-error plus warnings (near-duplicate phrasings across entries, missing languages).
+error plus warnings (near-duplicate phrasings across entries, missing languages, phrasings in
+one language only or fewer than three).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ KNOWN_KEYS = ("id", "questions", "answer", "answer_with_order", "stage", "tags",
 #: answers that mean "not written yet" (what `faq suggest` puts in its drafts)
 PLACEHOLDERS = frozenset({"todo", "tbd", "fixme", "xxx", "..."})
 REQUIRED_LANGUAGES = ("en", "it", "th")
+#: fewer phrasings than this and an entry is rarely matched with confidence (lint warns)
+MIN_PHRASINGS = 3
 NEAR_DUPLICATE_RATIO = 90.0
 _ID = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _LANG = re.compile(r"^(default|[a-z]{2,3}(-[A-Za-z]{2,4})?)$")
@@ -350,9 +353,20 @@ def _missing_languages(entries: list[FaqEntry]) -> Iterator[Problem]:
                               "warning")
         asked = {detect_language(q) for q in entry.questions}
         missing_q = [lang for lang in REQUIRED_LANGUAGES if lang not in asked]
-        if missing_q:
+        if len(asked) == 1 and len(REQUIRED_LANGUAGES) > 1:
+            (only,) = asked
+            yield Problem(entry.source, entry.line,
+                          f"entry {entry.id!r}: phrasings in {only} only; questions in "
+                          f"{'/'.join(missing_q)} reach it only through the store-word table "
+                          "and are handed over more often: add a phrasing in each", "warning")
+        elif missing_q:
             yield Problem(entry.source, entry.line,
                           f"entry {entry.id!r}: no phrasing in {'/'.join(missing_q)}", "warning")
+        if len(entry.questions) < MIN_PHRASINGS and entry.kind == "answer":
+            yield Problem(entry.source, entry.line,
+                          f"entry {entry.id!r}: only {len(entry.questions)} phrasing(s); with "
+                          f"fewer than {MIN_PHRASINGS} most questions score under the threshold"
+                          " and are handed over: add the ways customers ask it", "warning")
 
 
 def iter_entries_with_files(path: Path) -> Iterator[tuple[Path, Any]]:

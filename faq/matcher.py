@@ -33,7 +33,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -41,12 +41,12 @@ from rapidfuzz import fuzz, process
 
 from faq.language import detect_language
 from faq.models import Candidate, FaqEntry, MatchResult
-from faq.normalize import analyze_token, tokenize
+from faq.normalize import FUNCTION_KEYS, FUNCTION_WEIGHT, analyze_token, tokenize
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-DEFAULT_THRESHOLD = 0.34
+DEFAULT_THRESHOLD = 0.36
 DEFAULT_AMBIGUITY_MARGIN = 0.02
 
 # Share of each feature group in the cosine (they sum to 1 so scores stay in [0, 1]).
@@ -75,6 +75,18 @@ CANDIDATE_MIN_POSTINGS = 100
 # and `depth` attributes).
 SEMANTIC_SHARE = 0.7
 SEMANTIC_DEPTH = 10
+# Per-language calibration (`_calibrate`): held-out phrasings per language needed, at most this
+# many scored, and the bounds of a language's score scale.
+CALIBRATION_MIN = 8
+CALIBRATION_MAX = 300
+# Never below 1: the default threshold is set on English FAQs (~10% of out-of-scope questions
+# answered), and the scales under 1 we saw (Italian 0.91 on the sample FAQ) were within the
+# noise of a few dozen held-out scores and only cost right answers. Up to 2: Thai questions on
+# the sample FAQ with English phrasings only measured 1.7 (out-of-scope Thai answered: 0.9%).
+CALIBRATION_BOUNDS = (1.0, 2.0)
+CALIBRATION_DEAD_ZONE = 0.08
+# The wrong-entry scores compared: their upper quartile, where the threshold sits.
+CALIBRATION_QUANTILE = 75
 # Distinct tokens whose feature ids a matcher remembers (about 1 kB each); later new tokens
 # are analysed each time. Customers' questions reuse a few thousand words.
 TOKEN_CACHE_SIZE = 20_000
@@ -96,6 +108,8 @@ class ScoredCandidate:
     negative_similarity: float
     semantic_similarity: float = 0.0
     coverage: float = 0.0
+    language: str = ""
+    language_scale: float = 1.0
 
 
 class SemanticScorer(Protocol):
@@ -210,6 +224,8 @@ class Matcher:
         threshold: best score under which the question is escalated instead of answered.
         ambiguity_margin: if the two best entries are closer than this, the decision is
             "ambiguous" (the bot should ask or hand over rather than guess).
+        calibrate: fit the per-language score scales on the FAQ's own phrasings (see
+            `_calibrate`); off for the held-out matcher the fit itself builds.
     """
 
     def __init__(
@@ -218,6 +234,7 @@ class Matcher:
         *,
         threshold: float = DEFAULT_THRESHOLD,
         ambiguity_margin: float = DEFAULT_AMBIGUITY_MARGIN,
+        calibrate: bool = True,
     ) -> None:
         self.entries = tuple(entries)
         self.threshold = threshold
@@ -240,12 +257,13 @@ class Matcher:
             negative_ranges.append((len(negatives), len(negatives) + len(entry.negatives)))
             negatives.extend(entry.negatives)
         self._phrasings = phrasings
+        self._languages = [detect_language(p) for p in phrasings]
         tokens = [tokenize(p) for p in phrasings]
         self._sorted_phrasings = [" ".join(sorted(t)) for t in tokens]
         self._token_cache: dict[str, _TokenFeatures] = {}
         self._fit_idf(tokens, owners)
         rows = [self._vectorize(t).as_dict() for t in tokens]
-        centroids, centroid_owners = self._centroids(rows, owners, phrasings)
+        centroids, centroid_owners = self._centroids(rows, owners, self._languages)
         entry_centroids: list[list[dict[int, float]]] = [[] for _ in self.entries]
         for centroid, owner in zip(centroids, centroid_owners, strict=True):
             entry_centroids[owner].append(centroid)
@@ -275,6 +293,10 @@ class Matcher:
         # Scratch vector for the question, one per thread so `match` is safe to call from
         # worker threads too; it is zeroed again after every question.
         self._scratch = threading.local()
+        # Score scale per question language: 1.0 for the FAQ's best-covered language.
+        self.language_scales: dict[str, float] = {}
+        if calibrate:
+            self.language_scales = self._calibrate()
 
     def use_semantic(self, scorer: SemanticScorer, *, threshold: float) -> None:
         """Blend `scorer`'s similarities into every score from now on, with its own threshold."""
@@ -282,6 +304,106 @@ class Matcher:
         self.threshold = threshold
 
     # ---- building -------------------------------------------------------------------------
+
+    def _calibrate(self) -> dict[str, float]:
+        """Per-language score scales, so that one threshold gives the same wrong-answer rate
+        in every language.
+
+        How high a question scores against entries it is *not* about depends on its language:
+        Thai cut into short words, Italian inflections and elisions, and above all a language
+        the entry has no phrasings in (only faq/keywords.py links them) all score lower, so
+        the threshold that suits English hands over most right answers in them. Each
+        language's typical wrong-entry score (the median of the best score of an entry other
+        than the right one) is measured on the FAQ itself, and questions in that language are
+        scaled by the reference language's (the best covered) over theirs:
+
+        - from held-out phrasings when the language has CALIBRATION_MIN entries with two or
+          more phrasings in it: a matcher is built without one of them per entry and each
+          held-out phrasing is matched against it;
+        - otherwise from the entries' answers in that language, against the full FAQ, over
+          the same from the answers in the reference language.
+
+        Scales are bounded by CALIBRATION_BOUNDS and within CALIBRATION_DEAD_ZONE of 1 they
+        are 1: quartiles of a few dozen scores are noisy. In practice a language the FAQ has
+        phrasings in stays near 1 and one it has none in is scaled up (1.4 for Italian and
+        1.7 for Thai on the sample FAQ with its English phrasings only).
+        """
+        languages = Counter(self._languages)
+        loo = self._held_out_medians()
+        if loo:
+            reference = max(loo, key=lambda lang: (loo[lang][1], lang == "en"))
+        elif languages:
+            reference = max(languages, key=lambda lang: (languages[lang], lang == "en"))
+        else:
+            return {}
+        low, high = CALIBRATION_BOUNDS
+        scales: dict[str, float] = {}
+        if reference in loo:
+            for language, (median, _) in loo.items():
+                scales[language] = min(max(loo[reference][0] / median, low), high)
+        answer_languages = {
+            lang for entry in self.entries for lang in entry.answers if lang in _LANGUAGES
+        } - set(scales)
+        if answer_languages and reference in {lang for e in self.entries for lang in e.answers}:
+            by_answers = self._answer_medians(answer_languages | {reference})
+            if reference in by_answers:
+                for language in answer_languages & set(by_answers):
+                    ratio = by_answers[reference] / by_answers[language]
+                    scales[language] = min(max(ratio, low), high)
+        scales.setdefault(reference, 1.0)
+        scales = {lang: 1.0 if abs(scale - 1.0) <= CALIBRATION_DEAD_ZONE else scale
+                  for lang, scale in scales.items()}
+        # All 1: not worth guessing the language of every question.
+        return scales if any(scale != 1.0 for scale in scales.values()) else {}
+
+    def _held_out_medians(self) -> dict[str, tuple[float, int]]:
+        """Language -> (upper-quartile wrong-entry score of held-out phrasings, how many)."""
+        held_out: dict[str, list[tuple[int, int]]] = {}  # language -> (entry, phrasing index)
+        for index, (lo, hi) in enumerate(self._phrase_ranges):
+            by_language: dict[str, list[int]] = {}
+            for at in range(lo, hi):
+                by_language.setdefault(self._languages[at], []).append(at)
+            for language, positions in by_language.items():
+                if len(positions) >= 2:
+                    held_out.setdefault(language, []).append((index, positions[-1]))
+        held_out = {
+            lang: _spread(picks) for lang, picks in held_out.items()
+            if len(picks) >= CALIBRATION_MIN
+        }
+        if not held_out:
+            return {}
+        skipped = {at for picks in held_out.values() for _, at in picks}
+        reduced = [
+            FaqEntry(id=entry.id, questions=tuple(
+                self._phrasings[at] for at in range(lo, hi) if at not in skipped
+            ), answers={}, negatives=entry.negatives)
+            for entry, (lo, hi) in zip(self.entries, self._phrase_ranges, strict=True)
+        ]
+        fold = Matcher(reduced, calibrate=False)
+        medians: dict[str, tuple[float, int]] = {}
+        for language, picks in held_out.items():
+            scores = [
+                _best_other(fold.score(self._phrasings[at]), self.entries[index].id)
+                for index, at in picks
+            ]
+            median = float(np.percentile(scores, CALIBRATION_QUANTILE))
+            if median > 0.01:  # no other entry ever comes close: nothing to calibrate on
+                medians[language] = (median, len(picks))
+        return medians
+
+    def _answer_medians(self, languages: set[str]) -> dict[str, float]:
+        """Language -> upper-quartile wrong-entry score of the entries' answers in it."""
+        medians: dict[str, float] = {}
+        for language in languages:
+            picks = _spread([e for e in self.entries if language in e.answers and e.answers[
+                language].strip() and e.kind == "answer"])
+            scores = [_best_other(self.score(entry.answers[language]), entry.id)
+                      for entry in picks]
+            if len(scores) >= CALIBRATION_MIN and (
+                median := float(np.percentile(scores, CALIBRATION_QUANTILE))
+            ) > 0.01:
+                medians[language] = median
+        return medians
 
     def _fit_idf(self, tokens: Sequence[Sequence[str]], owners: Sequence[int]) -> None:
         """IDF per feature, counting in how many *entries* (not phrasings) it appears.
@@ -307,6 +429,9 @@ class Matcher:
             for group in (words, chars)
             for owner_set in group.values()
         ]
+        for key, feature in self._word_vocab.items():
+            if key in FUNCTION_KEYS:
+                idf[feature] *= FUNCTION_WEIGHT
         self._idf_list = idf
         self._unseen_idf = (math.log(1 + n_entries) + 1.0) ** IDF_POWER
 
@@ -382,7 +507,7 @@ class Matcher:
         return _Vector(np.array(features, dtype=np.int64), np.array(values, dtype=np.float64))
 
     def _centroids(
-        self, rows: Sequence[dict[int, float]], owners: Sequence[int], phrasings: Sequence[str]
+        self, rows: Sequence[dict[int, float]], owners: Sequence[int], languages: Sequence[str]
     ) -> tuple[list[dict[int, float]], list[int]]:
         """Mean phrasing vector per (entry, language), renormalised to length 1.
 
@@ -390,8 +515,8 @@ class Matcher:
         average of an entry's English, Italian and Thai phrasings.
         """
         sums: dict[tuple[int, str], Counter[int]] = {}
-        for row, owner, phrasing in zip(rows, owners, phrasings, strict=True):
-            sums.setdefault((owner, detect_language(phrasing)), Counter()).update(row)
+        for row, owner, language in zip(rows, owners, languages, strict=True):
+            sums.setdefault((owner, language), Counter()).update(row)
         centroids: list[dict[int, float]] = []
         centroid_owners: list[int] = []
         for (owner, _), total in sorted(sums.items()):
@@ -446,7 +571,16 @@ class Matcher:
                 negative_sims = [self._negative_similarity(parts[0], dense) for parts in finalists]
             finally:
                 dense[features] = 0.0
-        return self._rerank(" ".join(sorted(tokens)), finalists, negative_sims, semantic)
+        scored = self._rerank(" ".join(sorted(tokens)), finalists, negative_sims, semantic)
+        if self.language_scales and semantic is None:
+            language = detect_language(text)
+            scale = self.language_scales.get(language, 1.0)
+            for candidate in scored:
+                candidate.language = language
+                if scale != 1.0:
+                    candidate.language_scale = scale
+                    candidate.score = min(candidate.score * scale, 1.0)
+        return scored
 
     def _exact_scores(self, shortlist: Sequence[int], dense: FloatArray) -> list[_Parts]:
         """The parts of every shortlisted entry's lexical score.
@@ -622,6 +756,23 @@ def _centroid_scales(
         return [1.0] * len(typicality)
     reference = math.exp(sum(math.log(t) for t in known) / len(known))
     return [reference / t if t > 1e-6 else 1.0 for t in typicality]
+
+
+_LANGUAGES = ("en", "it", "th")
+_T = TypeVar("_T")
+
+
+def _best_other(scored: Sequence[ScoredCandidate], own: str) -> float:
+    """The best score of an entry other than `own`: what a wrong answer would score."""
+    return next((c.score for c in scored if c.entry_id != own), 0.0)
+
+
+def _spread(items: list[_T]) -> list[_T]:
+    """At most CALIBRATION_MAX of `items`, evenly spread over them (deterministic)."""
+    if len(items) <= CALIBRATION_MAX:
+        return items
+    step = len(items) / CALIBRATION_MAX
+    return [items[int(i * step)] for i in range(CALIBRATION_MAX)]
 
 
 def _lexical(parts: _Parts) -> float:

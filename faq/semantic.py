@@ -717,8 +717,13 @@ def _lower_states(transformer: Any, tokenizer: Any, text: str, frozen: int) -> t
         content[:] = True
     states = transformer.embeddings(input_ids=torch.tensor(tokenized["input_ids"]))
     for layer in transformer.encoder.layer[:frozen]:
-        states = layer(states, None)
+        states = _layer_states(layer(states, None))
     return states[0], content
+
+
+def _layer_states(output: Any) -> Any:
+    """A BERT layer's hidden states: older transformers return them in a tuple."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def _pooled(top_layers: Any, lower: tuple[Any, Any]) -> Any:
@@ -726,7 +731,7 @@ def _pooled(top_layers: Any, lower: tuple[Any, Any]) -> Any:
     states, content = lower
     hidden = states[None]
     for layer in top_layers:
-        hidden = layer(hidden, None)
+        hidden = _layer_states(layer(hidden, None))
     return hidden[0][content].mean(0)
 
 
@@ -742,12 +747,12 @@ def _batch_embeddings(transformer: Any, frozen: int, lower: list[tuple[Any, Any]
         hidden[row, : len(states)] = states
         mask[row, : len(states)] = 1
         content[row, : len(states)] = is_content.float()
-    attention, _ = transformer._create_attention_masks(
-        attention_mask=mask, encoder_attention_mask=None, embedding_output=hidden,
-        encoder_hidden_states=None, past_key_values=None,
-    )
+    # Public API (ModuleUtilsMixin): the additive (batch, 1, 1, length) mask every BERT layer
+    # takes. The private `_create_attention_masks` used before changed its arguments between
+    # transformers releases (`past_key_values`), which broke adaptation on fresh installs.
+    attention = transformer.get_extended_attention_mask(mask, tuple(mask.shape))
     for layer in transformer.encoder.layer[frozen:]:
-        hidden = layer(hidden, attention)
+        hidden = _layer_states(layer(hidden, attention))
     weights = content.unsqueeze(-1)
     return torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
 

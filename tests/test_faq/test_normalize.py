@@ -54,7 +54,7 @@ def test_italian_function_words_are_not_word_features() -> None:
     for word in ("all", "sull", "quest", "mio", "mie", "ho", "sono", "favore"):
         assert word in STOPWORDS
     features = extract("Per favore, quest'ordine è il mio?", pairs=False)
-    assert set(features.words) == {stem("ordine")}
+    assert set(features.words) == set(extract("ordine", pairs=False).words) == {"~order"}
 
 
 def test_a_question_of_stopwords_still_has_words() -> None:
@@ -104,7 +104,7 @@ def test_italian_future_is_the_verb_plus_a_future_feature(present: str, future: 
 @pytest.mark.parametrize("word", ["lettera", "sera", "stasera", "però", "pero'", "arriva"])
 def test_words_that_only_look_like_a_future_stay_as_they_are(word: str) -> None:
     assert FUTURE_TOKEN not in _words(word)
-    assert _words(word) == {stem(tokenize(word)[0])}
+    assert len(_words(word)) == 1  # the word itself (or its store concept), no tense
 
 
 def test_essere_and_avere_in_the_future_are_tense_only() -> None:
