@@ -163,7 +163,7 @@ class FakeTelegram:
         if chat_id in self.held:
             await self._released.wait()
         params["_ok"] = True
-        params["_at"] = time.monotonic()  # when the platform had it
+        params["_at"] = time.time()  # when the platform had it
         if kind == "late":  # accepted, but the answer comes after the client gave up
             await asyncio.sleep(self.late_seconds)
         return _ok({"message_id": next(self._ids), "date": int(time.time()),
