@@ -861,7 +861,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated, of {', '.join(SCENARIOS)}")
     parser.add_argument("--quick", action="store_true", help="a short run (fewer messages)")
     parser.add_argument("--messages", type=int, default=None,
-                        help="messages per scenario (default 3000, --quick 400; channel-errors "
+                        help="messages per scenario (default 5000, --quick 400; channel-errors "
                              "1000 replies, --quick 200)")
     parser.add_argument("--conversations", type=int, default=None,
                         help="concurrent visitors (default 40, --quick 20)")
@@ -889,7 +889,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
     for name in chosen:
         a = argparse.Namespace(**vars(args))
         default_messages = (200 if args.quick else 1000) if name == "channel-errors" else \
-            (400 if args.quick else 3000)
+            (400 if args.quick else 5000)
         a.messages = args.messages or default_messages
         a.conversations = args.conversations or (20 if args.quick else 40)
         a.kills = args.kills if args.kills is not None else (3 if args.quick else 5)
