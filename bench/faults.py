@@ -17,7 +17,11 @@ readonly-db      `python -m bot serve` on SQLite while Telegram webhooks and web
                  seconds, then writable again, without a restart.
 channel-errors   a fake Telegram Bot API answering 30% 429, 10% 500 and 5% hanging sends (half
                  of them accepted by the platform before the client gives up) to the outbox's
-                 replies to one message from each of `--messages` chats.
+                 replies to one message from each of `--messages` chats (default 1,000), with
+                 SEND_TIMEOUT=2 (`--send-timeout`) and the product's SEND_MAX_ATTEMPTS unless
+                 `--send-max-attempts` says otherwise. It reports replies delivered once, twice
+                 (a timeout retry after the platform had it), never, and recorded as failed
+                 although delivered, plus how long replies waited for the platform.
 
 The load is a client that behaves as the contract says: each web chat visitor posts its
 messages in order (POST /api/webchat/messages with a client_message_id), retries a POST that was
