@@ -353,10 +353,13 @@ class Result:
     seconds: float = 0.0
     lines: list[str] = field(default_factory=list)
     skipped: str = ""
+    #: other outcomes that must not happen (e.g. a reply recorded as failed but delivered)
+    bugs: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.skipped and self.lost == self.duplicated == self.out_of_order == 0
+        return not self.skipped and self.lost == self.duplicated == self.out_of_order == \
+            self.bugs == 0
 
 
 def recovery_after(load: WebChatLoad, fault_at: float) -> tuple[float, float]:
@@ -657,6 +660,7 @@ async def scenario_readonly_db(args: argparse.Namespace, result: Result) -> None
                                 f"posts {dict(web_win)}, /readyz {dict(ready_win)}")
             bad_4xx = tg_win.get("4xx", 0) + web_win.get("4xx", 0)
             if bad_4xx:
+                result.bugs += bad_4xx
                 result.lines.append(f"BUG: {bad_4xx} 4xx during the fault (the platform would "
                                     "not retry)")
             result.recovery = (f"readyz 200 {back - fixed_at:.1f}s and first 2xx "
@@ -827,6 +831,8 @@ def _deliveries(result: Result, a: Audit, tg: TelegramLoad, fake: Any, rows: Seq
     ]
     result.lost += sent_undelivered
     if failed_delivered:
+        result.bugs += failed_delivered
+        result.recovery += f"; {failed_delivered} recorded as failed but delivered"
         result.lines.append(f"BUG: {failed_delivered} replies recorded as failed were "
                             "delivered")
     failed_rows = [r for r in rows if r.status == "failed"]
