@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import itertools
 import json
+import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +47,13 @@ class FakeTelegram:
     url: str = ""
     #: chat ids whose sendMessage hangs until `release()`
     held: set[int] = field(default_factory=set)
+    #: random failures for sends with none scripted: kind -> probability (see `set_chaos`)
+    chaos: dict[str, float] = field(default_factory=dict)
+    #: how long a "late" send takes to answer (after it was accepted)
+    late_seconds: float = 30.0
+    #: what each sendMessage met: "ok" or the failure kind
+    outcomes: Counter[str] = field(default_factory=Counter)
+    _rng: random.Random = field(default_factory=random.Random)
     _new_update: asyncio.Event = field(default_factory=asyncio.Event)
     _released: asyncio.Event = field(default_factory=asyncio.Event)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -58,6 +67,26 @@ class FakeTelegram:
 
     def fail_next(self, kind: str, count: int = 1) -> None:
         self.failures.extend([kind] * count)
+
+    def set_chaos(self, *, seed: int | None = None, late_seconds: float | None = None,
+                  **rates: float) -> None:
+        """Fail sends at random, e.g. `set_chaos(rate_limited=0.3, **{"5xx": 0.1}, hang=0.05)`;
+        kinds as for `fail_next`, plus "late". Scripted failures still come first."""
+        unknown = set(rates) - {"rate_limited", "permanent", "blocked", "hang", "late", "5xx"}
+        if unknown or sum(rates.values()) > 1:
+            raise ValueError(f"bad chaos rates: {rates}")
+        self.chaos = dict(rates)
+        self._rng = random.Random(seed)
+        if late_seconds is not None:
+            self.late_seconds = late_seconds
+
+    def _draw(self) -> str | None:
+        r = self._rng.random()
+        for kind, rate in self.chaos.items():
+            if r < rate:
+                return kind
+            r -= rate
+        return None
 
     def hold(self, *chat_ids: int) -> None:
         self.held.update(chat_ids)
@@ -117,8 +146,9 @@ class FakeTelegram:
                     "file_path": f"photos/{file_id}.jpg"})
 
     async def m_sendMessage(self, params: dict[str, Any], call: Call) -> web.Response:
-        if self.failures:
-            kind = self.failures.pop(0)
+        kind = self.failures.pop(0) if self.failures else self._draw() if self.chaos else None
+        self.outcomes[kind or "ok"] += 1
+        if kind is not None and kind != "late":
             if kind == "rate_limited":
                 return _error(429, "Too Many Requests: retry after 1",
                               parameters={"retry_after": 1}, headers={"Retry-After": "1"})
@@ -133,6 +163,9 @@ class FakeTelegram:
         if chat_id in self.held:
             await self._released.wait()
         params["_ok"] = True
+        params["_at"] = time.time()  # when the platform had it
+        if kind == "late":  # accepted, but the answer comes after the client gave up
+            await asyncio.sleep(self.late_seconds)
         return _ok({"message_id": next(self._ids), "date": int(time.time()),
                     "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "group"},
                     "from": BOT_USER, "text": params.get("text", "")})
