@@ -212,8 +212,9 @@ class OutboxSender:
                 raise ChannelPermanentError(f"channel {job.message.channel!r} is not configured")
             async with asyncio.timeout(self.send_timeout):
                 result = await channel.send(job.message)
-        except ChannelRateLimited as exc:
-            return self._retry(job, str(exc), delay=max(exc.retry_after, 0.5)), False
+        except ChannelRateLimited as exc:  # "later", not "no": not an attempt that failed
+            return self._retry(job, str(exc), delay=max(exc.retry_after, 0.5),
+                               counts=False), False
         except (ChannelPermanentError, ChannelAuthError) as exc:
             return self._fail(job, f"{type(exc).__name__}: {exc}"), True
         except ChannelOutcomeUnknown as exc:
@@ -233,8 +234,11 @@ class OutboxSender:
             await hook(job.message, result)
         return _Sent(job, result), True
 
-    def _retry(self, job: _Job, error: str, delay: float | None = None) -> Apply:
-        attempts = job.attempts + 1
+    def _retry(self, job: _Job, error: str, delay: float | None = None, *,
+               counts: bool = True) -> Apply:
+        """Try again later; `counts=False` (flood control) neither uses up an attempt nor
+        lengthens the backoff of later failures."""
+        attempts = job.attempts + 1 if counts else job.attempts
         if attempts >= self.max_attempts:
             return self._fail(job, f"gave up after {attempts} attempts: {error}")
         wait = delay if delay is not None else backoff(attempts)

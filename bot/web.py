@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from bot.connections import SERVED, note_request
 from bot.customers import OrderIn, find_or_create_by_contact
 from bot.db.models import OutboxItem
-from bot.errors import InputError, RateLimited
+from bot.errors import InputError, QueueError, RateLimited
 from bot.metrics import metrics_view
 from bot.orders import push_orders
 from bot.proxies import forwarded_middleware
@@ -55,6 +55,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPRequestEntityTooLarge:
         log.warning("%s %s -> 413: body over the size limit", request.method, request.path)
         return web.json_response({"error": "request body too large"}, status=413)
+    except QueueError as exc:  # the database cannot take it now: the platform should retry
+        log.error("%s %s -> 503: %s", request.method, request.path,
+                  str(exc).splitlines()[0][:300])
+        return web.json_response({"error": "temporarily unavailable, retry"}, status=503,
+                                 headers={"Retry-After": "5"})
     except (HttpProcessingError, RequestPayloadError) as exc:  # aiohttp could not read it
         log.warning("%s %s -> 400: unreadable request (%s)", request.method, request.path,
                     type(exc).__name__)

@@ -191,3 +191,16 @@ async def _ready(port: int) -> None:
 
 async def _is(value: Awaitable[Any], expected: Any) -> bool:
     return bool(await value == expected)
+
+
+async def test_flood_control_uses_up_no_attempt(
+        start: Callable[..., Awaitable[Service]], fake: FakeTelegram) -> None:
+    """Telegram says "retry in 1 s" more times than the attempts allowed: the reply still goes
+    out, because "later" is not a failure."""
+    service = await start(send_max_attempts=2)
+    fake.fail_next("rate_limited", 3)
+    await queue_answers(service.db, range(9, 10))
+    service.outbox.wake()
+    await eventually(lambda: _is(statuses(service.db), Counter(sent=1)), timeout=20,
+                     what="delivered after the flood control")
+    assert len(fake.sent_messages()) == 1
