@@ -25,7 +25,6 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -40,6 +39,7 @@ from bot.errors import (
     ChannelRateLimited,
 )
 from bot.queue import backoff
+from bot.worker import sleep_or_stop, wait_event_or_stop
 from channels.base import Attachment, Channel, OutboundMessage, SendResult
 
 log = logging.getLogger(__name__)
@@ -124,14 +124,14 @@ class OutboxSender:
             free = self.concurrency - len(self._busy)
             if free <= 0:
                 self.wakeup.clear()
-                await _wait_event_or_stop(self.wakeup, stop, timeout=1.0)
+                await wait_event_or_stop(self.wakeup, stop, timeout=1.0)
                 continue
             self.wakeup.clear()
             try:
                 due, next_due = await self._due(exclude=set(self._busy))
             except Exception:
                 log.exception("outbox: could not read pending replies; retrying in 1 s")
-                await _wait_event_or_stop(asyncio.Event(), stop, timeout=1.0)
+                await sleep_or_stop(stop, 1.0)
                 continue
             for conversation_id, jobs in list(due.items())[:free]:
                 task = asyncio.create_task(self._send_conversation(jobs),
@@ -139,7 +139,7 @@ class OutboxSender:
                 self._busy[conversation_id] = task
                 task.add_done_callback(functools.partial(self._done, conversation_id))
             if not due:
-                await _wait_event_or_stop(self.wakeup, stop, timeout=min(next_due, 1.0))
+                await wait_event_or_stop(self.wakeup, stop, timeout=min(next_due, 1.0))
 
     def _done(self, conversation_id: int, task: asyncio.Task[None]) -> None:
         self._busy.pop(conversation_id, None)
@@ -351,14 +351,3 @@ async def _apply(conn: AsyncConnection, outcomes: Sequence[_Outcome]) -> None:
     for outcome in outcomes:
         if not isinstance(outcome, _Sent):
             await outcome(conn)
-
-
-async def _wait_event_or_stop(event: asyncio.Event, stop: asyncio.Event, *,
-                              timeout: float) -> None:
-    waiters: set[asyncio.Task[Any]] = {asyncio.create_task(event.wait()),
-                                       asyncio.create_task(stop.wait())}
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

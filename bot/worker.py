@@ -63,20 +63,20 @@ class WorkerPool:
                 log.error("worker %d could not read the queue (%s: %s); retrying in 1 s", index,
                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
                 log.debug("queue read failure", exc_info=True)
-                await _sleep_or_stop(stop, 1.0)
+                await sleep_or_stop(stop, 1.0)
                 continue
             if not items:
                 self.inbox.wakeup.clear()
-                await _wait_event_or_stop(self.inbox.wakeup, stop, timeout=1.0)
+                await wait_event_or_stop(self.inbox.wakeup, stop, timeout=1.0)
                 continue
             try:
                 await self.process(items)
                 if len(items) < self.batch:  # let the next batch fill a little
-                    await _sleep_or_stop(stop, WORKER_LINGER)
+                    await sleep_or_stop(stop, WORKER_LINGER)
             except Exception:
                 log.exception("worker %d: batch not handled (database error?); retrying in 1 s",
                               index)
-                await _sleep_or_stop(stop, 1.0)
+                await sleep_or_stop(stop, 1.0)
 
     async def process(self, items: list[QueuedItem]) -> None:
         """Handle a batch in one transaction; if any message fails, redo the batch with one
@@ -148,12 +148,12 @@ class WorkerPool:
                           item.attempts + 1, error)
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
-async def _wait_event_or_stop(event: asyncio.Event, stop: asyncio.Event, *,
+async def wait_event_or_stop(event: asyncio.Event, stop: asyncio.Event, *,
                               timeout: float) -> None:
     waiters: set[asyncio.Task[Any]] = {asyncio.create_task(event.wait()),
                                        asyncio.create_task(stop.wait())}

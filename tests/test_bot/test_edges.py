@@ -11,7 +11,6 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -71,21 +70,6 @@ async def test_a_compressed_or_wrongly_encoded_body_is_a_415(
 async def telegram() -> AsyncIterator[FakeTelegram]:
     async with fake_telegram() as fake:
         yield fake
-
-
-@pytest.fixture
-async def start(make_settings: Any) -> AsyncIterator[Callable[..., Awaitable[Service]]]:
-    services: list[Service] = []
-
-    async def run(**values: Any) -> Service:
-        service = Service(make_settings(**values))
-        await service.start()
-        services.append(service)
-        return service
-
-    yield run
-    for service in services:
-        await service.stop()
 
 
 async def test_telegram_text_with_a_nul_is_answered(

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -36,21 +35,6 @@ def test_a_bad_network_stops_the_service_at_start(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("TRUSTED_PROXIES", "127.0.0.1/32,example.com")
     with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
         load_settings()
-
-
-@pytest.fixture
-async def start(make_settings: Any) -> AsyncIterator[Callable[..., Awaitable[Service]]]:
-    services: list[Service] = []
-
-    async def run(**values: Any) -> Service:
-        service = Service(make_settings(**values))
-        await service.start()
-        services.append(service)
-        return service
-
-    yield run
-    for service in services:
-        await service.stop()
 
 
 async def _post(client: aiohttp.ClientSession, forwarded_for: str) -> int:
