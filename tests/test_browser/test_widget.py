@@ -1,0 +1,114 @@
+"""A store's own page (another origin) embeds the chat with one script tag."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from aiohttp import web
+from sqlalchemy import func, select
+
+from bot.app import Service
+from bot.db.models import Message
+
+pytestmark = pytest.mark.browser
+
+STORE_PAGE = """<!doctype html><html lang="{lang}"><head><title>Shop</title></head>
+<body><main><h1>Teapots</h1></main>
+<script src="{support}/widget.js" async></script></body></html>"""
+
+
+@asynccontextmanager
+async def support_service(make_settings: Any, **overrides: Any) -> AsyncIterator[Service]:
+    service = Service(make_settings(**overrides))
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+async def _open_and_ask(page: Any, text: str) -> None:
+    await page.click("#storedesk-widget >> #launch")
+    await page.fill("#storedesk-widget >> #text", text)
+    await page.press("#storedesk-widget >> #text", "Enter")
+
+
+async def test_the_script_tag_on_the_store_page_chats_in_the_shoppers_language(
+        browser: Any, make_settings: Any) -> None:
+    async with store_site_placeholder() as holder, support_service(make_settings,
+                               webchat_allowed_origins=holder.origin) as service:
+        holder.support = f"http://127.0.0.1:{service.port}"
+        page = await browser.new_page()
+        await page.goto(holder.origin + "/")
+        launch = page.locator("#storedesk-widget >> #launch")
+        assert await launch.get_attribute("aria-label") == "Chat with us"
+        assert await page.locator("#storedesk-widget >> #title").inner_text() == "Demo Shop"
+        await _open_and_ask(page, "How long does delivery take?")
+        delivery = service.faq.get("delivery_time")
+        shipping = service.faq.get("shipping_costs")
+        assert delivery is not None and shipping is not None
+        answer = page.locator("#storedesk-widget >> li.them:not(#welcome)")
+        await answer.first.wait_for(timeout=10_000)
+        assert delivery.answers["en"][:40] in await answer.first.inner_text()
+        assert await page.locator("#storedesk-widget >> #send").inner_text() == "Send"
+        await page.fill("#storedesk-widget >> #text", "Quanto costa la spedizione?")
+        await page.press("#storedesk-widget >> #text", "Enter")
+        await answer.nth(1).wait_for(timeout=10_000)
+        assert shipping.answers["it"][:40] in await answer.nth(1).inner_text()
+        send = page.locator("#storedesk-widget >> #send")
+        await page.wait_for_function(
+            "document.getElementById('storedesk-widget').shadowRoot"
+            ".getElementById('send').textContent === 'Invia'")
+        assert await send.inner_text() == "Invia"
+        assert await page.locator("#storedesk-widget >> #text").get_attribute(
+            "placeholder") == "Scrivi il tuo messaggio"
+
+
+async def test_a_page_on_an_origin_not_listed_is_refused(browser: Any,
+                                                         make_settings: Any) -> None:
+    async with store_site_placeholder() as holder, support_service(make_settings,
+                               webchat_allowed_origins="https://shop.example") as service:
+        holder.support = f"http://127.0.0.1:{service.port}"
+        page = await browser.new_page()
+        await page.goto(holder.origin + "/")
+        status = await page.evaluate(
+            """async (base) => {
+                    const r = await fetch(base + '/api/webchat/messages', {method: 'POST',
+                      headers: {'Content-Type': 'application/json'},
+                      body: JSON.stringify({text: 'hello'})}).catch(() => null);
+                    return r === null ? 'blocked' : r.status; }""", holder.support)
+        assert status == "blocked"  # no CORS answer: the browser withholds it
+        async with service.db.read() as conn:
+            count = await conn.scalar(select(func.count()).select_from(Message))
+        assert count == 0
+
+
+class _Holder:
+    origin = ""
+    support = ""
+
+
+@asynccontextmanager
+async def store_site_placeholder(lang: str = "en") -> AsyncIterator[_Holder]:
+    """The store site, bound before the support service so its origin can be listed; it
+    renders the script tag with whatever support address is set on the holder."""
+    holder = _Holder()
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=STORE_PAGE.format(support=holder.support, lang=lang),
+                            content_type="text/html")
+    app = web.Application()
+    app.router.add_get("/", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    holder.origin = f"http://127.0.0.1:{port}"
+    try:
+        yield holder
+    finally:
+        await runner.cleanup()
