@@ -47,7 +47,7 @@
   root.innerHTML = "<style>:host{all:initial}*{box-sizing:border-box;font:15px/1.4 system-ui," +
     "sans-serif}button{cursor:pointer}#launch{position:fixed;bottom:20px;" + side + ":20px;" +
     "width:56px;height:56px;border-radius:50%;border:0;background:" + color + ";color:#fff;" +
-    "font-size:24px;box-shadow:0 2px 8px #0005;z-index:2147483646}#badge{position:absolute;" +
+    "display:grid;place-items:center;box-shadow:0 2px 8px #0005;z-index:2147483646}#badge{position:absolute;" +
     "top:-4px;right:-4px;min-width:22px;height:22px;border-radius:11px;background:#b91c1c;" +
     "color:#fff;font-size:13px;line-height:22px;padding:0 6px}#panel{position:fixed;bottom:" +
     "88px;" + side + ":20px;width:360px;height:520px;max-height:calc(100vh - 100px);" +
@@ -65,7 +65,7 @@
     "border:0;color:#b91c1c;text-decoration:underline;padding:0}" +
     "@media (max-width:600px){#panel{inset:0;width:auto;height:auto;max-height:none;" +
     "border-radius:0}}</style>" +
-    "<button id=launch aria-haspopup=dialog aria-expanded=false>💬<span id=badge hidden>" +
+    "<button id=launch aria-haspopup=dialog aria-expanded=false><svg width=28 height=28 viewBox='0 0 24 24' aria-hidden=true fill=currentColor><path d='M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z'/></svg><span id=badge hidden>" +
     "</span></button><section id=panel role=dialog aria-labelledby=title hidden><header>" +
     "<h2 id=title></h2><button id=close type=button>×</button></header>" +
     "<ul id=log aria-live=polite></ul><form><label for=text hidden></label><input id=text " +

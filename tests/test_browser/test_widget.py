@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from bot.app import Service
 from bot.db.models import Message
 
 pytestmark = pytest.mark.browser
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 STORE_PAGE = """<!doctype html><html lang="{lang}"><head><title>Shop</title></head>
 <body><main><h1>Teapots</h1></main>
@@ -112,3 +114,52 @@ async def store_site_placeholder(lang: str = "en") -> AsyncIterator[_Holder]:
         yield holder
     finally:
         await runner.cleanup()
+
+
+async def test_a_message_sent_while_the_network_is_cut_arrives_once_when_it_returns(
+        browser: Any, make_settings: Any) -> None:
+    async with store_site_placeholder() as holder, support_service(
+            make_settings, webchat_allowed_origins=holder.origin) as service:
+        holder.support = f"http://127.0.0.1:{service.port}"
+        page = await browser.new_page()
+        await page.goto(holder.origin + "/")
+        aborted: list[str] = []
+
+        async def cut(route: Any) -> None:
+            if route.request.method == "POST":
+                aborted.append(route.request.url)
+                await route.abort("internetdisconnected")
+            else:
+                await route.continue_()
+        await page.route(holder.support + "/api/webchat/messages*", cut)
+        await _open_and_ask(page, "How long does delivery take?")
+        pending = page.locator("#storedesk-widget >> li.pending")
+        await pending.wait_for(timeout=5_000)
+        assert "sending…" in await pending.inner_text()
+        while len(aborted) < 2:  # tried, and retried with the network still down
+            await page.wait_for_timeout(100)
+        await page.unroute(holder.support + "/api/webchat/messages*")
+        answer = page.locator("#storedesk-widget >> li.them:not(#welcome)")
+        await answer.first.wait_for(timeout=15_000)
+        await pending.wait_for(state="detached", timeout=5_000)
+        async with service.db.read() as conn:
+            inbound = await conn.scalar(select(func.count()).select_from(Message)
+                                        .where(Message.direction == "in"))
+        assert inbound == 1
+        assert await page.locator("#storedesk-widget >> li.you").count() == 1
+        await page.screenshot(path=str(DOCS / "widget-desktop.png"))
+
+
+async def test_on_a_phone_the_panel_fills_the_screen(browser: Any, make_settings: Any) -> None:
+    async with store_site_placeholder(lang="th") as holder, support_service(
+            make_settings, webchat_allowed_origins=holder.origin) as service:
+        holder.support = f"http://127.0.0.1:{service.port}"
+        page = await browser.new_page(viewport={"width": 390, "height": 844})
+        await page.goto(holder.origin + "/")
+        await page.click("#storedesk-widget >> #launch")
+        panel = page.locator("#storedesk-widget >> #panel")
+        await panel.wait_for()
+        box = await panel.bounding_box()
+        assert box is not None and box["width"] == 390 and box["height"] == 844
+        assert await page.locator("#storedesk-widget >> #send").inner_text() == "ส่ง"
+        await page.screenshot(path=str(DOCS / "widget-phone.png"))
