@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,9 +14,11 @@ from sqlalchemy import func, select
 
 from bot.app import Service
 from bot.db.models import Message
+from tests.fakes.slack import fake_slack, send_event, slack_settings
 
 pytestmark = pytest.mark.browser
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+AXE = Path(__file__).resolve().parents[2] / ".test-deps/node_modules/axe-core/axe.min.js"
 
 STORE_PAGE = """<!doctype html><html lang="{lang}"><head><title>Shop</title></head>
 <body><main><h1>Teapots</h1></main>
@@ -163,3 +166,63 @@ async def test_on_a_phone_the_panel_fills_the_screen(browser: Any, make_settings
         assert box is not None and box["width"] == 390 and box["height"] == 844
         assert await page.locator("#storedesk-widget >> #send").inner_text() == "ส่ง"
         await page.screenshot(path=str(DOCS / "widget-phone.png"))
+
+
+async def test_a_staff_reply_shows_a_badge_while_closed_and_in_the_open_panel(
+        browser: Any, make_settings: Any) -> None:
+    async with fake_slack() as slack, store_site_placeholder() as holder, support_service(
+            make_settings, webchat_allowed_origins=holder.origin,
+            **slack_settings(slack, slack_staff_channel="CSTAFF")) as service:
+        holder.support = f"http://127.0.0.1:{service.port}"
+        page = await browser.new_page()
+        await page.goto(holder.origin + "/")
+        await _open_and_ask(page, "I want to talk to a person please")
+        them = page.locator("#storedesk-widget >> li.them:not(#welcome)")
+        await them.first.wait_for(timeout=10_000)
+        card = await _card(slack)
+        await page.click("#storedesk-widget >> #close")
+        assert await staff_reply(service, card, "Hi, Sam here. How can I help?", ts="5.1") == 200
+        badge = page.locator("#storedesk-widget >> #badge")
+        await badge.wait_for(state="visible", timeout=10_000)
+        assert await badge.inner_text() == "1"
+        await page.click("#storedesk-widget >> #launch")
+        await badge.wait_for(state="hidden")
+        assert "Sam here" in await them.last.inner_text()
+        assert await staff_reply(service, card, "Your parcel left today.", ts="5.2") == 200
+        await page.locator("#storedesk-widget >> li.them", has_text="parcel left").wait_for(
+            timeout=10_000)
+        assert await badge.is_hidden()
+
+
+async def _card(slack: Any) -> str:
+    for _ in range(200):
+        cards = [c for c in slack.posts("CSTAFF") if "thread_ts" not in c.params]
+        if cards:
+            return str(cards[0].result["ts"])
+        await asyncio.sleep(0.05)
+    raise AssertionError("no card reached the staff channel")
+
+
+async def staff_reply(service: Service, card_ts: str, text: str, *, ts: str) -> int:
+    event = {"channel": "CSTAFF", "channel_type": "channel", "user": "USTAFF", "text": text,
+             "ts": ts, "thread_ts": card_ts}
+    return await send_event(service, event, event_id=f"Ev{ts}")
+
+
+async def test_axe_core_finds_no_serious_violations(browser: Any, make_settings: Any) -> None:
+    if not AXE.exists():
+        pytest.skip(f"axe-core is not installed at {AXE} (bash .ci/system-deps installs it)")
+    async with store_site_placeholder() as holder, support_service(
+            make_settings, webchat_allowed_origins=holder.origin) as service:
+        holder.support = f"http://127.0.0.1:{service.port}"
+        page = await browser.new_page()
+        await page.goto(holder.origin + "/")
+        await _open_and_ask(page, "How long does delivery take?")
+        await page.locator("#storedesk-widget >> li.them:not(#welcome)").first.wait_for(
+            timeout=10_000)
+        await page.add_script_tag(content=AXE.read_text())
+        result = await page.evaluate(
+            "axe.run(document.getElementById('storedesk-widget'))"
+            ".then(r => r.violations.map(v => ({id: v.id, impact: v.impact})))")
+        serious = [v for v in result if v["impact"] in ("serious", "critical")]
+        assert serious == []
