@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from bot.app import Service
 from bot.db.models import Message
+from bot.errors import ConfigError
 from tests.fakes.slack import fake_slack, send_event, slack_settings
 
 pytestmark = pytest.mark.browser
@@ -226,3 +227,8 @@ async def test_axe_core_finds_no_serious_violations(browser: Any, make_settings:
             ".then(r => r.violations.map(v => ({id: v.id, impact: v.impact})))")
         serious = [v for v in result if v["impact"] in ("serious", "critical")]
         assert serious == []
+
+
+def test_an_allowed_origin_that_is_not_an_origin_stops_the_start(make_settings: Any) -> None:
+    with pytest.raises(ConfigError, match="WEBCHAT_ALLOWED_ORIGINS"):
+        make_settings(webchat_allowed_origins="https://shop.example, shop.example/path")
