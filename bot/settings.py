@@ -8,6 +8,7 @@ up in logs or reprs.
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -111,6 +112,10 @@ class Settings(BaseSettings):
 
     # --- web chat -------------------------------------------------------------------------
     webchat_enabled: bool = True
+    webchat_allowed_origins: str = Field(
+        "", description="Comma-separated origins of the store's pages that may embed the chat "
+        "(<script src=PUBLIC_URL/widget.js>) or frame it, e.g. https://shop.example; the API "
+        "answers CORS for these only; empty = the standalone page at / only")
 
     # --- dashboard ------------------------------------------------------------------------
     dashboard_cache_seconds: float = Field(
@@ -196,6 +201,19 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{part!r} is not an IP address or CIDR network") from None
         return value
+
+    @field_validator("webchat_allowed_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", part):
+                raise ValueError(f"{part!r} is not an origin like https://shop.example")
+        return value
+
+    @cached_property
+    def webchat_origins(self) -> frozenset[str]:
+        return frozenset(p.strip().lower() for p in self.webchat_allowed_origins.split(",")
+                         if p.strip())
 
     @cached_property
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from sqlalchemy import bindparam, select
 
 from bot.db.engine import Database
@@ -67,8 +68,12 @@ class WebChatChannel(Channel):
     vouches_for_contacts = False
 
     def __init__(self, intake: Intake, db: Database, *, max_text: int, per_minute: int,
-                 staffed: bool = False) -> None:
+                 staffed: bool = False, origins: frozenset[str] = frozenset(),
+                 store_name: str = "") -> None:
         super().__init__(intake)
+        #: the store's page origins that may embed the widget (CORS, frame-ancestors)
+        self.origins = origins
+        self.store_name = store_name
         self.db = db
         #: a person can pick escalations up, so the page may say one will reply
         self.staffed = staffed
@@ -88,7 +93,8 @@ class WebChatChannel(Channel):
             return None
         return cls(ctx.intake, ctx.db, max_text=ctx.settings.max_text_chars,
                    per_minute=ctx.settings.webchat_rate_per_minute,
-                   staffed=ctx.settings.desk_configured)
+                   staffed=ctx.settings.desk_configured,
+                   origins=ctx.settings.webchat_origins, store_name=ctx.settings.store_name)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.page)
@@ -96,6 +102,8 @@ class WebChatChannel(Channel):
         app.router.add_post("/api/webchat/messages", self.post_message)
         app.router.add_get("/api/webchat/messages", self.get_messages)
         app.router.add_get("/api/webchat/events", self.events)
+        app.router.add_get("/widget.js", self.widget)
+        app.middlewares.append(self.cross_origin)
 
     async def send(self, message: OutboundMessage) -> SendResult:
         """Replies are already in the database; wake whoever is waiting for this visitor."""
@@ -133,6 +141,38 @@ class WebChatChannel(Channel):
         return web.FileResponse(STATIC / "webchat.html", headers={
             "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
                                        "script-src 'self' 'unsafe-inline'"})
+
+    async def widget(self, request: web.Request) -> web.Response:
+        """The embeddable widget: one script, its settings filled in."""
+        config = _dumps({"storeName": self.store_name, "staffed": self.staffed})
+        script = (STATIC / "widget.js").read_text().replace("__STOREDESK_CONFIG__", config)
+        return web.Response(text=script, content_type="application/javascript",
+                            headers={"Cache-Control": "public, max-age=300"})
+
+    @web.middleware
+    async def cross_origin(self, request: web.Request,
+                           handler: Handler) -> web.StreamResponse:
+        """The store's pages (WEBCHAT_ALLOWED_ORIGINS) may call the API; other origins are
+        refused; the standalone page may be framed by those pages only."""
+        origin = request.headers.get("Origin")
+        if request.path.startswith("/api/webchat/") and origin and not _same_host(request, origin):
+            if origin.lower() not in self.origins:
+                log.info("webchat: refused a request from origin %.100s", origin)
+                raise InputError("this origin may not use the web chat", status=403)
+            allow = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+            if request.method == "OPTIONS":
+                return web.Response(status=204, headers={
+                    **allow, "Access-Control-Allow-Methods": "GET, POST",
+                    "Access-Control-Allow-Headers": "Content-Type",
+                    "Access-Control-Max-Age": "600"})
+            response = await handler(request)
+            response.headers.update(allow)
+            return response
+        response = await handler(request)
+        if request.path in ("/", "/chat") and "Content-Security-Policy" in response.headers:
+            ancestors = " ".join(["'self'", *sorted(self.origins)])
+            response.headers["Content-Security-Policy"] += f"; frame-ancestors {ancestors}"
+        return response
 
     async def post_message(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -305,6 +345,10 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise InputError("send JSON with Content-Type: application/json", status=415)
     return json_object(await read_body(request))
+
+
+def _same_host(request: web.Request, origin: str) -> bool:
+    return origin.partition("://")[2].lower() == request.host.lower()
 
 
 def _visitor(request: web.Request) -> str:
