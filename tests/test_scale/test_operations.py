@@ -10,6 +10,7 @@ import pytest
 
 from bot.app import Service
 from bot.db.engine import Database
+from bot.errors import QueueError
 from bot.leader import Leader, PostgresLeader, RedisLeader
 from tests.conftest import chat
 
@@ -96,19 +97,13 @@ async def test_metrics_count_answers_sends_and_queue_depth(
     assert 'storedesk_handling_seconds_count{channel="webchat"} 2.0' in body
 
 
-async def test_readyz_reports_an_unreachable_redis(make_settings: Any) -> None:
+async def test_an_unreachable_redis_stops_the_start_with_the_fix(make_settings: Any) -> None:
+    """A deployment whose Redis is not there fails at once, saying so (tests/test_bot/
+    test_cli_errors.py checks the one line and exit code of the command)."""
     service = Service(make_settings(redis_url="redis://127.0.0.1:1/0"))
-    await service.start(workers=False)
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{service.port}/readyz") as resp:
-                assert resp.status == 503
-                body = await resp.json()
-            async with http.get(f"http://127.0.0.1:{service.port}/healthz") as resp:
-                assert resp.status == 200
-        assert body["database"] == "ok" and "queue" in body
-    finally:
-        await service.stop()
+    with pytest.raises(QueueError, match=r"cannot reach Redis at 127\.0\.0\.1:1.*REDIS_URL"):
+        await service.start(workers=False)
+    await service.stop()
 
 
 async def test_worker_process_serves_probes_and_metrics_on_metrics_port(
