@@ -18,6 +18,7 @@ from bot.clock import Clock, system_clock
 from bot.connections import SERVED, ConnectionGuard, raise_open_files_limit
 from bot.db.engine import Database
 from bot.desk import Desk
+from bot.desk_actions import DeskActions
 from bot.errors import QueueError
 from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
@@ -26,6 +27,7 @@ from bot.metrics import Metrics, metrics_view
 from bot.outbox import OutboxSender
 from bot.pipeline import Outcome, Pipeline, PipelineConfig, RuleConfig
 from bot.queue import Inbox, QueuedItem
+from bot.routing import RoutingStore
 from bot.settings import Settings
 from bot.web import build_http_app
 from bot.worker import WorkerPool
@@ -83,6 +85,13 @@ class Service:
                 self.channels[name] = channel
         self.desk = Desk.from_service(settings, self.db, self.channels, self.faq,
                                       clock=self.clock)
+        #: staff actions (Slack desk or dashboard); None when neither can be reached
+        self.desk_actions: DeskActions | None = self.desk
+        if self.desk is None and settings.admin_token is not None:
+            self.desk_actions = DeskActions(
+                self.db, RoutingStore(settings.desk_routing_file), faq=self.faq,
+                store_name=settings.store_name, default_language=settings.default_language,
+                staffed=settings.desk_configured, clock=self.clock)
         self.pipeline = Pipeline(self.faq, self.lifecycle, PipelineConfig(
             RuleConfig(store_name=settings.store_name,
                        default_language=settings.default_language,
@@ -94,7 +103,7 @@ class Service:
                                   if channel.threads_are_conversations),
             unverified=frozenset(name for name, channel in self.channels.items()
                                  if not channel.vouches_for_contacts)),
-            desk=self.desk, clock=self.clock)
+            desk=self.desk_actions, clock=self.clock)
         self.outbox = OutboxSender(self.db, self.metrics.instrument(self.channels),
                                    concurrency=settings.send_concurrency,
                                    max_attempts=settings.send_max_attempts,
@@ -105,8 +114,8 @@ class Service:
         self.workers.listeners.append(self._replies_stored)
         if self.wakeups is not None:
             self.workers.on_committed = self._replies_committed
-        if self.desk is not None:
-            self.desk.attach(self.outbox, self.workers)
+        if self.desk_actions is not None:
+            self.desk_actions.attach(self.outbox, self.workers, self.channels)
         self.http = build_http_app(self)
         self._stored_for: set[str] = set()
         self.stop_event = asyncio.Event()
@@ -155,10 +164,13 @@ class Service:
         log.info("storedesk ready: channels %s, %d FAQ entries, workers %d, database %s",
                  ", ".join(self.channels) or "none", len(self.faq.entries),
                  self.settings.workers, "SQLite" if self.db.is_sqlite else "PostgreSQL")
-        if self.desk is None:
-            log.warning("no staff desk configured (SLACK_BOT_TOKEN + SLACK_STAFF_CHANNEL): "
-                        "questions the bot cannot answer are recorded for the dashboard, and "
-                        "customers are not promised a reply from a person")
+        if self.desk is None and self.settings.desk_configured:
+            log.info("staff desk: the dashboard (/dashboard); no Slack desk configured")
+        elif self.desk is None:
+            log.warning("no staff desk configured (SLACK_BOT_TOKEN + SLACK_STAFF_CHANNEL, or "
+                        "DESK_IN_DASHBOARD with ADMIN_TOKEN): questions the bot cannot answer "
+                        "wait in the dashboard, and customers are not promised a reply from a "
+                        "person")
         if http:
             log.info("web chat on http://%s:%s/", self.settings.host, self.port)
         elif self.settings.metrics_port is not None:

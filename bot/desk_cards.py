@@ -7,21 +7,28 @@ customer typed is escaped, so nobody can inject `<!channel>` or fake links into 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 REASONS = {
     "no_match": "no FAQ answer", "ambiguous": "several FAQ answers fit",
     "asked_for_human": "asked for a person", "repeated_question": "asked the same again",
     "entry_escalates": "topic always handled by staff", "attachment": "sent a file",
-    "empty_message": "empty message",
+    "empty_message": "empty message", "staff_opened": "opened by staff",
 }
 CHANNEL_NAMES = {"telegram": "Telegram", "whatsapp": "WhatsApp", "email": "Email",
                  "slack": "Slack", "webchat": "Web chat"}
 ACTIONS = {"take": "desk_take", "suggest": "desk_suggest", "resolve": "desk_resolve",
-           "back": "desk_back", "retry": "desk_retry", "answer": "desk_answer"}
+           "back": "desk_back", "retry": "desk_retry", "answer": "desk_answer",
+           "release": "desk_release", "reopen": "desk_reopen", "snooze": "desk_snooze",
+           "assign": "desk_assign"}
+#: buttons whose value is just the escalation id
+BUTTON_VERBS = frozenset({"take", "suggest", "resolve", "back", "release", "reopen"})
+SNOOZES = (("30 minutes", "30m"), ("1 hour", "1h"), ("4 hours", "4h"), ("1 day", "1d"))
+_SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 MAX_LINE = 300
 
 
@@ -63,6 +70,35 @@ class CardData:
     last_order: tuple[str, str, datetime | None] | None = None
     email: str | None = None
     phone: str | None = None
+    snoozed_until: datetime | None = None
+    #: WhatsApp: the customer's last message (the 24-hour window) and staff text held until
+    #: they write again
+    last_inbound_at: datetime | None = None
+    held: int = 0
+
+
+def mention(user: str | None) -> str:
+    """A Slack user as a mention; someone working from the dashboard by name."""
+    if not user:
+        return "someone"
+    if _SLACK_ID.match(user):
+        return f"<@{user}>"
+    return escape(user.removeprefix("web:"))
+
+
+def window_line(d: CardData) -> str | None:
+    """WhatsApp's 24-hour window: open (how long still), or closed and what is held."""
+    if d.channel != "whatsapp":
+        return None
+    if d.held:
+        return (f"⏸️ Waiting for the customer to reopen the WhatsApp window: {d.held} "
+                f"message{'s' if d.held != 1 else ''} held, delivered when they write")
+    if d.last_inbound_at is None:
+        return None
+    left = d.last_inbound_at + timedelta(hours=24) - d.now
+    if left.total_seconds() <= 0:
+        return "🔴 WhatsApp window closed: a reply is held and a reopen template is sent"
+    return f"🟢 WhatsApp window open for {minutes(left.total_seconds())}"
 
 
 def contact_line(d: CardData) -> str | None:
@@ -105,7 +141,7 @@ def minutes(delta_seconds: float) -> str:
 
 def who(author: str) -> str:
     if author.startswith("staff:"):
-        return f"<@{author.removeprefix('staff:')}>"
+        return mention(author.removeprefix("staff:"))
     return {"customer": "Customer", "bot": "Bot"}.get(author, escape(author))
 
 
@@ -117,13 +153,16 @@ def status_line(d: CardData) -> str:
         if d.reposted_at:
             line += " · re-posted to on-call"
     elif d.status == "taken":
-        line = f"👤 Taken by <@{d.taken_by}> · first response after {waited}" \
-            if d.first_response_at else f"👤 Taken by <@{d.taken_by}> after {waited}"
+        line = f"👤 Taken by {mention(d.taken_by)} · first response after {waited}" \
+            if d.first_response_at else f"👤 Taken by {mention(d.taken_by)} after {waited}"
     elif d.status == "resolved":
         took = minutes(((d.resolved_at or d.now) - d.created_at).total_seconds())
-        line = f"✅ Resolved{f' by <@{d.taken_by}>' if d.taken_by else ''} after {took}"
+        line = f"✅ Resolved{f' by {mention(d.taken_by)}' if d.taken_by else ''} after {took}"
     else:
-        line = "🤖 Back to the bot" + (f" (was with <@{d.taken_by}>)" if d.taken_by else "")
+        line = "🤖 Back to the bot" + (f" (was with {mention(d.taken_by)})" if d.taken_by
+                                      else "")
+    if d.snoozed_until is not None and d.status in ("open", "taken"):
+        line += f" · 💤 snoozed until {d.snoozed_until:%Y-%m-%d %H:%M} UTC"
     if d.csat is not None:
         line += f" · satisfaction {d.csat}/5 {'⭐' * d.csat}"
     return line
@@ -146,6 +185,9 @@ def card(d: CardData) -> tuple[str, list[dict[str, Any]]]:
     contact = contact_line(d)
     if contact:
         blocks.insert(2, {"type": "context", "elements": [{"type": "mrkdwn", "text": contact}]})
+    window = window_line(d)
+    if window:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": window}]})
     if d.out_of_hours:
         blocks.append({"type": "context", "elements": [
             {"type": "mrkdwn", "text": f"🌙 Outside team hours; customer told: "
@@ -160,27 +202,46 @@ def card(d: CardData) -> tuple[str, list[dict[str, Any]]]:
                  for fid, q, score in d.candidates[:3]]
         blocks.append({"type": "section", "text": {
             "type": "mrkdwn", "text": "*FAQ candidates*\n" + "\n".join(lines)}})
-    if d.status in ("open", "taken"):
-        value = str(d.escalation_id)
-        buttons = [_button("Take", ACTIONS["take"], value, "primary")] if d.status == "open" \
-            else []
-        if d.candidates:
-            buttons.append(_button("Send suggested answer", ACTIONS["suggest"], value))
-        buttons += [_button("Resolve", ACTIONS["resolve"], value),
-                    _button("Back to bot", ACTIONS["back"], value)]
-        if d.answer_options:
-            buttons.append({
-                "type": "static_select", "action_id": ACTIONS["answer"],
-                "placeholder": {"type": "plain_text", "text": "Send FAQ answer…"},
-                "options": [{"text": {"type": "plain_text", "text": clip(label, 75)},
-                             "value": f"{d.escalation_id}:{entry_id}"[:150]}
-                            for entry_id, label in d.answer_options[:100]]})
-        blocks.append({"type": "actions", "block_id": f"desk-{d.escalation_id}",
-                       "elements": buttons})
+    blocks += _action_blocks(d)
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": (
-        "Reply in this thread to answer the customer; start with `note:` to keep it internal, "
-        "or `answer: <entry id>` to send an FAQ answer in the customer's language.")}]})
+        "Reply in this thread to answer the customer; start with `note:` to keep it internal "
+        "(the customer never sees notes), or `answer: <entry id>` to send an FAQ answer in the "
+        "customer's language. “Save as FAQ” on a reply drafts an FAQ entry.")}]})
     return clip(f"{title} ({status_line(d)})", 3000), _within_limits(blocks)
+
+
+def _action_blocks(d: CardData) -> list[dict[str, Any]]:
+    """Buttons that follow the state: Take or Release, Resolve, Back to bot, the FAQ picker,
+    snooze and assign; Reopen once it is closed."""
+    value = str(d.escalation_id)
+    if d.status not in ("open", "taken"):
+        return [{"type": "actions", "block_id": f"desk-{d.escalation_id}", "elements": [
+            _button("Reopen", ACTIONS["reopen"], value)]}]
+    buttons = [_button("Take", ACTIONS["take"], value, "primary") if d.status == "open"
+               else _button("Release", ACTIONS["release"], value)]
+    if d.candidates:
+        buttons.append(_button("Send suggested answer", ACTIONS["suggest"], value))
+    buttons += [_button("Resolve", ACTIONS["resolve"], value),
+                _button("Back to bot", ACTIONS["back"], value)]
+    if d.answer_options:
+        buttons.append(_menu(ACTIONS["answer"], "Send FAQ answer…", [
+            (label, f"{d.escalation_id}:{entry_id}") for entry_id, label in d.answer_options]))
+    manage: list[dict[str, Any]] = [
+        _menu(ACTIONS["snooze"], "Snooze…",
+              [(label, f"{d.escalation_id}:{length}") for label, length in SNOOZES]),
+        {"type": "users_select", "action_id": ACTIONS["assign"],
+         "placeholder": {"type": "plain_text", "text": "Assign to…"}}]
+    return [{"type": "actions", "block_id": f"desk-{d.escalation_id}", "elements": buttons},
+            {"type": "actions", "block_id": f"desk-assign-{d.escalation_id}",
+             "elements": manage}]
+
+
+def _menu(action_id: str, placeholder: str, options: Sequence[tuple[str, str]]
+          ) -> dict[str, Any]:
+    return {"type": "static_select", "action_id": action_id,
+            "placeholder": {"type": "plain_text", "text": placeholder},
+            "options": [{"text": {"type": "plain_text", "text": clip(label, 75)},
+                         "value": value[:150]} for label, value in options[:100]]}
 
 
 def _within_limits(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -195,7 +195,7 @@ class DeskPoster:
                 select(Escalation.__table__, CV.channel, CV.language,
                        func.coalesce(CU.stage, CV.stage).label("stage"), CU.display_name,
                        CU.email, CU.phone, CV.address, CU.orders_count, CU.total_spent,
-                       CV.customer_id)
+                       CV.customer_id, CV.last_inbound_at)
                 .join(Conversation.__table__, CV.id == ES.conversation_id)
                 .join(Customer.__table__, CU.id == CV.customer_id)
                 .where(ES.id == esc_id))).first()
@@ -204,6 +204,9 @@ class DeskPoster:
             msgs = (await conn.execute(select(MS.author, MS.text, MS.attachments).where(
                 MS.conversation_id == r.conversation_id, MS.direction.in_(("in", "out")))
                 .order_by(MS.id.desc()).limit(6))).all()
+            held = int((await conn.execute(select(func.count()).select_from(
+                Message.__table__).where(MS.conversation_id == r.conversation_id,
+                                         MS.status == "held"))).scalar_one())
             last = (await conn.execute(select(OR.number, OR.status, OR.placed_at, OR.currency)
                                        .where(OR.customer_id == r.customer_id)
                                        .order_by(OR.placed_at.desc(), OR.id.desc()).limit(1))
@@ -232,6 +235,7 @@ class DeskPoster:
             orders_count=r.orders_count or 0,
             total_spent=float(r.total_spent or 0.0),
             currency=last.currency if last is not None else "",
+            snoozed_until=r.snoozed_until, last_inbound_at=r.last_inbound_at, held=held,
             last_order=None if last is None else (
                 (last.number or "").upper(), last.status, last.placed_at))
         return data, r.staff_channel or self.default_channel, r.staff_thread

@@ -171,6 +171,13 @@ class Settings(BaseSettings):
     desk_routing_file: Path | None = Field(
         None, description="Desk routing rules: teams, channels, hours, on-call "
                           "(default bot/data/routing.yaml)")
+    faq_drafts_file: Path = Field(
+        Path("faq-drafts.yaml"), description="Where the desk's “Save as FAQ” writes draft "
+                                             "entries (kept out of FAQ_DIR; never served)")
+    desk_in_dashboard: bool = Field(
+        False, description="Staff answer escalations from the dashboard (needs ADMIN_TOKEN): "
+                           "the bot tells customers a person will reply, as with the Slack "
+                           "desk")
 
     # --- store platforms' webhooks (each on when its secret is set) --------------------------
     shopify_webhook_secret: SecretStr | None = Field(
@@ -242,6 +249,9 @@ class Settings(BaseSettings):
         token = self.admin_token.get_secret_value() if self.admin_token else None
         if token is not None and len(token) < 16:
             raise ValueError("ADMIN_TOKEN must be at least 16 characters")
+        if self.desk_in_dashboard and token is None:
+            raise ValueError("DESK_IN_DASHBOARD needs ADMIN_TOKEN: staff sign in to the "
+                             "dashboard with it")
         return self
 
     @cached_property
@@ -250,8 +260,10 @@ class Settings(BaseSettings):
 
     @property
     def desk_configured(self) -> bool:
-        """Staff work in Slack: the bot may promise customers that a person will reply."""
-        return self.slack_bot_token is not None and bool(self.slack_staff_channel)
+        """Staff work in Slack or in the dashboard: the bot may promise customers that a
+        person will reply."""
+        slack = self.slack_bot_token is not None and bool(self.slack_staff_channel)
+        return slack or (self.desk_in_dashboard and self.admin_token is not None)
 
 
 class SemanticSettings(BaseSettings):

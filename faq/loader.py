@@ -86,6 +86,12 @@ def lint_faq_dir(path: Path) -> list[Problem]:
     return problems
 
 
+def lint_faq_file(path: Path) -> list[Problem]:
+    """The errors and warnings of one FAQ file on its own (e.g. the desk's drafts file)."""
+    result = _parse_file(Path(path))
+    return result.problems + list(_missing_languages(result.entries))
+
+
 def _load(path: Path) -> tuple[list[FaqEntry], list[Problem]]:
     if not path.is_dir():
         return [], [Problem(str(path), None, "FAQ directory not found")]

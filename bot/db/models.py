@@ -259,6 +259,8 @@ class Escalation(Model, table=True):
     priority: bool = False
     #: the routing rule's reminder time; None = the team's repost_after_minutes
     repost_after_minutes: float | None = None
+    #: staff snoozed it: no reminders until then (the customer writing ends it early)
+    snoozed_until: datetime | None = ts()
 
 
 class DeskJob(Model, table=True):

@@ -52,6 +52,9 @@ class RulesSource(Protocol):
 class Desk(DeskHook, SurveySource, Protocol):
     """The staff desk as the pipeline uses it."""
 
+    #: a person answers escalations: the bot may promise it
+    staffed: bool
+
     def queue_notice(self, lang: str, now: datetime) -> str | None: ...
 
 
@@ -98,7 +101,7 @@ class Pipeline:
         rule_config = RuleConfig(
             store_name=r.store_name, default_language=r.default_language,
             repeat_window=r.repeat_window, answer_while_waiting=r.answer_while_waiting,
-            desk_available=desk is not None,
+            desk_available=desk is not None and desk.staffed,
             queue_notice=desk.queue_notice if desk is not None else r.queue_notice,
             complaint_entry=self._complaint_entry, rematch=self._match)
         return PipelineConfig(rule_config, config.stored_delivery, config.threads_own,

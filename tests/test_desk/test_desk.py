@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.db.models import Conversation, DeskJob, Message
-from bot.desk import SURVEY, THANKS
+from bot.desk_actions import SURVEY, THANKS
 from tests.conftest import next_reply, transcript
 from tests.fakes.slack import FakeSlack, click, send_event, slash
 from tests.test_desk.conftest import (
@@ -150,7 +150,7 @@ async def test_note_stays_internal_and_edits_and_bots_do_not_resend(
                                         .where(Message.direction == "note"))).all()
             outs = (await conn.execute(select(Message.text).where(
                 Message.author == "staff:USTAFF", Message.direction == "out"))).scalars().all()
-        assert [n.text for n in notes] == ["note: looks like order 1234"]
+        assert [n.text for n in notes] == ["looks like order 1234"]
         assert outs == ["Real answer"]
     finally:
         await session.close()
@@ -183,7 +183,7 @@ async def test_take_silence_mirror_back_to_bot(start_desk: Any, slack: FakeSlack
         await wait_for(lambda: any("Back to the bot" in t for t in updates(slack, ts)),
                        what="card shows back to bot")
         last_card = slack.calls_to("chat.update", ts=ts)[-1]
-        assert action_ids(last_card["blocks"]) == []  # no buttons once handed back
+        assert action_ids(last_card["blocks"]) == ["desk_reopen"]  # only Reopen once handed back
 
         seen = await last_id(session, visitor)
         await say(service, SHIPPING, visitor)
