@@ -7,6 +7,9 @@ GET  /api/dashboard/stages|flow|performance|faq   ?period=today|7d|30d|90d|custo
 GET  /api/dashboard/faq/suggestions.yaml          draft FAQ entries for unanswered questions
 GET  /api/conversations                           ?stage&channel&status&language&limit&offset
 GET  /api/dashboard/conversations/{id}            transcript, stage history, escalations
+GET  /api/dashboard/staff                         per person and team: taken, replied, times, CSAT
+POST /api/dashboard/conversations/{id}/actions    the desk without Slack (bot/dashboard_desk.py)
+GET  /api/dashboard/waiting                       customers waiting for a person now
 Every /api route answers JSON, or CSV with ?format=csv, and takes either the admin bearer token
 or the session cookie. The cookie holds an expiry and an HMAC keyed by the admin token, never the
 token itself, so the token stays out of URLs, cookies and logs; changing the token ends sessions.
@@ -31,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bot import dashboard_desk, rollups
 from bot import metrics_queries as mq
-from bot import rollups
 from bot.errors import InputError, RateLimited
 from bot.ratelimit import RateLimiter
 from bot.reports import conversation_detail
@@ -446,11 +449,22 @@ async def api_conversation(request: web.Request) -> web.Response:
         if detail is None:
             raise InputError("no such conversation", status=404)
         detail["escalations"] = await mq.escalation_details(conn, conversation_id)
+    detail["desk"] = await dashboard_desk.conversation_desk(request.app[SERVICE], conversation_id)
     if _wants_csv(request):
         return csv_response(detail["messages"], ["id", "at", "direction", "author", "text",
                                                  "language", "faq_id", "decision", "status"],
                             f"conversation-{conversation_id}")
     return web.json_response(detail)
+
+
+async def api_staff(request: web.Request) -> web.StreamResponse:
+    """Per staff member and team: taken, replied, resolved, first response, resolution, CSAT."""
+    period = parse_period(request.query)
+    async with request.app[SERVICE].db.read() as conn:
+        data = await dashboard_desk.staff_figures(conn, period)
+    if _wants_csv(request):
+        return csv_response(data["rows"], dashboard_desk.STAFF_COLUMNS, "staff")
+    return web.json_response(data)
 
 
 def add_routes(app: web.Application) -> None:
@@ -490,3 +504,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/dashboard/faq/suggestions.yaml", api_auth(api_faq_suggestions))
     app.router.add_get("/api/conversations", api_auth(api_conversations))
     app.router.add_get("/api/dashboard/conversations/{id:\\d+}", api_auth(api_conversation))
+    app.router.add_get("/api/dashboard/staff", api_auth(api_staff))
+    dashboard_desk.add_routes(app, api_auth)

@@ -188,7 +188,8 @@ class DeskActions:
                                   message_id: int, author: str = "customer") -> None:
         """A message of a waiting or taken conversation: a customer's ends a snooze; the Slack
         desk also mirrors it into the thread."""
-        esc = (await conn.execute(select(ES.id, ES.snoozed_until, ES.taken_by).where(
+        esc = (await conn.execute(select(ES.id, ES.snoozed_until, ES.taken_by, CV.channel)
+            .join(Conversation.__table__, CV.id == ES.conversation_id).where(
             ES.conversation_id == conversation_id, ES.status.in_(LIVE))
             .order_by(ES.id.desc()).limit(1))).first()
         if esc is None:
@@ -197,6 +198,8 @@ class DeskActions:
         if author != "customer":
             payload["author"] = author
         await self._job(conn, "post", esc.id, payload)
+        if author == "customer" and esc.channel == "whatsapp":  # the window state changed
+            await self._job(conn, "update", esc.id)
         if author == "customer" and esc.snoozed_until is not None:
             await conn.execute(update(Escalation.__table__).where(ES.id == esc.id)
                                .values(snoozed_until=None))

@@ -90,14 +90,17 @@ def window_line(d: CardData) -> str | None:
     """WhatsApp's 24-hour window: open (how long still), or closed and what is held."""
     if d.channel != "whatsapp":
         return None
-    if d.held:
-        return (f"⏸️ Waiting for the customer to reopen the WhatsApp window: {d.held} "
-                f"message{'s' if d.held != 1 else ''} held, delivered when they write")
-    if d.last_inbound_at is None:
+    left = None if d.last_inbound_at is None else \
+        d.last_inbound_at + timedelta(hours=24) - d.now
+    if d.held or (left is not None and left.total_seconds() <= 0):
+        waiting = "⏸️ Waiting for the customer to reopen the WhatsApp window: "
+        if d.held:
+            return waiting + (f"{d.held} message{'s' if d.held != 1 else ''} held, delivered "
+                              "when they write")
+        return waiting + "a reply now is held (a reopen template goes out if one is set) and " \
+                         "delivered when they write"
+    if left is None:
         return None
-    left = d.last_inbound_at + timedelta(hours=24) - d.now
-    if left.total_seconds() <= 0:
-        return "🔴 WhatsApp window closed: a reply is held and a reopen template is sent"
     return f"🟢 WhatsApp window open for {minutes(left.total_seconds())}"
 
 

@@ -189,32 +189,121 @@ async function loadConversations(params, append = false) {
   $("#more").hidden = state.offset + data.conversations.length >= data.total;
 }
 
+async function post(path, payload) {
+  const response = await fetch(path, { method: "POST", credentials: "same-origin",
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) });
+  if (response.status === 401) { window.location = "/dashboard/login"; throw new Error("signed out"); }
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+
+function staffName() {
+  return ($("#staff-name")?.value || localStorage.getItem("storedesk-staff") || "").trim();
+}
+
+function deskPanel(c) {
+  if (!c.desk || !c.desk.enabled) return el("p", { class: "muted" }, "The desk is off.");
+  const live = c.escalations.find((e) => e.status === "open" || e.status === "taken");
+  const closed = !live && c.escalations.length > 0;
+  const result = el("p", { id: "desk-result", role: "status", class: "muted" });
+  const act = async (action, extra = {}) => {
+    const staff = staffName();
+    if (!staff) { result.textContent = "Type your name first: customers' figures and the thread show it."; $("#staff-name").focus(); return; }
+    localStorage.setItem("storedesk-staff", staff);
+    try {
+      const r = await post(`/api/dashboard/conversations/${c.id}/actions`, { action, staff, ...extra });
+      result.textContent = r.message;
+      await openConversation(c.id);
+      loadWaiting();
+    } catch (err) { result.textContent = `Not done: ${err.message}`; }
+  };
+  const button = (label, action, extra) => {
+    const b = el("button", { type: "button", "data-action": action }, label);
+    b.addEventListener("click", () => act(action, extra ? extra() : {}));
+    return b;
+  };
+  const name = el("input", { id: "staff-name", "aria-label": "Your name", placeholder: "Your name", autocomplete: "name" });
+  name.value = localStorage.getItem("storedesk-staff") || "";
+  const text = el("textarea", { id: "desk-text", rows: "3", "aria-label": "Message to the customer or note",
+    placeholder: "Write to the customer, or a note only staff see" });
+  const send = el("button", { type: "button", id: "desk-send", class: "primary" }, "Send to customer");
+  send.addEventListener("click", () => { if (text.value.trim()) act("reply", { text: text.value }); });
+  const note = el("button", { type: "button", id: "desk-note" }, "Add internal note");
+  note.addEventListener("click", () => { if (text.value.trim()) act("note", { text: text.value }); });
+  const picker = el("select", { id: "desk-faq", "aria-label": "FAQ answer to send" },
+    el("option", { value: "" }, "Send FAQ answer…"),
+    ...c.desk.answer_options.map((o) => el("option", { value: o.id }, o.label)));
+  picker.addEventListener("change", () => { if (picker.value) act("answer", { faq_id: picker.value }); });
+  const state = [];
+  if (live) {
+    state.push(live.status === "open" ? button("Take", "take") : button("Release", "release"));
+    state.push(button("Resolve", "resolve"), button("Back to bot", "back"),
+      button("Snooze 1 h", "snooze", () => ({ length: "1h" })));
+  } else if (closed) {
+    state.push(button("Reopen", "reopen"));
+  } else {
+    state.push(button("Take", "take"));
+  }
+  const who = live ? (live.status === "taken" ? `with ${live.taken_by.replace(/^web:/, "")}` : `waiting since ${live.created_at.slice(11, 16)}`) : "with the bot";
+  return el("section", { id: "desk", "aria-label": "Answer this customer" },
+    el("h3", {}, `Desk · ${who}`), el("div", { class: "desk-row" }, name, ...state),
+    text, el("div", { class: "desk-row" }, send, note, picker), result);
+}
+
 async function openConversation(id, row) {
   document.querySelectorAll("#conversations-table tr.active").forEach((r) => r.classList.remove("active"));
   if (row) row.classList.add("active");
   const c = await api(`/api/dashboard/conversations/${id}`, new URLSearchParams());
   const box = $("#conversation");
   box.classList.remove("muted");
-  const messages = c.messages.map((m) => el("div", {
-    class: `msg ${m.direction === "in" ? "in" : m.author.startsWith("staff") ? "staff" : "out"}` },
-    m.text, el("small", {}, [m.author, m.at?.slice(0, 16).replace("T", " "), m.faq_id && `FAQ ${m.faq_id}`,
-      m.decision].filter(Boolean).join(" · "))));
+  box.dataset.id = String(c.id);
+  const kind = (m) => m.direction === "note" ? "note" : m.direction === "in" ? "in"
+    : m.author.startsWith("staff") ? "staff" : "out";
+  const messages = c.messages.map((m) => el("div", { class: `msg ${kind(m)}` },
+    m.direction === "note" ? `📝 ${m.text}` : m.text,
+    el("small", {}, [m.direction === "note" ? "internal note, not sent" : "", m.author.replace(/^staff:web:/, "staff:"),
+      m.at?.slice(0, 16).replace("T", " "), m.faq_id && `FAQ ${m.faq_id}`, m.decision,
+      m.status === "held" ? "held until the customer writes" : ""].filter(Boolean).join(" · "))));
   const stages = c.stage_history.map((s) => el("li", {},
     `${s.at.slice(0, 16).replace("T", " ")}: ${s.from || "new"} → ${s.to} (${s.reason})`));
   const escalations = c.escalations.map((e) => el("li", {},
-    `${e.reason}, ${e.status}` + (e.taken_by ? `, answered by ${e.taken_by}` : "") +
+    `${e.reason}, ${e.status}` + (e.taken_by ? `, answered by ${e.taken_by.replace(/^web:/, "")}` : "") +
     (e.first_response_s !== null ? ` after ${fmtDuration(e.first_response_s)}` : "") +
     (e.csat ? `, CSAT ${e.csat}/5` : "")));
   box.replaceChildren(
-    el("h3", {}, `#${c.id} · ${c.customer.name || "customer"} · ${c.channel} · ${c.language || ""} · ${c.stage || ""} · ${c.status}`),
+    el("h3", {}, `#${c.id} · ${c.customer.name || c.customer.email || "customer"} · ${c.channel} · ${c.language || ""} · ${c.stage || ""} · ${c.status}`),
+    deskPanel(c),
+    el("h3", {}, "Transcript"), el("div", { id: "transcript" }, ...messages),
     el("h3", {}, "Stage history"), el("ul", { id: "stage-history" }, ...stages),
-    el("h3", {}, "Escalations"), el("ul", { id: "escalations" }, ...(escalations.length ? escalations : [el("li", {}, "none")])),
-    el("h3", {}, "Transcript"), el("div", { id: "transcript" }, ...messages));
+    el("h3", {}, "Escalations"), el("ul", { id: "escalations" }, ...(escalations.length ? escalations : [el("li", {}, "none")])));
+}
+
+async function loadWaiting() {
+  const data = await api("/api/dashboard/waiting", new URLSearchParams());
+  const box = $("#waiting");
+  if (!data.waiting) { box.replaceChildren(el("span", {}, "Nobody is waiting for a person.")); box.className = "waiting none"; return; }
+  const o = data.oldest;
+  const open = el("button", { type: "button", class: "link", id: "open-oldest" },
+    `${o.customer} (${o.channel}, ${o.language || "?"}) for ${fmtDuration(o.waiting_s)}`);
+  open.addEventListener("click", () => openConversation(o.conversation_id));
+  box.className = "waiting";
+  box.replaceChildren(el("strong", { id: "waiting-count" }, `${data.waiting} waiting now`), " · oldest: ", open);
+}
+
+async function loadStaff(params) {
+  const data = await api("/api/dashboard/staff", params);
+  const rows = data.rows.map((r) => el("tr", {}, el("td", {}, r.who), el("td", {}, r.kind),
+    el("td", {}, String(r.taken)), el("td", {}, String(r.replied)), el("td", {}, String(r.resolved)),
+    el("td", {}, fmtDuration(r.first_response_p50_s)), el("td", {}, fmtDuration(r.resolution_p50_s)),
+    el("td", {}, r.csat === null ? "–" : `${r.csat} (${r.csat_count})`)));
+  $("#staff-table tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "8" }, "No escalations in this period."))]));
 }
 
 function csvLinks(params) {
   const paths = { stages: "/api/dashboard/stages", flow: "/api/dashboard/flow",
-    performance: "/api/dashboard/performance", faq: "/api/dashboard/faq", conversations: "/api/conversations" };
+    performance: "/api/dashboard/performance", faq: "/api/dashboard/faq", conversations: "/api/conversations",
+    staff: "/api/dashboard/staff" };
   document.querySelectorAll("a.csv").forEach((a) => {
     const q = a.dataset.csv === "conversations" ? conversationParams(params) : new URLSearchParams(params);
     if (a.dataset.csv === "performance") q.set("by", document.querySelector("input[name=by]:checked").value);
@@ -239,7 +328,8 @@ async function run(...loaders) {
   }
 }
 
-const ALL = [loadStages, loadFlow, loadPerformance, loadFaq, (p) => loadConversations(p)];
+const ALL = [loadStages, loadFlow, loadPerformance, loadFaq, loadStaff, () => loadWaiting(),
+  (p) => loadConversations(p)];
 
 document.addEventListener("DOMContentLoaded", () => {
   const stageSelect = $("#filters select[name=stage]");
@@ -254,4 +344,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#filters").addEventListener("change", () => run((p) => loadConversations(p)));
   $("#more").addEventListener("click", () => run((p) => loadConversations(p, true)));
   run(...ALL);
+  setInterval(() => loadWaiting().catch(() => {}), 15000);
 });

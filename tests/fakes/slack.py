@@ -186,14 +186,31 @@ async def send_event(service: Service, event: dict[str, Any], *, event_id: str,
 
 
 async def click(service: Service, action: str, value: str, *, user: str = "USTAFF",
-                channel: str = "CSTAFF", message_ts: str = "1") -> int:
+                channel: str = "CSTAFF", message_ts: str = "1",
+                **element: Any) -> int:
+    """A block action; `element` overrides the button's fields (a menu's `selected_option`,
+    a user picker's `selected_user` and `block_id`...)."""
     payload = {"type": "block_actions", "user": {"id": user, "username": user},
                "team": {"id": "T1"}, "api_app_id": "A1", "trigger_id": "t1",
                "container": {"type": "message", "message_ts": message_ts, "channel_id": channel},
                "channel": {"id": channel}, "message": {"ts": message_ts},
                "response_url": "http://127.0.0.1:9/hooks",
                "actions": [{"type": "button", "action_id": action, "block_id": "b",
-                            "value": value, "action_ts": str(time.time())}]}
+                            "value": value, "action_ts": str(time.time()), **element}]}
+    body = urllib.parse.urlencode({"payload": json.dumps(payload)})
+    status, _ = await post_signed(service, "/slack/actions", body,
+                                  content_type="application/x-www-form-urlencoded")
+    return status
+
+
+async def message_shortcut(service: Service, callback_id: str, message: dict[str, Any], *,
+                           user: str = "USTAFF", channel: str = "CSTAFF") -> int:
+    """A message shortcut ("…" menu on a message) as Slack posts it."""
+    payload = {"type": "message_action", "callback_id": callback_id, "trigger_id": "t3",
+               "user": {"id": user, "name": user}, "team": {"id": "T1"},
+               "channel": {"id": channel, "name": "staff"}, "message_ts": message.get("ts"),
+               "message": {"type": "message", **message},
+               "response_url": "http://127.0.0.1:9/hooks", "action_ts": str(time.time())}
     body = urllib.parse.urlencode({"payload": json.dumps(payload)})
     status, _ = await post_signed(service, "/slack/actions", body,
                                   content_type="application/x-www-form-urlencoded")
