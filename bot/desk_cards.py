@@ -118,7 +118,7 @@ def customer_line(d: CardData) -> str:
     if d.last_order is not None:
         number, status, placed = d.last_order
         when = f" on {placed:%Y-%m-%d}" if placed is not None else ""
-        line += f" · last #{escape(number)}{when}: {escape(status)}"
+        line += f" · last #{escape(number.lstrip('#'))}{when}: {escape(status)}"
     return line
 
 

@@ -245,7 +245,8 @@ function deskPanel(c) {
   } else {
     state.push(button("Take", "take"));
   }
-  const who = live ? (live.status === "taken" ? `with ${live.taken_by.replace(/^web:/, "")}` : `waiting since ${live.created_at.slice(11, 16)}`) : "with the bot";
+  const who = live ? (live.status === "taken" ? `with ${live.taken_by.replace(/^web:/, "")}` : `waiting since ${live.created_at.slice(11, 16)}`)
+    : closed ? `${c.escalations[c.escalations.length - 1].status}` : "with the bot";
   return el("section", { id: "desk", "aria-label": "Answer this customer" },
     el("h3", {}, `Desk · ${who}`), el("div", { class: "desk-row" }, name, ...state),
     text, el("div", { class: "desk-row" }, send, note, picker), result);
