@@ -26,6 +26,7 @@ from bot.lifecycle_schedule import StageSchedule
 from bot.metrics import Metrics, metrics_view
 from bot.outbox import OutboxSender
 from bot.pipeline import Outcome, Pipeline, PipelineConfig, RuleConfig
+from bot.privacy import purge_message_bodies
 from bot.queue import Inbox, QueuedItem
 from bot.routing import RoutingStore
 from bot.settings import Settings
@@ -202,14 +203,22 @@ class Service:
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """Hourly, in one process: forget handled inbox rows once no platform redelivers
-        them any more (the dedup window), and refresh SQLite's planner statistics."""
+        them any more (the dedup window), blank message bodies past the retention period,
+        and refresh SQLite's planner statistics."""
         keep = timedelta(hours=self.settings.inbox_keep_hours)
+        retention = self.settings.message_retention_days
         while not stop.is_set():
             try:
                 purged = await self.inbox.purge_done(before=self.clock() - keep)
                 if purged:
                     log.info("housekeeping: %d handled inbox rows older than %s removed",
                              purged, keep)
+                if retention is not None:
+                    blanked = await purge_message_bodies(
+                        self.db, before=self.clock() - timedelta(days=retention))
+                    if blanked:
+                        log.info("housekeeping: %d message bodies older than %d days blanked",
+                                 blanked, retention)
                 await self.db.optimize()
             except Exception:
                 log.exception("housekeeping failed; retrying in an hour")

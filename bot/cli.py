@@ -21,6 +21,9 @@ app = typer.Typer(help="storedesk: omnichannel support inbox bot for online stor
                   no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+customer_app = typer.Typer(help="What is held on one customer: export it, erase it.",
+                           no_args_is_help=True)
+app.add_typer(customer_app, name="customer")
 log = logging.getLogger("bot")
 
 
@@ -221,6 +224,58 @@ def seed_demo(
                f"{stats.customers} customers, {stats.escalations} escalations, "
                f"{stats.stage_changes} stage changes, {stats.orders} orders "
                f"in {stats.seconds} s")
+
+
+def _with_db(settings: Settings, work: Any) -> Any:
+    """Run `work(db)` on an upgraded database and close it; a refusal is a one-line error."""
+    from bot.db.engine import Database
+
+    async def main() -> Any:
+        db = Database(settings.database_url)
+        try:
+            await db.upgrade()
+            return await work(db)
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(main())
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+
+
+@customer_app.command("export")
+def customer_export(
+    customer_id: Annotated[int, typer.Argument(help="The customer's id (dashboard, API)")],
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Write to this file instead")] = None,
+) -> None:
+    """Everything the database holds on a customer, as one JSON document."""
+    from bot.privacy import export_customer
+
+    document = _with_db(_settings(), lambda db: export_customer(db, customer_id))
+    text = json.dumps(document, ensure_ascii=False, indent=2)
+    if output is None:
+        typer.echo(text)
+        return
+    output.write_text(text + "\n", encoding="utf-8")
+    typer.echo(f"customer {customer_id} written to {output}", err=True)
+
+
+@customer_app.command("delete")
+def customer_delete(
+    customer_id: Annotated[int, typer.Argument(help="The customer's id (dashboard, API)")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Erase a customer (messages, orders, addresses, merged records); only counts stay."""
+    from bot.privacy import erase_customer
+
+    if not yes and not typer.confirm(f"erase customer {customer_id} and all their "
+                                     "conversations for good?"):
+        raise typer.Exit(1)
+    counts = _with_db(_settings(), lambda db: erase_customer(db, customer_id))
+    gone = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items() if n)
+    typer.echo(f"customer {customer_id} erased: {gone}")
 
 
 @db_app.command("upgrade")

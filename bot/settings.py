@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     inbox_keep_hours: float = Field(
         72.0, ge=1, description="Handled inbox rows are kept this long, so a platform's late "
         "redelivery is still recognised as a duplicate, then removed")
+    message_retention_days: int | None = Field(
+        None, ge=1, description="Message texts, attachments and escalated questions older "
+        "than this many days are blanked (counts and timings stay); unset keeps them")
     http_header_timeout: float = Field(
         10.0, gt=0, le=300, description="A connection that has not sent a whole request head "
         "by then is closed (idle sockets cannot use up the open files)")

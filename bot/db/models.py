@@ -367,6 +367,14 @@ class ChannelState(Model, table=True):
     updated_at: datetime = created()
 
 
+class Erasure(Model, table=True):
+    """A customer erased on request: when, and how many rows per table went; nothing else."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    erased_at: datetime = created()
+    rows: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
 # --- dashboard rollups (bot/rollups.py): per-day aggregates of closed UTC days ------------------
 
 class RollupInbound(Model, table=True):
