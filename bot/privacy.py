@@ -36,6 +36,7 @@ from bot.db.models import (
     OutboxItem,
     ScheduledStage,
     StageChange,
+    SurveyAnswer,
 )
 from bot.errors import InputError
 
@@ -77,6 +78,9 @@ PLAN: tuple[Plan, ...] = (
                                                    h.conversations)),
     ("messages", Message.__table__, lambda h: _in(MS.conversation_id, h.conversations)),
     ("escalations", Escalation.__table__, lambda h: _in(ES.id, h.escalations)),
+    ("survey_answers", SurveyAnswer.__table__, lambda h: or_(
+        _in(SurveyAnswer.__table__.c.customer_id, h.customers),
+        _in(SurveyAnswer.__table__.c.conversation_id, h.conversations))),
     ("stage_changes", StageChange.__table__, lambda h: or_(
         _in(StageChange.__table__.c.customer_id, h.customers),
         _in(StageChange.__table__.c.conversation_id, h.conversations))),
