@@ -19,7 +19,6 @@ from bot.connections import SERVED, ConnectionGuard, raise_open_files_limit
 from bot.db.engine import Database
 from bot.desk import Desk
 from bot.desk_actions import DeskActions
-from bot.errors import QueueError
 from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
 from bot.lifecycle_schedule import StageSchedule
@@ -34,6 +33,7 @@ from bot.web import build_http_app
 from bot.worker import WorkerPool
 from channels import CHANNELS
 from channels.base import Channel, ChannelContext
+from core.errors import QueueError
 from faq.store import FaqStore
 
 if TYPE_CHECKING:
@@ -72,7 +72,8 @@ class Service:
                                   prefix=settings.redis_prefix, ttl=settings.leader_ttl_seconds)
         self.metrics = Metrics()
         self.faq = FaqStore(settings.faq_dir, threshold=settings.faq_threshold,
-                            semantic_model=settings.faq_semantic_model)
+                            semantic_model=settings.faq_semantic_model,
+                            semantic_settings=settings.semantic)
         self.lifecycle = LifecycleStore(settings.lifecycle_rules)
         self.stage_schedule = StageSchedule(self.db, self.lifecycle, clock,
                                             interval=settings.lifecycle_schedule_seconds)

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from bot.errors import BotError, ConfigError, InputError
 from bot.logs import setup_logging
 from bot.settings import Settings, load_settings
+from core.errors import BotError, ConfigError, InputError
 
 app = typer.Typer(help="storedesk: omnichannel support inbox bot for online stores.",
                   no_args_is_help=True, add_completion=False)

@@ -36,11 +36,11 @@ from aiohttp import web
 
 from bot import dashboard_desk, kpis, rollups
 from bot import metrics_queries as mq
-from bot.errors import InputError, RateLimited
-from bot.ratelimit import RateLimiter
 from bot.reports import conversation_detail
 from bot.web import SERVICE
 from channels.edge import form_fields, id_param, read_body
+from core.errors import InputError, RateLimited
+from core.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from bot.app import Service

@@ -26,8 +26,8 @@ from bot.customers import (
 )
 from bot.db.engine import Database
 from bot.db.models import Conversation, ConversationStatus, Customer
-from bot.errors import InputError
 from bot.lifecycle import LifecycleRules, StageSignal, apply_customer_stage
+from core.errors import InputError
 
 CV = Conversation.__table__.c
 CU = Customer.__table__.c

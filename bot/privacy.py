@@ -38,7 +38,7 @@ from bot.db.models import (
     StageChange,
     SurveyAnswer,
 )
-from bot.errors import InputError
+from core.errors import InputError
 
 log = logging.getLogger(__name__)
 CU = Customer.__table__.c

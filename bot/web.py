@@ -19,7 +19,6 @@ from sqlalchemy import func, select
 from bot.connections import SERVED, note_request
 from bot.customers import OrderIn, find_or_create_by_contact
 from bot.db.models import OutboxItem
-from bot.errors import InputError, QueueError, RateLimited
 from bot.metrics import metrics_view
 from bot.orders import push_orders
 from bot.privacy import erase_customer, export_customer
@@ -27,6 +26,7 @@ from bot.proxies import forwarded_middleware
 from bot.reports import conversation_detail, list_escalations
 from bot.store_webhooks import StoreWebhooks
 from channels.edge import id_param, json_value, read_body
+from core.errors import InputError, QueueError, RateLimited
 
 if TYPE_CHECKING:
     from bot.app import Service

@@ -33,14 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.engine import Database
 from bot.db.models import ChannelState, Message
-from bot.errors import (
-    ChannelAuthError,
-    ChannelError,
-    ChannelPermanentError,
-    ChannelTemporaryError,
-    ConfigError,
-    QueueError,
-)
 from bot.settings import Settings
 from channels.base import (
     Channel,
@@ -56,6 +48,14 @@ from channels.email_parse import (
     parse_mail,
     reply_references,
     reply_subject,
+)
+from core.errors import (
+    ChannelAuthError,
+    ChannelError,
+    ChannelPermanentError,
+    ChannelTemporaryError,
+    ConfigError,
+    QueueError,
 )
 
 log = logging.getLogger(__name__)
