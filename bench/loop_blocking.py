@@ -155,7 +155,9 @@ async def main() -> None:
     env = {**os.environ, "DATABASE_URL": f"sqlite+aiosqlite:///{path}", "PORT": str(port),
            "ADMIN_TOKEN": TOKEN, "DASHBOARD_CACHE_SECONDS": "0", "LOG_LEVEL": "WARNING",
            "WEBCHAT_RATE_PER_MINUTE": "100000"}
-    server = subprocess.Popen([sys.executable, "-m", "bot", "serve"], env=env, cwd=ROOT)
+    log = (results / "loop_server.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "bot", "serve"], env=env, cwd=ROOT,
+                              stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
@@ -190,6 +192,8 @@ async def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+        log.close()
+        print(f"server log: {log.name}")
 
 
 if __name__ == "__main__":

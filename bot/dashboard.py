@@ -242,12 +242,12 @@ Compute = Callable[["Service", Query], Awaitable[dict[str, Any]]]
 
 
 async def compute_stages(service: Service, query: Query) -> dict[str, Any]:
-    async with service.db.read() as conn:
+    async with service.db.analytics() as conn:
         return await mq.stages_over_time(conn, parse_period(query))
 
 
 async def compute_flow(service: Service, query: Query) -> dict[str, Any]:
-    async with service.db.read() as conn:
+    async with service.db.analytics() as conn:
         return await mq.stage_flow(conn, parse_period(query))
 
 
@@ -255,7 +255,7 @@ async def compute_performance(service: Service, query: Query) -> dict[str, Any]:
     by = query.get("by", "stage")
     if by not in mq.DIMENSIONS:
         raise InputError(f"by must be one of {', '.join(mq.DIMENSIONS)}")
-    async with service.db.read() as conn:
+    async with service.db.analytics() as conn:
         return await mq.performance(conn, parse_period(query), by)
 
 
@@ -263,7 +263,7 @@ async def compute_faq(service: Service, query: Query) -> dict[str, Any]:
     from faq.suggest import group_questions, render_yaml
 
     period = parse_period(query)
-    async with service.db.read() as conn:
+    async with service.db.analytics() as conn:
         hits = await mq.faq_hits(conn, period)
         questions = await mq.unanswered_questions(conn, period)
     groups = await asyncio.to_thread(group_questions, questions)  # CPU work off the loop
@@ -431,7 +431,7 @@ async def api_conversations(request: web.Request) -> web.Response:
     period = parse_period(q) if ("period" in q or "from" in q) else None
     limit = _int(q, "limit", 50, 1, 500)
     offset = _int(q, "offset", 0, 0, 10_000_000)
-    async with request.app[SERVICE].db.read() as conn:
+    async with request.app[SERVICE].db.analytics() as conn:
         data = await mq.list_conversations(conn, filters=filters, period=period, limit=limit,
                                            offset=offset)
     if _wants_csv(request):
@@ -444,7 +444,7 @@ async def api_conversations(request: web.Request) -> web.Response:
 
 async def api_conversation(request: web.Request) -> web.Response:
     conversation_id = id_param(request.match_info["id"], "id")
-    async with request.app[SERVICE].db.read() as conn:
+    async with request.app[SERVICE].db.analytics() as conn:
         detail = await conversation_detail(conn, conversation_id)
         if detail is None:
             raise InputError("no such conversation", status=404)
@@ -460,7 +460,7 @@ async def api_conversation(request: web.Request) -> web.Response:
 async def api_staff(request: web.Request) -> web.StreamResponse:
     """Per staff member and team: taken, replied, resolved, first response, resolution, CSAT."""
     period = parse_period(request.query)
-    async with request.app[SERVICE].db.read() as conn:
+    async with request.app[SERVICE].db.analytics() as conn:
         data = await dashboard_desk.staff_figures(conn, period)
     if _wants_csv(request):
         return csv_response(data["rows"], dashboard_desk.STAFF_COLUMNS, "staff")
@@ -470,7 +470,7 @@ async def api_staff(request: web.Request) -> web.StreamResponse:
 async def api_kpis(request: web.Request) -> web.StreamResponse:
     """Retention, churn, repeat purchase, lifetime value, NPS and CSAT per stage and cohort."""
     period = parse_period(request.query)
-    async with request.app[SERVICE].db.read() as conn:
+    async with request.app[SERVICE].db.analytics() as conn:
         data = await kpis.store_kpis(conn, period)
     if _wants_csv(request):
         return csv_response(kpis.rows_for_csv(data), kpis.COLUMNS, "store-figures")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.models import Conversation, Customer, Escalation, Order, SurveyAnswer
@@ -46,8 +46,19 @@ COLUMNS = ["group", "key", "customers", "buyers", "retention_rate", "churn_rate"
 
 @dataclass(slots=True)
 class Buyer:
-    orders: list[datetime] = field(default_factory=list)
+    """One customer's orders, summed up in SQL (merged records added together)."""
+
+    orders: int = 0
     spent: float = 0.0
+    first: datetime | None = None
+    in_period: bool = False
+    months: set[str] = field(default_factory=set)
+
+    def add(self, orders: int, spent: float, first: datetime, in_period: bool) -> None:
+        self.orders += orders
+        self.spent += spent
+        self.first = first if self.first is None else min(self.first, first)
+        self.in_period = self.in_period or in_period
 
 
 @dataclass(slots=True)
@@ -60,7 +71,7 @@ class Scores:
 async def store_kpis(conn: AsyncConnection, period: Period) -> dict[str, Any]:
     """The figures for the store, per stage now and per cohort month, over `period`."""
     owner, stages = await _customers(conn)
-    buyers = await _buyers(conn, owner, period.end)
+    buyers = await _buyers(conn, owner, period)
     scores = await _scores(conn, owner, period)
     everyone = set(stages)
     store = _figures(everyone, buyers, scores, period)
@@ -71,7 +82,8 @@ async def store_kpis(conn: AsyncConnection, period: Period) -> dict[str, Any]:
             by_stage.append({"stage": stage, **_figures(members, buyers, scores, period)})
     cohorts: dict[str, set[int]] = defaultdict(set)
     for customer, buyer in buyers.items():
-        cohorts[_month(min(buyer.orders))].add(customer)
+        assert buyer.first is not None
+        cohorts[_month(buyer.first)].add(customer)
     by_cohort = [{"cohort": month, **_figures(members, buyers, scores, period),
                   "monthly_retention": _monthly(month, members, buyers, period.end)}
                  for month, members in sorted(cohorts.items())]
@@ -100,16 +112,29 @@ async def _customers(conn: AsyncConnection) -> tuple[dict[int, int], dict[int, s
     return owner, {r.id: r.stage for r in rows if r.merged_into is None}
 
 
-async def _buyers(conn: AsyncConnection, owner: dict[int, int],
-                  end: datetime) -> dict[int, Buyer]:
-    rows = await conn.execute(select(OR.customer_id, OR.placed_at, OR.total).where(
-        OR.status.not_in(NOT_REVENUE), OR.placed_at < end))
+async def _buyers(conn: AsyncConnection, owner: dict[int, int], period: Period
+                  ) -> dict[int, Buyer]:
+    counted = (OR.status.not_in(NOT_REVENUE), OR.placed_at < period.end)
+    rows = await conn.execute(
+        select(OR.customer_id, func.count().label("orders"), func.sum(OR.total).label("spent"),
+               func.min(OR.placed_at).label("first"),
+               func.max(case((OR.placed_at >= period.start, 1), else_=0)).label("recent"))
+        .where(*counted).group_by(OR.customer_id))
     buyers: dict[int, Buyer] = defaultdict(Buyer)
     for r in rows:
-        buyer = buyers[owner.get(r.customer_id, r.customer_id)]
-        buyer.orders.append(r.placed_at)
-        buyer.spent += float(r.total or 0)
+        buyers[owner.get(r.customer_id, r.customer_id)].add(
+            int(r.orders), float(r.spent or 0), r.first, bool(r.recent))
+    month = _month_sql(conn)
+    for r in await conn.execute(select(OR.customer_id, month).where(*counted).distinct()):
+        buyers[owner.get(r.customer_id, r.customer_id)].months.add(str(r.month))
     return buyers
+
+
+def _month_sql(conn: AsyncConnection) -> Any:
+    """The order's UTC month as "YYYY-MM", in SQL (stored UTC on both databases)."""
+    if conn.dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", OR.placed_at), "YYYY-MM").label("month")
+    return func.strftime("%Y-%m", OR.placed_at).label("month")
 
 
 async def _scores(conn: AsyncConnection, owner: dict[int, int],
@@ -138,8 +163,8 @@ async def _scores(conn: AsyncConnection, owner: dict[int, int],
 def _figures(members: set[int], buyers: dict[int, Buyer], scores: dict[int, Scores],
              period: Period) -> dict[str, Any]:
     mine = [buyers[c] for c in members if c in buyers]
-    base = [b for b in mine if min(b.orders) < period.start]
-    retained = sum(1 for b in base if any(period.start <= o for o in b.orders))
+    base = [b for b in mine if b.first is not None and b.first < period.start]
+    retained = sum(1 for b in base if b.in_period)
     nps = [n for c in members if c in scores for n in scores[c].nps]
     csat = [n for c in members if c in scores for n in scores[c].csat]
     sources: dict[str, list[int]] = defaultdict(list)
@@ -151,7 +176,7 @@ def _figures(members: set[int], buyers: dict[int, Buyer], scores: dict[int, Scor
         "customers": len(members), "buyers": len(mine), "returning_base": len(base),
         "retention_rate": _share(retained, len(base)),
         "churn_rate": _share(len(base) - retained, len(base)),
-        "repeat_purchase_rate": _share(sum(1 for b in mine if len(b.orders) >= 2), len(mine)),
+        "repeat_purchase_rate": _share(sum(1 for b in mine if b.orders >= 2), len(mine)),
         "average_lifetime_value": round(sum(b.spent for b in mine) / len(mine), 2)
         if mine else None,
         "nps": net_promoter_score(nps), "nps_answers": len(nps),
@@ -173,7 +198,7 @@ def _monthly(cohort: str, members: set[int], buyers: dict[int, Buyer],
     for offset in range(min(COHORT_MONTHS, last - first + 1)):
         index = first + offset
         label = f"{index // 12:04d}-{index % 12 + 1:02d}"
-        active = sum(1 for c in members if any(_month(o) == label for o in buyers[c].orders))
+        active = sum(1 for c in members if label in buyers[c].months)
         shares.append(_share(active, len(members)))
     return shares
 

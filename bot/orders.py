@@ -7,6 +7,7 @@ against the customer's stage, once per customer.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -96,6 +97,11 @@ async def push_orders(conn: AsyncConnection, rules: LifecycleRules, customer_id:
 CsvRow = tuple[int, dict[str, str], OrderIn]
 
 
+#: `import_orders` holds SQLite's write lock this long at most, then lets others write
+IMPORT_SLICE_SECONDS = 0.1
+IMPORT_PAUSE_SECONDS = 0.05
+
+
 def read_orders_csv(path: Path) -> list[CsvRow]:
     """Rows of an order CSV (email or phone, order_id, total, currency, placed_at, status,
     number, tracking_number, tracking_url, carrier), all validated before anything is stored;
@@ -118,15 +124,30 @@ def read_orders_csv(path: Path) -> list[CsvRow]:
 
 async def import_orders(db: Database, rules: LifecycleRules, path: Path, rows: Sequence[CsvRow],
                         *, clock: Clock) -> int:
-    """Store the rows in one transaction; returns the number of stage changes."""
+    """Store the rows (all validated before) in short transactions with a pause between them,
+    so the running service's webhooks get the write lock meanwhile; returns the number of stage
+    changes. An import stopped half way can run again: stored orders are updated, not doubled.
+    """
     changes = 0
-    async with db.write() as conn:
-        for line_no, row, order in rows:
-            try:
-                cid = await find_or_create_by_contact(
-                    conn, email=row.get("email"), phone=row.get("phone"), name=row.get("name"))
-            except InputError as exc:
-                raise InputError(f"{path}:{line_no}: {exc}") from None
-            result = await apply_orders(conn, rules, cid, [order], now=clock())
-            changes += len(result["stage_changes"])
+    done = 0
+    loop = asyncio.get_running_loop()
+    while done < len(rows):
+        first = done
+        async with db.write() as conn:
+            deadline = loop.time() + IMPORT_SLICE_SECONDS
+            while done < len(rows) and (done == first or loop.time() < deadline):
+                line_no, row, order = rows[done]
+                try:
+                    cid = await find_or_create_by_contact(
+                        conn, email=row.get("email"), phone=row.get("phone"),
+                        name=row.get("name"))
+                except InputError as exc:
+                    kept = f" (the {first} rows before are stored; fix it and import again)" \
+                        if first else ""
+                    raise InputError(f"{path}:{line_no}: {exc}{kept}") from None
+                result = await apply_orders(conn, rules, cid, [order], now=clock())
+                changes += len(result["stage_changes"])
+                done += 1
+        if done < len(rows) and db.is_sqlite:
+            await asyncio.sleep(IMPORT_PAUSE_SECONDS)  # let the service's writers in
     return changes

@@ -1,8 +1,12 @@
 """The database handle: one async engine, read and write transactions, migrations.
 
 SQLite allows one writer at a time. Inside one process we take an asyncio lock around write
-transactions, so tasks queue up in memory instead of sleeping in SQLite's busy handler; other
-processes (CLI commands) still wait on `busy_timeout`. PostgreSQL needs no lock.
+transactions, so tasks queue up in memory instead of sleeping in SQLite's busy handler. Write
+transactions begin IMMEDIATE; when another process (a CLI command) holds the lock, the BEGIN is
+tried again after asynchronous pauses (bot/db/inline_sqlite.py), so the event loop never sleeps
+in SQLite. Reads that scan (the dashboard) go through `analytics()`: on SQLite a second engine
+whose statements run on a thread, so a long aggregate does not hold up webhooks either.
+PostgreSQL needs none of this: one engine, no lock.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from bot.db.inline_sqlite import inline_creator
+from bot.db.inline_sqlite import InlineConnection, inline_creator
 
 log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -41,10 +45,19 @@ def alembic_config(url: str) -> Config:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy, not the driver, decide where transactions begin (see the "begin" hook).
     dbapi_connection.isolation_level = None
+    # Inline connections run on the event loop: they must not sleep in SQLite's busy handler
+    # (they wait asynchronously instead); threaded ones may.
+    inline = isinstance(getattr(dbapi_connection, "driver_connection", None), InlineConnection)
     cursor = dbapi_connection.cursor()
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
-                   "busy_timeout=30000", "temp_store=MEMORY"):
+                   f"busy_timeout={0 if inline else 30000}", "temp_store=MEMORY"):
         cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _query_only(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=1")
     cursor.close()
 
 
@@ -56,7 +69,9 @@ def _json_dumps(value: Any) -> str:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN")
+    driver = conn.connection.driver_connection
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if getattr(driver, "write_intent", False)
+                         else "BEGIN")
 
 
 class Database:
@@ -81,6 +96,7 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        self._analytics: AsyncEngine | None = None
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -89,13 +105,43 @@ class Database:
             async with self.engine.begin() as conn:
                 yield conn
             return
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        async with self._write_lock, self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            if isinstance(driver, InlineConnection):
+                driver.write_intent = True
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                if isinstance(driver, InlineConnection):
+                    driver.write_intent = False
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
             yield conn
+
+    @contextlib.asynccontextmanager
+    async def analytics(self) -> AsyncIterator[AsyncConnection]:
+        """A read for queries that scan (dashboard panels, reports): on a SQLite file, its
+        statements run on a thread, so the event loop keeps serving meanwhile."""
+        engine = self._analytics_engine()
+        async with engine.connect() as conn:
+            yield conn
+
+    def _analytics_engine(self) -> AsyncEngine:
+        if not self.is_sqlite or self.engine.dialect.driver != "aiosqlite" or \
+                make_url(self.url).database in (None, "", ":memory:"):
+            return self.engine
+        if self._analytics is None:
+            self._analytics = create_async_engine(
+                self.url, json_serializer=_json_dumps, json_deserializer=orjson.loads,
+                connect_args={"timeout": 30, "check_same_thread": False},
+                pool_size=2, max_overflow=2)
+            event.listen(self._analytics.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self._analytics.sync_engine, "connect", _query_only)
+            event.listen(self._analytics.sync_engine, "begin", _sqlite_begin)
+        return self._analytics
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -143,6 +189,8 @@ class Database:
             return str(row[0]) if row else None
 
     async def close(self) -> None:
+        if self._analytics is not None:
+            await self._analytics.dispose()
         await self.engine.dispose()
 
 

@@ -6,13 +6,53 @@ database, and a handled customer message needs about ten statements. SQLite call
 file take microseconds (WAL commits with synchronous=NORMAL do not fsync), so running them
 inline keeps the loop responsive and makes the embedded default several times faster. Used
 through SQLAlchemy's `async_creator` hook, so the rest of the code is unchanged.
+
+Because the loop is the caller, SQLite must never wait for a lock itself: its busy timeout is
+zero, and a statement refused because another process holds the write lock (a CLI import) is
+tried again after an asynchronous pause, so webhooks and long-polls carry on meanwhile. The
+service's write transactions begin IMMEDIATE (`write_intent`), so the only statement that can
+meet the lock is the BEGIN, which is always safe to try again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
+
+#: how long a statement keeps trying while another process holds the lock (then it fails)
+PATIENCE = 30.0
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.002, 0.02
+_SNAPSHOT_BUSY = 517  # SQLITE_BUSY_SNAPSHOT: the transaction must start over, not the statement
+
+
+def _lock_refused(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and \
+            code != _SNAPSHOT_BUSY
+    return "locked" in str(exc)
+
+
+async def _patiently(call: Callable[[], Any]) -> Any:
+    """`call()`, tried again with growing pauses while the database is locked elsewhere."""
+    try:
+        return call()
+    except sqlite3.OperationalError as exc:
+        if not _lock_refused(exc):
+            raise
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PATIENCE
+    pause = _FIRST_PAUSE
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            return call()
+        except sqlite3.OperationalError as exc:
+            if not _lock_refused(exc) or loop.time() >= deadline:
+                raise
+        pause = min(pause * 2, _LONGEST_PAUSE)
 
 
 class InlineCursor:
@@ -33,13 +73,14 @@ class InlineCursor:
 
     async def execute(self, sql: str, parameters: Any = None) -> InlineCursor:
         if parameters is None:
-            self._cursor.execute(sql)
+            await _patiently(lambda: self._cursor.execute(sql))
         else:
-            self._cursor.execute(sql, parameters)
+            await _patiently(lambda: self._cursor.execute(sql, parameters))
         return self
 
     async def executemany(self, sql: str, parameters: Iterable[Any]) -> InlineCursor:
-        self._cursor.executemany(sql, parameters)
+        rows = list(parameters)
+        await _patiently(lambda: self._cursor.executemany(sql, rows))
         return self
 
     async def fetchone(self) -> Any:
@@ -72,6 +113,8 @@ class InlineConnection:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._tx = _ImmediateQueue()
+        #: the next transaction will write: begin it IMMEDIATE (take the write lock first)
+        self.write_intent = False
 
     @property
     def isolation_level(self) -> str | None:
@@ -88,7 +131,7 @@ class InlineConnection:
         self._conn.create_function(*args, **kwargs)
 
     async def commit(self) -> None:
-        self._conn.commit()
+        await _patiently(self._conn.commit)
 
     async def rollback(self) -> None:
         self._conn.rollback()
@@ -100,11 +143,12 @@ class InlineConnection:
         self._conn.close()
 
 
-def inline_creator(path: str, *, timeout: float = 30.0) -> Callable[[], Any]:
-    """An `async_creator` for create_async_engine that opens `path` inline."""
+def inline_creator(path: str) -> Callable[[], Any]:
+    """An `async_creator` for create_async_engine that opens `path` inline (busy timeout 0:
+    waiting for a lock is done by `_patiently`, off the loop's back)."""
 
     async def create() -> InlineConnection:
-        conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=0, check_same_thread=False)
         return InlineConnection(conn)
 
     return create
