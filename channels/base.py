@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from bot.clock import Clock, system_clock
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -51,6 +53,7 @@ class StoredMessage:
     language: str | None
     stage: str | None
     conversation_status: str
+    attachments: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +64,9 @@ class InboundMessage:
     `thread` groups messages into one conversation where the platform has threads (email thread
     root, Slack thread ts); `raw_ref` points back to the platform object (update id, UID...).
     `email` / `phone` are contact details the channel learned, used to link one customer
-    across channels. `sender` is the person when `address` is a place several people write in
-    (a Slack channel): the customer is known by the sender, replies go to the address.
+    across channels (a channel that cannot vouch for them leaves them out). `sender` is the
+    person when `address` is a place several people write in (a Slack channel): the customer
+    is known by the sender, replies go to the address.
     """
 
     channel: str
@@ -79,6 +83,9 @@ class InboundMessage:
     language_hint: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     sender: str | None = None
+    #: the channel vouches for this message's contact details although it does not in
+    #: general (a web chat visitor whose identity the store signed)
+    vouched: bool = False
 
     @property
     def who(self) -> str:
@@ -128,11 +135,13 @@ OnStatus = Callable[[str, str, str | None, str | None], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class ChannelContext:
-    """What a channel may use to build itself: settings, the queue, the database."""
+    """What a channel may use to build itself: settings, the queue, the database, the
+    service's clock."""
 
     settings: Settings
     intake: Intake
     db: Database
+    clock: Clock = system_clock
 
 
 class Channel(abc.ABC):
