@@ -356,7 +356,8 @@ class WebChatChannel(Channel):
 
     async def widget(self, request: web.Request) -> web.Response:
         """The embeddable widget: one script, its settings filled in."""
-        config = _dumps({"storeName": self.store_name, "staffed": self.staffed})
+        config = _dumps({"storeName": self.store_name, "staffed": self.staffed,
+                         "uploadMax": self.upload_max})
         script = (STATIC / "widget.js").read_text().replace("__STOREDESK_CONFIG__", config)
         return web.Response(text=script, content_type="application/javascript",
                             headers={"Cache-Control": "public, max-age=300"})
