@@ -23,6 +23,7 @@ from bot.errors import ConfigError
 from tests.conftest import (
     ADMIN_TOKEN,
     IDENTITY_SECRET,
+    chat,
     eventually,
     next_reply,
     signed,
@@ -381,3 +382,17 @@ async def test_no_email_without_an_address(make_settings: Any) -> None:
             await next_reply(client, sent["visitor_id"])
             await staff_reply(client, await _conversation(service), "Hello?")
             await stays(lambda: not sink.messages, window=3.0, what="no mail")
+
+
+async def test_only_a_signed_customer_is_told_about_their_order(make_settings: Any) -> None:
+    async with running(make_settings) as (_, client):
+        async with client.post("/api/orders", headers=AUTH, json={
+                "email": "ann@example.com", "order_id": "A-1001", "total": 42.0,
+                "status": "fulfilled", "carrier": "UPS", "tracking_number": "1ZA1001",
+                "tracking_url": "https://ups.example/A-1001"}) as resp:
+            assert resp.status == 200, await resp.text()
+        _, signed_reply = await chat(client, "Where is my order?",
+                                     **signed("cust-17", email="ann@example.com"))
+        _, typed_reply = await chat(client, "Where is my order?", email="ann@example.com")
+    assert "https://ups.example/A-1001" in signed_reply["text"]
+    assert "ups.example" not in typed_reply["text"] and "A-1001" not in typed_reply["text"]
