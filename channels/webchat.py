@@ -443,7 +443,7 @@ class WebChatChannel(Channel):
                         "not set; kept as contact info, not linked")
             verified = False
         else:
-            expected = hmac.new(self.identity_secret, ref.encode(), hashlib.sha256).hexdigest()
+            expected = identity_hash(self.identity_secret, ref)
             verified = isinstance(given, str) and hmac.compare_digest(
                 expected, given.strip().lower())
             if not verified:
@@ -477,7 +477,8 @@ class WebChatChannel(Channel):
         if claim.verified and known.customer_ref not in (None, claim.customer_ref):
             log.warning("webchat: a visitor signed as one customer sent another's identity; "
                         "not linked")
-        if merged != known or not known.stored:
+        worth_keeping = merged.email or merged.phone or merged.name or merged.customer_ref
+        if worth_keeping and (merged != known or not known.stored):
             now = self.clock()
             values = {"customer_ref": merged.customer_ref, "name": merged.name,
                       "email": merged.email, "phone": merged.phone,
