@@ -44,7 +44,7 @@ from bot.clock import Clock, system_clock
 from bot.customers import normalise_email, normalise_phone
 from bot.db.engine import Database
 from bot.db.models import Conversation, Message, WebchatVisitor
-from bot.errors import ConfigError, InputError, RateLimited
+from bot.errors import ConfigError, InputError, QueueError, RateLimited
 from bot.ratelimit import RateLimiter
 from bot.routing import Team
 from channels.base import (
@@ -162,11 +162,8 @@ class WebChatChannel(Channel):
             return None
         s = ctx.settings
         files = s.webchat_files_dir
-        try:
-            files.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"WEBCHAT_UPLOAD_DIR: cannot create {files} "
-                              f"({exc.strerror or type(exc).__name__})") from None
+        if files.exists() and not files.is_dir():
+            raise ConfigError(f"WEBCHAT_UPLOAD_DIR: {files} is not a directory")
         secret = s.webchat_identity_secret
         hours = Team("store", tz=ZoneInfo(s.store_timezone), hours=s.opening_hours)
         return cls(ctx.intake, ctx.db, max_text=s.max_text_chars,
@@ -525,7 +522,12 @@ class WebChatChannel(Channel):
         token = secrets.token_urlsafe(24)
         stored = f"{token}.{ext}"
         path = self.files_dir / stored
-        await asyncio.to_thread(_write_file, path, bytes(data))
+        try:
+            await asyncio.to_thread(_write_file, path, bytes(data))
+        except OSError as exc:
+            log.error("webchat: cannot keep a visitor's file in %s (%s)", self.files_dir,
+                      exc.strerror or type(exc).__name__)
+            raise QueueError("the file cannot be kept now") from None
         name = _file_label(q.get("name"), ext)
         message = InboundMessage(
             channel=self.name, external_id=f"{visitor}:{client_id}", address=visitor,
@@ -746,6 +748,8 @@ def identity_hash(secret: str | bytes, customer_id: str) -> str:
 
 
 def _write_file(path: Path, data: bytes) -> None:
+    """Whole or not at all; the folder is made on the first upload."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part")
     with open(tmp, "wb") as f:
         f.write(data)

@@ -149,6 +149,13 @@ async def test_without_the_secret_no_identity_links(make_settings: Any) -> None:
         assert (await customer_of(service, sent["visitor_id"])).id != ann
 
 
+def test_an_upload_dir_that_is_a_file_stops_the_start(make_settings: Any,
+                                                      tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(ConfigError, match="WEBCHAT_UPLOAD_DIR"):
+        Service(make_settings(webchat_upload_dir=tmp_path / "taken"))
+
+
 def test_a_weak_identity_secret_stops_the_start(make_settings: Any) -> None:
     with pytest.raises(ConfigError, match="WEBCHAT_IDENTITY_SECRET"):
         make_settings(webchat_identity_secret="short")
@@ -235,7 +242,8 @@ async def test_wrong_types_and_too_big_files_are_refused_and_nothing_kept(
             assert (await upload(client, svg, content_type="image/svg+xml"))[0] == 415
             assert (await upload(client, PNG + b"\x00" * 2048))[0] == 413
         assert "-> 415" in caplog.text and "-> 413" in caplog.text
-        assert list((tmp_path / "webchat-files").iterdir()) == []
+        kept = tmp_path / "webchat-files"
+        assert not kept.exists() or list(kept.iterdir()) == []
         assert await _inbound(service, 0)
 
 
