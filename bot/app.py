@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from bot.clock import Clock, system_clock
 from bot.connections import SERVED, ConnectionGuard, raise_open_files_limit
 from bot.db.engine import Database
 from bot.desk import Desk
@@ -33,6 +32,7 @@ from bot.web import build_http_app
 from bot.worker import WorkerPool
 from channels import CHANNELS
 from channels.base import Channel, ChannelContext
+from core.clock import Clock, system_clock
 from core.errors import QueueError
 from faq.store import FaqStore
 
@@ -77,7 +77,7 @@ class Service:
         self.lifecycle = LifecycleStore(settings.lifecycle_rules)
         self.stage_schedule = StageSchedule(self.db, self.lifecycle, clock,
                                             interval=settings.lifecycle_schedule_seconds)
-        ctx = ChannelContext(settings=settings, intake=self.inbox, db=self.db)
+        ctx = ChannelContext(settings=settings, intake=self.inbox, db=self.db, clock=clock)
         self.channels: dict[str, Channel] = {}
         for name, spec in CHANNELS.items():
             if not spec.configured(settings):
@@ -85,6 +85,9 @@ class Service:
             channel = spec.load().from_context(ctx)
             if channel is not None:
                 self.channels[name] = channel
+        webchat, mail = self.channels.get("webchat"), self.channels.get("email")
+        if webchat is not None and mail is not None:  # staff replies reach visitors who left
+            webchat.mailer = mail.send_plain  # type: ignore[attr-defined]
         self.desk = Desk.from_service(settings, self.db, self.channels, self.faq,
                                       clock=self.clock)
         #: staff actions (Slack desk or dashboard); None when neither can be reached
@@ -145,6 +148,7 @@ class Service:
                 handlers["outbox"] = lambda _arg: self.outbox.wake()
             if http:
                 handlers["replies"] = self._wake_readers
+                handlers["typing"] = self._show_typing
             self._spawn(self.wakeups.listen(self.stop_event, handlers), "wakeups")
         if http:
             raise_open_files_limit()
@@ -254,6 +258,19 @@ class Service:
             channel = self.channels.get(name)
             if channel is not None and address:
                 channel.replies_stored(address)
+
+    def typing(self, channel: str, address: str) -> None:
+        """Staff are writing to this customer: their chat shows it, in whichever process
+        serves their page."""
+        self._show_typing(f"{channel}/{address}")
+        if self.wakeups is not None:
+            self.wakeups.publish_soon(f"typing {channel}/{address}")
+
+    def _show_typing(self, target: str) -> None:
+        name, _, address = target.partition("/")
+        channel = self.channels.get(name)
+        if channel is not None and address and hasattr(channel, "typing"):
+            channel.typing(address)
 
     async def _start_metrics_site(self, port: int) -> None:
         """Worker processes have no web app; they still answer probes and scrapes."""

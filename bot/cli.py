@@ -171,11 +171,11 @@ def import_orders(
     settings = _settings()
     if not file.exists():
         raise _fail(f"{file} does not exist")
-    from bot.clock import system_clock
     from bot.db.engine import Database
     from bot.lifecycle import LifecycleRules
     from bot.orders import import_orders as run_import
     from bot.orders import read_orders_csv
+    from core.clock import system_clock
 
     try:
         rows = read_orders_csv(file)

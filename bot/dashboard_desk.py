@@ -1,6 +1,7 @@
 """The desk in the dashboard: answer waiting customers without Slack, and staff figures.
 
 POST /api/dashboard/conversations/{id}/actions  {"action", "staff", "text"?, "faq_id"?, "length"?}
+POST /api/dashboard/conversations/{id}/typing   staff are writing: the web chat shows "typing"
 GET  /api/dashboard/waiting                     how many wait now, and the oldest of them
 (`staff_figures` is the dashboard's staff panel: /api/dashboard/staff.)
 Actions go through `bot.desk_actions`, the same code as the Slack desk's buttons and threads,
@@ -54,6 +55,23 @@ def _desk(service: Service) -> Any:
     if service.desk_actions is None:
         raise InputError("the desk is off", status=404)
     return service.desk_actions
+
+
+async def api_typing(request: web.Request) -> web.Response:
+    """The desk's text box is being written in: the customer's chat shows "typing" a few
+    seconds (channels without such a thing ignore it)."""
+    if request.content_type != "application/json":  # no cross-site form posts
+        raise InputError("send application/json", status=415)
+    service = request.app[SERVICE]
+    _desk(service)
+    conversation_id = id_param(request.match_info["id"], "id")
+    async with service.db.read() as conn:
+        conv = (await conn.execute(select(CV.channel, CV.address)
+                                   .where(CV.id == conversation_id))).first()
+    if conv is None:
+        raise InputError("no such conversation", status=404)
+    service.typing(conv.channel, conv.address)
+    return web.json_response({"ok": True})
 
 
 async def api_action(request: web.Request) -> web.Response:
@@ -198,4 +216,5 @@ async def staff_figures(conn: Any, period: Period) -> dict[str, Any]:
 def add_routes(app: web.Application, auth: Any) -> None:
     """Called from `bot.dashboard.add_routes`, behind the same admin sign-in."""
     app.router.add_post("/api/dashboard/conversations/{id:\\d+}/actions", auth(api_action))
+    app.router.add_post("/api/dashboard/conversations/{id:\\d+}/typing", auth(api_typing))
     app.router.add_get("/api/dashboard/waiting", auth(api_waiting))

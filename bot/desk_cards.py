@@ -277,9 +277,12 @@ def mirror(customer: str, text: str, attachments: Sequence[dict[str, Any]]) -> s
     lines = [f"💬 *{escape(short(customer, 80))}*: {escape(text)}" if text
              else f"💬 *{escape(short(customer, 80))}*:"]
     for a in attachments:
-        label = escape(str(a.get("name") or a.get("kind") or "file"))
-        ref = a.get("ref")
-        lines.append(f"📎 {label}" + (f" ({escape(str(ref))})" if ref else ""))
+        label = escape(str(a.get("name") or a.get("kind") or "file")).replace("|", "¦")
+        ref = str(a.get("ref") or "")
+        if ref.startswith(("https://", "http://")) and not set(ref) & set("<>| "):
+            lines.append(f"📎 <{ref}|{label}>")  # a link staff can open (web chat files)
+        else:
+            lines.append(f"📎 {label}" + (f" ({escape(ref)})" if ref else ""))
     return "\n".join(lines)
 
 

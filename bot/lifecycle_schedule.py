@@ -24,7 +24,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.clock import Clock
 from bot.customers import customer_facts
 from bot.db.engine import Database
 from bot.db.models import Customer, ScheduledStage
@@ -35,6 +34,7 @@ from bot.lifecycle import (
     record_customer_stage_change,
 )
 from bot.orders import latest_open_conversation
+from core.clock import Clock
 
 log = logging.getLogger(__name__)
 CU = Customer.__table__.c

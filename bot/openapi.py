@@ -74,7 +74,12 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object", "required": ["text"], "properties": {
                         "text": {"type": "string", "minLength": 1},
                         "visitor_id": _TOKEN, "client_message_id": _TOKEN,
-                        "name": {"type": "string"}, "email": {"type": "string"}}},
+                        "name": {"type": "string"}, "email": {"type": "string"},
+                        "page": {"type": "string"},
+                        "customer": {"type": "object", "required": ["id"], "properties": {
+                            "id": {"type": "string"}, "name": {"type": "string"},
+                            "email": {"type": "string"}, "phone": {"type": "string"}}},
+                        "identity_hash": {"type": "string"}}},
                     status="202", admin=False),
                 **_get("The visitor's messages after an id, waiting up to `wait` seconds", params=[
                     {"name": "visitor_id", "in": "query", "required": True, "schema": _TOKEN},
@@ -84,6 +89,8 @@ def openapi_document() -> dict[str, Any]:
                      "schema": {"type": "integer", "minimum": 0, "maximum": 30}}],
                        admin=False),
             },
+            "/api/webchat/welcome": _get("Business hours now: open with the reply time, or "
+                                         "when people answer next", admin=False),
             "/api/escalations": _get("Escalations by status", params=[
                 {"name": "status", "in": "query",
                  "schema": {"enum": ["open", "taken", "resolved", "returned", "all"]}}]),

@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.clock import Clock
 from bot.customers import (
     OrderIn,
     OrderWrite,
@@ -28,6 +27,7 @@ from bot.customers import (
 from bot.db.engine import Database
 from bot.db.models import Conversation, ConversationStatus, Customer
 from bot.lifecycle import LifecycleRules, StageSignal, apply_customer_stage
+from core.clock import Clock
 from core.errors import InputError
 
 CV = Conversation.__table__.c

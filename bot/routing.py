@@ -153,7 +153,7 @@ class Routing:
         return {t.channel for t in self.teams.values() if t.channel}
 
 
-def _parse_days(spec: str) -> list[int]:
+def parse_days(spec: str) -> list[int]:
     spec = spec.strip().lower()
     if spec in ("daily", "every day", "all"):
         return list(range(7))
@@ -173,7 +173,7 @@ def _parse_days(spec: str) -> list[int]:
     return days
 
 
-def _parse_ranges(spec: Any) -> tuple[tuple[time, time], ...]:
+def parse_ranges(spec: Any) -> tuple[tuple[time, time], ...]:
     parts = spec if isinstance(spec, list) else str(spec).split(",")
     out = []
     for part in parts:
@@ -203,8 +203,8 @@ def _team(name: str, raw: Any) -> Team:
             raise ValueError(f"team {name!r}: hours must map days to times")
         hours = {}
         for days, ranges in raw["hours"].items():
-            for d in _parse_days(str(days)):
-                hours[d] = hours.get(d, ()) + _parse_ranges(ranges)
+            for d in parse_days(str(days)):
+                hours[d] = hours.get(d, ()) + parse_ranges(ranges)
     return Team(name=name, channel=raw.get("channel") or None, oncall=raw.get("oncall") or None,
                 tz=tz, hours=hours,
                 repost_after=timedelta(minutes=float(raw.get("repost_after_minutes", 15))))

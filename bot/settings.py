@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import time
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.routing import parse_days, parse_ranges
 from core.errors import ConfigError, FaqError
 from faq.settings import SemanticSettings, load_semantic_settings
 
@@ -121,6 +124,27 @@ class Settings(BaseSettings):
         "", description="Comma-separated origins of the store's pages that may embed the chat "
         "(<script src=PUBLIC_URL/widget.js>) or frame it, e.g. https://shop.example; the API "
         "answers CORS for these only; empty = the standalone page at / only")
+    webchat_identity_secret: SecretStr | None = Field(
+        None, description="Key the store's server signs its logged-in customer's id with "
+        "(identity_hash = hex HMAC-SHA256(key, id)); only a signed identity links a visitor "
+        "to a customer; unset = no visitor is ever linked")
+    webchat_upload_max_bytes: int = Field(
+        5 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024,
+        description="Largest image (JPEG, PNG, GIF, WebP) or PDF a visitor may send (413 above)")
+    webchat_upload_dir: Path | None = Field(
+        None, description="Where visitors' files are kept (default: webchat-files next to the "
+        "SQLite database, else ./webchat-files)")
+    webchat_email_after_minutes: float = Field(
+        10.0, gt=0, le=7 * 24 * 60, description="A staff reply the visitor has not been "
+        "connected for this long after is emailed to the address they left, once")
+    webchat_reply_minutes: int = Field(
+        10, ge=1, le=7 * 24 * 60,
+        description="The reply time the widget announces inside BUSINESS_HOURS")
+    business_hours: str = Field(
+        "", description="When people answer, e.g. 'mon-fri 09:00-18:00, sat 10:00-14:00' "
+        "(STORE_TIMEZONE); the widget shows the reply time inside, an away message outside; "
+        "empty = always open")
+    store_timezone: str = Field("UTC", description="The store's zoneinfo name, e.g. Europe/Rome")
 
     # --- dashboard ------------------------------------------------------------------------
     dashboard_cache_seconds: float = Field(
@@ -222,6 +246,44 @@ class Settings(BaseSettings):
                 raise ValueError(f"{part!r} is not an origin like https://shop.example")
         return value
 
+    @field_validator("webchat_identity_secret")
+    @classmethod
+    def _identity_secret_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. openssl rand -hex 32); "
+                             "leave it unset to link no visitor")
+        return value
+
+    @field_validator("business_hours")
+    @classmethod
+    def _hours_parse(cls, value: str) -> str:
+        parse_business_hours(value)
+        return value
+
+    @field_validator("store_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a zoneinfo name like Europe/Rome") from None
+        return value
+
+    @cached_property
+    def opening_hours(self) -> dict[int, tuple[tuple[time, time], ...]] | None:
+        """BUSINESS_HOURS by weekday (0 = Monday); None = always open."""
+        return parse_business_hours(self.business_hours)
+
+    @cached_property
+    def webchat_files_dir(self) -> Path:
+        if self.webchat_upload_dir is not None:
+            return self.webchat_upload_dir
+        if self.is_sqlite:
+            path = self.database_url.partition(":///")[2]
+            if path and not path.startswith(":memory:"):
+                return Path(path).parent / "webchat-files"
+        return Path("webchat-files")
+
     @cached_property
     def semantic(self) -> SemanticSettings | None:
         """The FAQ neural mode's settings (FAQ_SEMANTIC_*), read once, when the mode is on."""
@@ -274,6 +336,29 @@ class Settings(BaseSettings):
         person will reply."""
         slack = self.slack_bot_token is not None and bool(self.slack_staff_channel)
         return slack or (self.desk_in_dashboard and self.admin_token is not None)
+
+
+def parse_business_hours(spec: str) -> dict[int, tuple[tuple[time, time], ...]] | None:
+    """'mon-fri 09:00-18:00, sat 10:00-14:00' (a bare range continues the days before it)
+    -> weekday -> windows; '' -> None. ValueError names the part it cannot read."""
+    if not spec.strip():
+        return None
+    hours: dict[int, tuple[tuple[time, time], ...]] = {}
+    days: list[int] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        words = part.split()
+        if len(words) == 2:
+            days = parse_days(words[0].lower())
+            windows = parse_ranges(words[1])
+        elif len(words) == 1 and days:
+            windows = parse_ranges(words[0])
+        else:
+            raise ValueError(f"{part!r}: write days and hours like 'mon-fri 09:00-18:00'")
+        for d in days:
+            hours[d] = hours.get(d, ()) + windows
+    return hours
 
 
 def _invalid(exc: ValidationError, prefix: str = "") -> ConfigError:

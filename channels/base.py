@@ -22,6 +22,8 @@ from core.messages import (
 __all__ = ["Attachment", "Channel", "ChannelContext", "InboundMessage", "Intake", "OnStatus",
            "OutboundMessage", "SendResult", "StoredMessage"]
 
+from core.clock import Clock, system_clock
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -34,11 +36,13 @@ OnStatus = Callable[[str, str, str | None, str | None], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class ChannelContext:
-    """What a channel may use to build itself: settings, the queue, the database."""
+    """What a channel may use to build itself: settings, the queue, the database, the
+    service's clock."""
 
     settings: Settings
     intake: Intake
     db: Database
+    clock: Clock = system_clock
 
 
 class Channel(abc.ABC):

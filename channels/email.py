@@ -292,6 +292,22 @@ class EmailChannel(Channel):
                 self._note_sent(message.address, message.message_id)
         return SendResult(provider_id=str(mail["Message-ID"]), status="sent")
 
+    async def send_plain(self, to: str, subject: str, text: str) -> None:
+        """A mail that answers no mail of theirs (a staff reply from the web chat, for a
+        visitor who left); raises a ChannelError subclass like `send`."""
+        if not self.s.smtp_host:
+            raise ChannelPermanentError("email: SMTP_HOST is not configured")
+        mail = EmailMessage()
+        mail["From"] = self.s.email_from or self.from_address
+        mail["To"] = to
+        mail["Subject"] = subject
+        mail["Date"] = format_datetime(datetime.now(UTC))
+        mail["Message-ID"] = make_msgid(idstring=OWN_ID_MARK, domain=self.domain)
+        mail["Auto-Submitted"] = "auto-generated"
+        mail["X-Auto-Response-Suppress"] = "All"
+        mail.set_content(text)
+        await self._deliver(mail)
+
     async def _deliver(self, mail: EmailMessage) -> None:
         try:
             await aiosmtplib.send(

@@ -42,6 +42,7 @@ class StoredMessage:
     language: str | None
     stage: str | None
     conversation_status: str
+    attachments: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,9 @@ class InboundMessage:
     language_hint: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     sender: str | None = None
+    #: the channel vouches for this message's contact details although it does not in
+    #: general (a web chat visitor whose identity the store signed)
+    vouched: bool = False
 
     @property
     def who(self) -> str:

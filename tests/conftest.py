@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import os
 import socket
 import uuid
@@ -20,6 +22,8 @@ from bot.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 ADMIN_TOKEN = "test-admin-token-0123456789"
+#: the key the test store signs its logged-in customers with (WEBCHAT_IDENTITY_SECRET)
+IDENTITY_SECRET = "test-identity-secret-0123456789"
 PG_HOST = os.environ.get("STOREDESK_TEST_PG_HOST", "postgres@127.0.0.1:5432")
 PG_ADMIN_DSN = f"postgresql://{PG_HOST}/postgres"
 REDIS_TEST_URL = os.environ.get("STOREDESK_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -122,6 +126,7 @@ def make_settings(tmp_path: Path, request: pytest.FixtureRequest):
             "database_url": default_url,
             "host": "127.0.0.1", "port": 0, "admin_token": ADMIN_TOKEN,
             "public_url": "http://127.0.0.1:8080", "store_name": "Demo Shop",
+            "webchat_identity_secret": IDENTITY_SECRET,
         }
         values.update(overrides)
         return load_settings(_env_file=None, **values)
@@ -168,6 +173,12 @@ async def chat(client: aiohttp.ClientSession, text: str, visitor: str | None = N
     visitor = data["visitor_id"]
     reply = await next_reply(client, visitor, after=seen, timeout=timeout)
     return visitor, reply
+
+
+def signed(customer_id: str, **fields: str) -> dict[str, Any]:
+    """The web chat fields of a customer the store signed, as its server would compute them."""
+    digest = hmac.new(IDENTITY_SECRET.encode(), customer_id.encode(), hashlib.sha256)
+    return {"customer": {"id": customer_id, **fields}, "identity_hash": digest.hexdigest()}
 
 
 async def transcript(client: aiohttp.ClientSession, visitor: str,

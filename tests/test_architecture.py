@@ -25,7 +25,7 @@ CHANNELS_INTO_BOT = {
     "channels/base.py": {"bot.db.engine", "bot.settings"},
     "channels/email.py": {"bot.db.engine", "bot.db.models", "bot.settings"},
     "channels/slack.py": {"bot.settings"},
-    "channels/webchat.py": {"bot.db.engine", "bot.db.models"},
+    "channels/webchat.py": {"bot.db.engine", "bot.db.models", "bot.routing"},
     "channels/whatsapp.py": {"bot.db.engine", "bot.db.models"},
 }
 MAX_LINES = 400
@@ -43,6 +43,8 @@ LONG_MODULES = {
     "faq/semantic.py": "the optional neural mode: model loading, index, adaptation",
     "faq/cli.py": "the faq command line: match, lint, eval, explain, suggest",
     "channels/email.py": "IMAP IDLE polling, threading and SMTP replies",
+    "channels/webchat.py": "page, API, uploads, identity, typing and email continuity (to split)",
+    "channels/webchat.py": "page, API, uploads, identity, typing and email continuity (to split)",
     "channels/whatsapp.py": "Twilio webhooks, status callbacks and the 24-hour window",
 }
 

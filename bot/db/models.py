@@ -390,6 +390,24 @@ class SurveyAnswer(Model, table=True):
     answered_at: datetime = created()
 
 
+class WebchatVisitor(Model, table=True):
+    """What a web chat visitor told us: contact details (typed, or signed by the store), the
+    store's customer id when signed, when they were last connected, and the last staff reply
+    emailed to them."""
+
+    __tablename__ = "webchat_visitor"
+    visitor: str = Field(primary_key=True)
+    customer_ref: str | None = None  # the store's customer id, only from a signed identity
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    verified: bool = False
+    page: str | None = None  # the store page they last wrote from: the email links back to it
+    seen_at: datetime | None = ts()
+    emailed_through: int = 0  # message id: staff replies up to it need no email
+    updated_at: datetime = created()
+
+
 # --- dashboard rollups (bot/rollups.py): per-day aggregates of closed UTC days ------------------
 
 class RollupInbound(Model, table=True):

@@ -82,7 +82,7 @@ class PipelineConfig:
     #: channels whose threads are separate conversations (Slack customer channels)
     threads_own: frozenset[str] = frozenset()
     #: channels where the customer's contact details are only typed in (the web chat): their
-    #: conversations are told nothing about orders
+    #: conversations are told nothing about orders, unless the message is `vouched` (signed)
     unverified: frozenset[str] = frozenset()
 
 
@@ -144,7 +144,8 @@ class Pipeline:
         found: dict[int, OrderContext] = {}
         for index, (msg, understood) in enumerate(zip(messages, seen, strict=True)):
             sender = loaded.senders[(msg.channel, msg.who)]
-            if not sender.facts.orders_count or msg.channel in self.config.unverified:
+            unverified = msg.channel in self.config.unverified and not msg.vouched
+            if not sender.facts.orders_count or unverified:
                 continue
             about_orders = any(a.entry is not None and (a.entry.order_answers
                                                         or "orders" in a.entry.tags)
@@ -219,7 +220,8 @@ def _stored(p: Planned, now: datetime) -> tuple[StoredMessage, ...]:
     conv = p.conv
     assert p.inbound_id is not None
     rows = [StoredMessage(p.inbound_id, "in", "customer", p.msg.text, p.msg.timestamp, p.lang,
-                          conv.stage, conv.status)]
+                          conv.stage, conv.status,
+                          tuple(a.as_dict() for a in p.msg.attachments))]
     rows += [StoredMessage(reply_id, "out", "bot", reply.text, now, reply.language, conv.stage,
                            conv.status)
              for reply_id, reply in zip(p.reply_ids, p.decision.replies, strict=True)]

@@ -229,6 +229,12 @@ function deskPanel(c) {
     placeholder: "Write to the customer, or a note only staff see" });
   const send = el("button", { type: "button", id: "desk-send", class: "primary" }, "Send to customer");
   send.addEventListener("click", () => { if (text.value.trim()) act("reply", { text: text.value }); });
+  let typed = 0;  // the customer's web chat shows "typing" while staff write here
+  text.addEventListener("input", () => {
+    if (Date.now() - typed < 3000 || !text.value.trim()) return;
+    typed = Date.now();
+    post(`/api/dashboard/conversations/${c.id}/typing`, {}).catch(() => {});
+  });
   const note = el("button", { type: "button", id: "desk-note" }, "Add internal note");
   note.addEventListener("click", () => { if (text.value.trim()) act("note", { text: text.value }); });
   const picker = el("select", { id: "desk-faq", "aria-label": "FAQ answer to send" },

@@ -15,13 +15,13 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.app import Service
-from bot.clock import FrozenClock
 from bot.customers import CustomerFacts
 from bot.db.engine import Database
 from bot.db.models import Conversation, Customer, Identity, StageChange
 from bot.lifecycle import LifecycleRules, StageSignal, apply_customer_stage
 from bot.orders import import_orders, read_orders_csv
 from bot.settings import DEFAULT_LIFECYCLE_RULES, Settings
+from core.clock import FrozenClock
 from core.errors import ConfigError
 from tests.conftest import ADMIN_TOKEN, ROOT, chat
 

@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import select
 
 from bot.app import Service
-from bot.clock import FrozenClock
 from bot.customers import OrderIn
 from bot.db.engine import Database
 from bot.db.models import Customer, StageChange
@@ -20,6 +19,7 @@ from bot.lifecycle import LifecycleStore
 from bot.lifecycle_schedule import StageSchedule
 from bot.orders import apply_orders
 from bot.settings import DEFAULT_LIFECYCLE_RULES
+from core.clock import FrozenClock
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

@@ -14,9 +14,9 @@ import aiohttp
 from sqlalchemy import select
 
 from bot.app import Service
-from bot.clock import FrozenClock
 from bot.db.models import Escalation, Message
 from channels.base import InboundMessage
+from core.clock import FrozenClock
 from tests.test_bot.test_store_webhooks import SHOPIFY_ORDER, post_shopify
 
 PHONE = "+16135551111"

@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.app import Service
-from bot.clock import FrozenClock
 from bot.db.models import Customer, Erasure, Identity, Message
+from core.clock import FrozenClock
 from tests.conftest import chat, eventually
 from tests.fakes.twilio import (
     INBOUND_PATH,

@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.app import Service
-from bot.clock import FrozenClock
 from bot.db.models import Checkout, Customer, Order, StageChange, StoreEvent
 from bot.order_context import order_variables
 from bot.settings import Settings
+from core.clock import FrozenClock
 
 SHOPIFY_SECRET = "shpss_test_0123456789abcdef"
 WOO_SECRET = "wc-secret-0123456789"

@@ -167,7 +167,8 @@ def _check(running: Running, method: str, path: str, body: bytes,
 
 POSTS = ["/webhooks/telegram", "/webhooks/twilio/whatsapp", "/webhooks/twilio/status",
          "/slack/events", "/slack/actions", "/slack/commands", "/webhooks/shopify",
-         "/webhooks/woocommerce", "/api/webchat/messages", "/api/orders",
+         "/webhooks/woocommerce", "/api/webchat/messages", "/api/webchat/files",
+         "/api/dashboard/conversations/1/typing", "/api/orders",
          "/api/customers/1/orders", "/api/customers/99999999999999999999999/orders",
          "/api/queue/requeue-dead", "/dashboard/login", "/dashboard/logout"]
 
@@ -238,14 +239,16 @@ def test_signed_twilio_forms_with_odd_values_are_never_a_5xx(running: Running,
     fuzz()
 
 
-GETS = ["/api/webchat/messages", "/api/escalations", "/api/queue",
+GETS = ["/api/webchat/messages", "/api/webchat/welcome", "/webchat/files/{s}",
+        "/api/escalations", "/api/queue",
         "/api/conversations", "/api/dashboard/stages", "/api/dashboard/flow",
         "/api/dashboard/performance", "/api/dashboard/faq", "/api/conversations/{n}",
         "/api/dashboard/conversations/{n}", "/api/faq", "/dashboard/assets/{s}", "/metrics",
         "/readyz"]
 QUERY_KEYS = st.sampled_from(["visitor_id", "after", "wait", "status", "period", "days",
                               "from", "to", "limit", "offset", "q", "stage", "channel", "by",
-                              "page", "cursor", "language"])
+                              "page", "cursor", "language", "typing", "client_message_id",
+                              "name"])
 
 
 @pytest.mark.parametrize("path", GETS)

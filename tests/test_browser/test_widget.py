@@ -23,7 +23,7 @@ AXE = Path(__file__).resolve().parents[2] / ".test-deps/node_modules/axe-core/ax
 
 STORE_PAGE = """<!doctype html><html lang="{lang}"><head><title>Shop</title></head>
 <body><main><h1>Teapots</h1></main>
-<script src="{support}/widget.js" async></script></body></html>"""
+<script src="{support}/widget.js" async{attrs}></script></body></html>"""
 
 
 @asynccontextmanager
@@ -95,16 +95,19 @@ async def test_a_page_on_an_origin_not_listed_is_refused(browser: Any,
 class _Holder:
     origin = ""
     support = ""
+    attrs = ""
 
 
 @asynccontextmanager
 async def store_site_placeholder(lang: str = "en") -> AsyncIterator[_Holder]:
     """The store site, bound before the support service so its origin can be listed; it
-    renders the script tag with whatever support address is set on the holder."""
+    renders the script tag with whatever support address (and `data-` attributes: the
+    logged-in customer) is set on the holder."""
     holder = _Holder()
 
     async def page(_: web.Request) -> web.Response:
-        return web.Response(text=STORE_PAGE.format(support=holder.support, lang=lang),
+        return web.Response(text=STORE_PAGE.format(support=holder.support, lang=lang,
+                                                   attrs=holder.attrs),
                             content_type="text/html")
     app = web.Application()
     app.router.add_get("/", page)

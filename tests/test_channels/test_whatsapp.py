@@ -29,7 +29,7 @@ from bot.db.models import (
     OutboxItem,
 )
 from bot.replies import OutgoingReply, queue_replies
-from tests.conftest import ADMIN_TOKEN, chat
+from tests.conftest import ADMIN_TOKEN, chat, signed
 from tests.fakes.twilio import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -341,7 +341,7 @@ async def test_one_customer_across_orders_whatsapp_and_web_chat(
             customer_id = (await resp.json())["customer_id"]
         assert await deliver(service, "SM" + "b" * 32, SHIPPING, phone="+393337654321") == 200
         await wait_for(lambda: len(fake.accepted) == 1)
-        await chat(client, "Do you ship to Germany?", email="ann@example.com")
+        await chat(client, "Do you ship to Germany?", **signed("ann", email="ann@example.com"))
     async with service.db.read() as conn:
         customers = (await conn.execute(select(Customer.id).where(
             Customer.merged_into.is_(None)))).scalars().all()

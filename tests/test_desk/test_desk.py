@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from bot.db.models import Conversation, DeskJob, Message
 from bot.desk_actions import SURVEY, THANKS
-from tests.conftest import next_reply, transcript
+from tests.conftest import next_reply, signed, transcript
 from tests.fakes.slack import FakeSlack, click, send_event, slash
 from tests.test_desk.conftest import (
     STAFF,
@@ -83,7 +83,7 @@ async def conversation_status(service: Any) -> str:
 async def test_escalation_card_then_thread_reply_reaches_web_chat_customer(
         start_desk: Any, slack: FakeSlack) -> None:
     service, _ = await start_desk()
-    session, visitor = await webchat(service, HUMAN, name="Ann Web")
+    session, visitor = await webchat(service, HUMAN, **signed("c-ann", name="Ann Web"))
     try:
         reply = await next_reply(session, visitor)
         assert reply["from"] == "bot"
@@ -158,7 +158,7 @@ async def test_note_stays_internal_and_edits_and_bots_do_not_resend(
 
 async def test_take_silence_mirror_back_to_bot(start_desk: Any, slack: FakeSlack) -> None:
     service, _ = await start_desk()
-    session, visitor = await webchat(service, HUMAN, name="Bea")
+    session, visitor = await webchat(service, HUMAN, **signed("c-bea", name="Bea"))
     try:
         await next_reply(session, visitor)
         ts, _ = await card_of(service, slack)
@@ -248,7 +248,7 @@ async def test_buttons_on_closed_escalation_tell_the_clicker(start_desk: Any,
 async def test_inbox_command_lists_takes_assigns_and_resolves(start_desk: Any,
                                                               slack: FakeSlack) -> None:
     service, _ = await start_desk()
-    session, visitor = await webchat(service, HUMAN, name="Cleo")
+    session, visitor = await webchat(service, HUMAN, **signed("c-cleo", name="Cleo"))
     try:
         await next_reply(session, visitor)
         await card_of(service, slack)

@@ -10,7 +10,7 @@ from typing import Any
 
 from bot import desk_cards as cards
 from bot.app import Service
-from tests.conftest import next_reply, transcript
+from tests.conftest import next_reply, signed, transcript
 from tests.fakes.slack import FakeSlack, click, post_signed
 from tests.test_desk.conftest import (
     STAFF,
@@ -56,7 +56,8 @@ async def test_a_named_customer_with_email_is_shown_by_name_and_contact(
         start_desk: Any, slack: FakeSlack) -> None:
     service, _ = await start_desk()
     session, visitor = await webchat(service, "I want to talk to a person please",
-                                     name="Bea Rossi", email="bea@example.com")
+                                     **signed("c-bea", name="Bea Rossi",
+                                                     email="bea@example.com"))
     try:
         await next_reply(session, visitor)
         _, call = await card_of(service, slack)

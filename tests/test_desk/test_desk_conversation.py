@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from bot.app import Service
 from bot.db.models import Customer
-from tests.conftest import eventually, next_reply, stays, transcript
+from tests.conftest import eventually, next_reply, signed, stays, transcript
 from tests.fakes.slack import FakeSlack, click
 from tests.test_desk.conftest import STAFF, blocks_text, card_of, escalation
 from tests.test_desk.test_desk import conversation_status, last_id, new_reply, say, webchat
@@ -20,7 +20,7 @@ HUMAN = "I want to talk to a human please"
 async def test_while_waiting_the_bot_answers_and_the_staff_thread_shows_it(
         start_desk: Any, slack: FakeSlack) -> None:
     service, _ = await start_desk()
-    session, visitor = await webchat(service, HUMAN, name="Ann Web")
+    session, visitor = await webchat(service, HUMAN, **signed("c-ann", name="Ann Web"))
     try:
         hand_over = await next_reply(session, visitor)
         # a desk exists: the FAQ's own hand-over line, which promises a person
@@ -106,7 +106,7 @@ async def _has_text(session: Any, visitor: str, text: str) -> bool:
 async def test_a_complaint_while_a_person_owns_the_conversation_marks_the_customer_at_risk(
         start_desk: Any, slack: FakeSlack) -> None:
     service, _ = await start_desk()
-    session, visitor = await webchat(service, HUMAN, name="Cleo")
+    session, visitor = await webchat(service, HUMAN, **signed("c-cleo", name="Cleo"))
     try:
         await next_reply(session, visitor)
         ts, _ = await card_of(service, slack)

@@ -1,7 +1,7 @@
 """erasure (customers erased on request, as counts only) and survey answers (CSAT, NPS)
 
 Revision ID: 0009
-Revises: 0005
+Revises: 0007
 Create Date: 2026-12-07 03:00:00
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from alembic import op
 import bot.db.models
 
 revision: str = '0009'
-down_revision: str | None = '0005'
+down_revision: str | None = '0007'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
