@@ -133,6 +133,8 @@ class ChannelContext:
     settings: Settings
     intake: Intake
     db: Database
+    #: the service's clock (what "now" is for windows measured on times it stamped)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
 class Channel(abc.ABC):

@@ -280,6 +280,10 @@ class EmailChannel(Channel):
     async def send(self, message: OutboundMessage) -> SendResult:
         if not self.s.smtp_host:
             raise ChannelPermanentError("email: SMTP_HOST is not configured")
+        if message.meta.get("playbook"):  # sent by itself: no thread, never capped
+            mail = playbook_mail(message, self.s.email_from or self.from_address, self.domain)
+            await self._deliver(mail)
+            return SendResult(provider_id=str(mail["Message-ID"]), status="sent")
         author, theirs = await self._reply_context(message)
         automatic = author == "bot"
         mail = self._compose(message, theirs, automatic=automatic)
@@ -424,3 +428,27 @@ async def _wait_any(*events: asyncio.Event, timeout: float,
     finally:
         for w in waiters:
             w.cancel()
+
+
+def playbook_mail(message: OutboundMessage, sender: str, domain: str) -> EmailMessage:
+    """A playbook's mail: its own subject, a plain-text body, and the unsubscribe headers
+    mail providers show as a button (List-Unsubscribe with a mailto and an https link,
+    List-Unsubscribe-Post for the one-click POST of RFC 8058)."""
+    meta = message.meta
+    mail = EmailMessage()
+    mail["From"] = sender
+    mail["To"] = message.address
+    mail["Subject"] = str(meta.get("subject") or "")
+    mail["Date"] = format_datetime(datetime.now(UTC))
+    mail["Message-ID"] = make_msgid(idstring=f"{OWN_ID_MARK}.{message.message_id}",
+                                    domain=domain)
+    mail["Auto-Submitted"] = "auto-generated"
+    url = meta.get("list_unsubscribe")
+    body = message.text
+    if isinstance(url, str) and url:
+        targets = [f"<{m}>" for m in (meta.get("list_unsubscribe_mailto"),) if m] + [f"<{url}>"]
+        mail["List-Unsubscribe"] = ", ".join(targets)
+        mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        body += f"\n\n--\nUnsubscribe: {url}"
+    mail.set_content(body)
+    return mail
