@@ -109,6 +109,9 @@ class PlaybookRunner:
             due = (await conn.execute(select(PJ.id).where(
                 PJ.state == "scheduled", PJ.due_at <= now).order_by(PJ.due_at, PJ.id)
                 .limit(self.batch))).scalars().all()
+        if due and self._secret is None:  # its own transaction: never inside a job's
+            self._secret = await consent.unsubscribe_secret(self.db,
+                                                            self.config.unsubscribe_secret)
         queued = 0
         for job_id in due:
             queued += await self._one(int(job_id))
@@ -300,9 +303,7 @@ class PlaybookRunner:
 
     async def _email_meta(self, job: Any, step: Step, lang: str,
                           variables: Mapping[str, str]) -> dict[str, Any]:
-        if self._secret is None:
-            self._secret = await consent.unsubscribe_secret(self.db,
-                                                            self.config.unsubscribe_secret)
+        assert self._secret is not None  # read before the transaction (run_once)
         token = consent.make_token(self._secret, job.customer_id, "email")
         subject = _pick(step.subject, lang, self.config.default_language)[0] if step.subject \
             else self.config.store_name
