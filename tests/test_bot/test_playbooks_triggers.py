@@ -144,3 +144,32 @@ async def _all_decided(shop: Any, count: int) -> list[Any] | None:
 
 
 
+
+
+@pytest.mark.postgres
+async def test_two_processes_on_postgresql_send_each_step_once(
+        start_shop: Start, clock: FrozenClock, pg_database_url: str) -> None:
+    books = "playbooks:\n" + book("points", "points_expiring", "Your $points points", "30s")
+    first = await start_shop(books, database_url=pg_database_url)
+    second = await start_shop(books, database_url=pg_database_url)
+    visitors = []
+    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{first.port}") as http:
+        for i in range(8):
+            visitor, _ = await chat(http, f"hello {i}")
+            visitors.append(visitor)
+            event = {"customer_id": await visitor_customer(first, visitor),
+                     "event": "points_expiring", "id": "march", "variables": {"points": i}}
+            async with http.post("/api/playbooks/events", json=event, headers=ADMIN) as resp:
+                assert resp.status == 200
+    ticks = (first.playbook_runner.ticks, second.playbook_runner.ticks)
+    clock.advance(timedelta(seconds=31))
+    await eventually(lambda: _all_decided(first, 8), what="every step decided")
+    await eventually(lambda: first.playbook_runner.ticks > ticks[0] + 2
+                     and second.playbook_runner.ticks > ticks[1] + 2, what="both ran")
+    rows = await jobs(first)
+    assert [r.state for r in rows] == ["sent"] * 8
+    assert len({r.message_id for r in rows}) == 8
+    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{second.port}") as http:
+        for i, visitor in enumerate(visitors):
+            assert [m["text"] for m in await _from_playbook(http, visitor)] == [
+                f"Your {i} points"]
