@@ -38,7 +38,7 @@ CV = Conversation.__table__.c
 CU = Customer.__table__.c
 CS = ChannelState.__table__.c
 #: sweeps look this many ids back from their cursor: PostgreSQL may commit ids out of order
-OVERLAP = 500
+OVERLAP = 200
 
 
 class PlaybookSource(Protocol):
@@ -163,7 +163,8 @@ async def sweep_csat(conn: AsyncConnection, playbooks: Playbooks, *, now: dateti
     rows = (await conn.execute(
         select(ES.id, ES.csat, ES.conversation_id, CV.customer_id)
         .join(Conversation.__table__, CV.id == ES.conversation_id)
-        .where(ES.csat.is_not(None), ES.resolved_at >= now - window))).all()
+        .where(ES.created_at >= now - timedelta(days=90), ES.csat.is_not(None),
+               ES.resolved_at >= now - window))).all()
     new = 0
     for r in rows:
         new += await fire(conn, playbooks, r.customer_id, Occurrence(

@@ -57,6 +57,7 @@ from channels.email_parse import (
     reply_references,
     reply_subject,
 )
+from channels.email_playbook import playbook_mail
 
 log = logging.getLogger(__name__)
 STATE = ChannelState.metadata.tables["channel_state"]  # typed Table (mypy cannot see __table__)
@@ -429,26 +430,3 @@ async def _wait_any(*events: asyncio.Event, timeout: float,
         for w in waiters:
             w.cancel()
 
-
-def playbook_mail(message: OutboundMessage, sender: str, domain: str) -> EmailMessage:
-    """A playbook's mail: its own subject, a plain-text body, and the unsubscribe headers
-    mail providers show as a button (List-Unsubscribe with a mailto and an https link,
-    List-Unsubscribe-Post for the one-click POST of RFC 8058)."""
-    meta = message.meta
-    mail = EmailMessage()
-    mail["From"] = sender
-    mail["To"] = message.address
-    mail["Subject"] = str(meta.get("subject") or "")
-    mail["Date"] = format_datetime(datetime.now(UTC))
-    mail["Message-ID"] = make_msgid(idstring=f"{OWN_ID_MARK}.{message.message_id}",
-                                    domain=domain)
-    mail["Auto-Submitted"] = "auto-generated"
-    url = meta.get("list_unsubscribe")
-    body = message.text
-    if isinstance(url, str) and url:
-        targets = [f"<{m}>" for m in (meta.get("list_unsubscribe_mailto"),) if m] + [f"<{url}>"]
-        mail["List-Unsubscribe"] = ", ".join(targets)
-        mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        body += f"\n\n--\nUnsubscribe: {url}"
-    mail.set_content(body)
-    return mail

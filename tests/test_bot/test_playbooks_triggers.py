@@ -4,6 +4,7 @@ days without an order, and a satisfaction answer of 4 or more."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from bot.clock import FrozenClock
-from bot.db.models import Conversation, Escalation
+from bot.db.models import Consent, Conversation, Escalation
 from tests.conftest import ADMIN_TOKEN, chat, eventually, stays, transcript
 from tests.fakes.email import SmtpSink, smtp_sink
 from tests.test_bot.playbook_helpers import (
@@ -24,6 +25,7 @@ from tests.test_bot.playbook_helpers import (
     post_order,
     start_shop,
 )
+from tests.test_bot.test_cli_errors import one_line_error, run
 
 __all__ = ["clock", "start_shop"]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -173,3 +175,43 @@ async def test_two_processes_on_postgresql_send_each_step_once(
         for i, visitor in enumerate(visitors):
             assert [m["text"] for m in await _from_playbook(http, visitor)] == [
                 f"Your {i} points"]
+
+
+async def test_an_opt_in_recorded_by_the_cli_lets_marketing_through(
+        start_shop: Start, clock: FrozenClock, tmp_path: Any) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    books = ("playbooks:\n" + book("points", "points_expiring", "Your $points points", "30s")
+             .replace("transactional", "marketing"))
+    shop = await start_shop(books, database_url=database)
+    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{shop.port}") as http:
+        visitor, _ = await chat(http, "hello")
+        customer = await visitor_customer(shop, visitor)
+
+        async def event(key: str) -> None:
+            body = {"customer_id": customer, "event": "points_expiring", "id": key,
+                    "variables": {"points": 50}}
+            async with http.post("/api/playbooks/events", json=body, headers=ADMIN) as resp:
+                assert resp.status == 200
+
+        await event("before")
+        clock.advance(timedelta(seconds=31))
+        rows = await eventually(lambda: _all_decided(shop, 1), what="the first step decided")
+        assert rows[0].reason == "no marketing opt-in on webchat"
+
+        done = await asyncio.to_thread(
+            run, "customer", "opt-in", str(customer), "--channel", "webchat", "--source",
+            "signup form", DATABASE_URL=database)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"customer {customer}: opt-in on webchat recorded" in done.stdout
+        missing = await asyncio.to_thread(
+            run, "customer", "opt-in", "999", "--channel", "webchat", "--source", "x",
+            DATABASE_URL=database)
+        assert "customer 999 does not exist" in one_line_error(missing)
+
+        await event("after")
+        clock.advance(timedelta(seconds=31))
+        await eventually(lambda: _all_decided(shop, 2), what="the second step decided")
+        assert [m["text"] for m in await _from_playbook(http, visitor)] == ["Your 50 points"]
+    async with shop.db.read() as conn:
+        row = (await conn.execute(select(Consent.__table__))).one()
+    assert (row.channel, row.opt_in_source) == ("webchat", "signup form")
