@@ -215,3 +215,17 @@ async def test_an_opt_in_recorded_by_the_cli_lets_marketing_through(
     async with shop.db.read() as conn:
         row = (await conn.execute(select(Consent.__table__))).one()
     assert (row.channel, row.opt_in_source) == ("webchat", "signup form")
+
+
+async def test_the_playbooks_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one(
+        start_shop: Start, tmp_path: Any) -> None:
+    shop = await start_shop("playbooks:\n" + book("one", "points_expiring", "one"))
+    path = tmp_path / "playbooks.yaml"
+    path.write_text("playbooks:\n" + book("one", "points_expiring", "one", "soon"),
+                    encoding="utf-8")
+    await eventually(lambda: shop.playbooks.last_error, what="the broken edit noticed")
+    assert shop.playbooks.last_error is not None and shop.playbooks.last_error.line == 5
+    assert shop.playbooks.playbooks.get("one") is not None
+    path.write_text("playbooks:\n" + book("two", "points_expiring", "two"), encoding="utf-8")
+    await eventually(lambda: shop.playbooks.playbooks.get("two"), what="the fix picked up")
+    assert shop.playbooks.last_error is None
