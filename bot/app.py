@@ -335,8 +335,10 @@ class Service:
         log.info("storedesk stopped")
 
     async def run_forever(self, *, http: bool = True, workers: bool = True) -> None:
-        await self.start(http=http, workers=workers)
+        """Start, serve until asked to stop, stop; a start that fails half-way (a port in
+        use) stops what it had started, so no task is cut inside a transaction."""
         try:
+            await self.start(http=http, workers=workers)
             await self.stop_event.wait()
         finally:
             await self.stop()

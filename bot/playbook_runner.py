@@ -50,7 +50,7 @@ PJ, CV, CU = PlaybookJob.__table__.c, Conversation.__table__.c, Customer.__table
 MS, OR, ES = Message.__table__.c, Order.__table__.c, Escalation.__table__.c
 CH = Checkout.__table__.c
 MAX_ATTEMPTS = 5
-_NAME_FALLBACK = {"en": "there", "it": "", "th": ""}
+_NAME_FALLBACK = {"en": "there", "it": "cliente", "th": "ลูกค้า"}  # "Hi there"
 
 
 @dataclass(frozen=True, slots=True)
