@@ -17,6 +17,9 @@ import pytest
 from bot.clock import FrozenClock
 from bot.playbook_rules import NO_TEMPLATE
 from tests.conftest import eventually, stays
+from tests.fakes.telegram import SECRET as TG_SECRET
+from tests.fakes.telegram import TOKEN as TG_TOKEN
+from tests.fakes.telegram import fake_telegram, message_update, post_webhook
 from tests.fakes.twilio import PUBLIC_URL, FakeTwilio, fake_twilio, inbound_params, post_signed
 from tests.test_bot.playbook_helpers import (
     PHONE,
@@ -172,3 +175,25 @@ async def test_a_stopped_process_neither_loses_nor_repeats_a_step(
                 and len(bodies(fake, "Second check")) == 1, window=0.6,
                 what="each step sent once")
     assert [r.state for r in await jobs(second)] == ["sent", "sent"]
+
+
+async def test_a_telegram_customer_who_wrote_first_gets_the_step_there_once(
+        start_shop: Start, clock: FrozenClock) -> None:
+    async with fake_telegram() as tg:
+        shop = await start_shop(POST_PURCHASE, telegram_token=TG_TOKEN,
+                                telegram_mode="webhook", telegram_webhook_secret=TG_SECRET,
+                                telegram_api_base=tg.url)
+        assert await post_webhook(shop, message_update(1, "hi")) == 200
+        contact = {"phone_number": PHONE, "first_name": "Jon", "user_id": 777}
+        assert await post_webhook(shop, message_update(2, None, contact=contact)) == 200
+        await eventually(lambda: len(tg.sent_messages()) >= 2, what="both answered")
+        await deliver_order(shop)
+        clock.advance(timedelta(seconds=31))
+        sent = await eventually(lambda: [m for m in tg.sent_messages()
+                                         if "1001" in str(m.get("text"))],
+                                what="the check-in on Telegram")
+        assert str(sent[0]["chat_id"]) == "777"
+        assert sent[0]["text"] == "Hi Ann, did order 1001 arrive well?"  # her Telegram name
+        await stays(lambda: len([m for m in tg.sent_messages()
+                                 if "arrive well" in str(m.get("text"))]) == 1,
+                    window=0.5, what="sent once")
