@@ -39,6 +39,8 @@ CU = Customer.__table__.c
 CS = ChannelState.__table__.c
 #: sweeps look this many ids back from their cursor: PostgreSQL may commit ids out of order
 OVERLAP = 200
+#: stage changes older than this never fire (a playbook switched back on after months)
+STALE = timedelta(days=1)
 
 
 class PlaybookSource(Protocol):
@@ -140,10 +142,13 @@ async def sweep_stage_changes(conn: AsyncConnection, playbooks: Playbooks, *, no
                               batch: int = 500) -> int:
     """stage_entered for stage changes recorded since the last sweep (a first sweep starts
     from now: history never fires)."""
+    if not playbooks.uses("stage_entered"):
+        return 0  # and no cursor: a playbook added later starts from its first sweep
     key = "playbooks:stage_change"
     cursor = await _cursor(conn, key, select(func.max(SC.id)))
     rows = (await conn.execute(select(SC.id, SC.customer_id, SC.to_stage, SC.conversation_id)
-                               .where(SC.id > max(cursor - OVERLAP, 0)).order_by(SC.id)
+                               .where(SC.id > max(cursor - OVERLAP, 0),
+                                      SC.created_at >= now - STALE).order_by(SC.id)
                                .limit(batch + OVERLAP))).all()
     new = 0
     for r in rows:
@@ -158,7 +163,7 @@ async def sweep_stage_changes(conn: AsyncConnection, playbooks: Playbooks, *, no
 async def sweep_csat(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
                      window: timedelta = timedelta(days=2)) -> int:
     """csat for satisfaction answers of escalations resolved lately (one per escalation)."""
-    if not any(s.trigger.kind == "csat" for p in playbooks.playbooks for s in p.steps):
+    if not playbooks.uses("csat"):
         return 0
     rows = (await conn.execute(
         select(ES.id, ES.csat, ES.conversation_id, CV.customer_id)

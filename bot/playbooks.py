@@ -124,6 +124,10 @@ class Playbooks:
         return [(p, s) for p in self.playbooks if p.enabled for s in p.steps
                 if s.trigger.matches(kind, value, score)]
 
+    def uses(self, kind: str) -> bool:
+        """Some enabled step starts on this trigger kind (sweeps for no one are skipped)."""
+        return any(s.trigger.kind == kind for p in self.playbooks if p.enabled for s in p.steps)
+
     def idle_triggers(self) -> list[timedelta]:
         """The distinct `no_order_for` durations, for the sweep."""
         return sorted({s.trigger.after for p in self.playbooks if p.enabled for s in p.steps
