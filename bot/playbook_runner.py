@@ -257,7 +257,7 @@ class PlaybookRunner:
         meta: dict[str, Any] = {"playbook": job.playbook, "step": job.step, "job": job.id,
                                 "kind": step.kind}
         if target.channel == "email":
-            meta.update(await self._email_meta(job, step, used, variables))
+            meta.update(self._email_meta(job, step, used, variables))
         if target.channel == "whatsapp":
             meta.update(_whatsapp_meta(step, due.window_open, variables))
         ids = await queue_replies(conn, [OutgoingReply(
@@ -301,8 +301,8 @@ class PlaybookRunner:
                        if isinstance(v, (str, int, float))})
         return values
 
-    async def _email_meta(self, job: Any, step: Step, lang: str,
-                          variables: Mapping[str, str]) -> dict[str, Any]:
+    def _email_meta(self, job: Any, step: Step, lang: str,
+                    variables: Mapping[str, str]) -> dict[str, Any]:
         assert self._secret is not None  # read before the transaction (run_once)
         token = consent.make_token(self._secret, job.customer_id, "email")
         subject = _pick(step.subject, lang, self.config.default_language)[0] if step.subject \
