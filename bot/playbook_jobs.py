@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -41,6 +41,7 @@ CS = ChannelState.__table__.c
 OVERLAP = 200
 #: stage changes older than this never fire (a playbook switched back on after months)
 STALE = timedelta(days=1)
+LAPSE_CATCH_UP = timedelta(days=7)
 
 
 class PlaybookSource(Protocol):
@@ -179,19 +180,25 @@ async def sweep_csat(conn: AsyncConnection, playbooks: Playbooks, *, now: dateti
 
 
 async def sweep_lapsed(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
-                       batch: int = 500) -> int:
-    """no_order_for: customers whose last order is that old, once per lapse (the occurrence
-    is the last order's time, so ordering again and lapsing again fires again)."""
+                       since: dict[timedelta, tuple[datetime, int]], batch: int = 500) -> int:
+    """no_order_for: customers whose last order became that old since the last sweep, once
+    per lapse (the occurrence is the last order's time, so ordering again and lapsing again
+    fires again). `since` is the caller's cursor (last order time, customer id) per duration;
+    a new one looks a week back, so a restart catches up on a week of lapses without firing
+    for all of history."""
     new = 0
     for after in playbooks.idle_triggers():
         cutoff = now - after
+        at, last_id = since.get(after, (cutoff - LAPSE_CATCH_UP, 0))
         rows = (await conn.execute(select(CU.id, CU.last_order_at).where(
-            CU.merged_into.is_(None), CU.last_order_at.is_not(None),
-            CU.last_order_at <= cutoff, CU.last_order_at > cutoff - timedelta(days=30))
-            .order_by(CU.id).limit(batch))).all()
+            CU.merged_into.is_(None), CU.last_order_at <= cutoff,
+            or_(CU.last_order_at > at, and_(CU.last_order_at == at, CU.id > last_id)))
+            .order_by(CU.last_order_at, CU.id).limit(batch))).all()
         seconds = str(int(after.total_seconds()))
         for r in rows:
             new += await fire(conn, playbooks, r.id, Occurrence(
                 "no_order_for", f"lapse:{seconds}s:{r.last_order_at.isoformat()}", seconds),
                 now=now)
+        if rows:
+            since[after] = (rows[-1].last_order_at, int(rows[-1].id))
     return new

@@ -84,6 +84,7 @@ class PlaybookRunner:
         self.ticks = 0  # tests wait on it instead of sleeping
         self._secret: bytes | None = None
         self._stored: list[tuple[str, str]] = []  # (channel, address) delivered by storing
+        self._lapsed: dict[timedelta, tuple[datetime, int]] = {}  # the lapse sweep's cursor
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -104,7 +105,7 @@ class PlaybookRunner:
             async with self.db.write() as conn:
                 await sweep_stage_changes(conn, playbooks, now=now)
                 await sweep_csat(conn, playbooks, now=now)
-                await sweep_lapsed(conn, playbooks, now=now)
+                await sweep_lapsed(conn, playbooks, now=now, since=self._lapsed)
         async with self.db.read() as conn:
             due = (await conn.execute(select(PJ.id).where(
                 PJ.state == "scheduled", PJ.due_at <= now).order_by(PJ.due_at, PJ.id)
