@@ -229,3 +229,32 @@ async def test_the_playbooks_file_is_reloaded_and_a_broken_edit_keeps_the_last_g
     path.write_text("playbooks:\n" + book("two", "points_expiring", "two"), encoding="utf-8")
     await eventually(lambda: shop.playbooks.playbooks.get("two"), what="the fix picked up")
     assert shop.playbooks.last_error is None
+
+
+async def test_the_lapse_sweep_walks_customers_with_the_same_last_order_time(
+        tmp_path: Any) -> None:
+    from bot.db.engine import Database
+    from bot.db.models import Customer
+    from bot.playbook_jobs import sweep_lapsed
+    from bot.playbooks import load_playbooks
+
+    path = tmp_path / "p.yaml"
+    path.write_text("playbooks:\n" + book("miss_you", "{no_order_for: 90d}", "x"),
+                    encoding="utf-8")
+    books = load_playbooks(path)
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'lapse.db'}")
+    await db.upgrade()
+    try:
+        async with db.write() as conn:  # an import: five customers, one order date
+            await conn.execute(insert(Customer.__table__), [
+                {"display_name": f"c{i}", "orders_count": 1, "total_spent": 1.0,
+                 "last_order_at": NOW - timedelta(days=91), "created_at": NOW}
+                for i in range(5)])
+        cursor: dict[Any, Any] = {}
+        fired = []
+        for _ in range(4):
+            async with db.write() as conn:
+                fired.append(await sweep_lapsed(conn, books, now=NOW, since=cursor, batch=2))
+    finally:
+        await db.close()
+    assert fired == [2, 2, 1, 0]
