@@ -102,10 +102,15 @@ class PlaybookRunner:
         playbooks = self.source.playbooks
         now = self.clock()
         if playbooks.playbooks:
-            async with self.db.write() as conn:
-                await sweep_stage_changes(conn, playbooks, now=now)
-                await sweep_csat(conn, playbooks, now=now)
-                await sweep_lapsed(conn, playbooks, now=now, since=self._lapsed)
+            try:
+                async with self.db.write() as conn:
+                    await sweep_stage_changes(conn, playbooks, now=now)
+                    await sweep_csat(conn, playbooks, now=now)
+                    await sweep_lapsed(conn, playbooks, now=now, since=self._lapsed)
+            except Exception as exc:  # due steps still go out
+                log.error("playbooks: sweep failed (%s); retrying at the next tick",
+                          type(exc).__name__)
+                log.debug("playbooks: sweep failure", exc_info=True)
         async with self.db.read() as conn:
             due = (await conn.execute(select(PJ.id).where(
                 PJ.state == "scheduled", PJ.due_at <= now).order_by(PJ.due_at, PJ.id)
@@ -127,8 +132,11 @@ class PlaybookRunner:
             async with self.db.write() as conn:
                 return await self._decide(conn, job_id)
         except Exception as exc:  # one bad step must not hold the others
-            log.exception("playbooks: job %d failed", job_id)
-            await self._failed(job_id, f"{type(exc).__name__}: {exc}")
+            # the type only: a database error's text may quote a message body
+            log.error("playbooks: job %d failed (%s); retried later", job_id,
+                      type(exc).__name__)
+            log.debug("playbooks: job %d failure", job_id, exc_info=True)
+            await self._failed(job_id, f"failed: {type(exc).__name__}")
             return 0
 
     async def _decide(self, conn: AsyncConnection, job_id: int) -> int:
