@@ -118,7 +118,7 @@ def openapi_document() -> dict[str, Any]:
                     "customer_id": _ID,
                     "event": {"enum": ["points_expiring", "nps", "checkout_abandoned"]},
                     "id": {"type": "string", "minLength": 1, "maxLength": 120},
-                    "score": {"type": "integer"},
+                    "score": {"type": "integer", "minimum": -1000, "maximum": 1000},
                     "variables": {"type": "object", "additionalProperties": {
                         "type": ["string", "number"]}}}}),
         },

@@ -26,6 +26,7 @@ from bot.playbook_stats import COLUMNS, playbook_figures
 from bot.web import SERVICE, admin_only
 
 CU = Customer.__table__.c
+MAX_ID = 2**63 - 1
 EVENTS = ("points_expiring", "nps", "checkout_abandoned")
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
@@ -68,15 +69,17 @@ def _event(body: Any) -> tuple[int, Occurrence]:
     if not isinstance(body, dict):
         raise InputError("the body must be a JSON object")
     customer_id, kind, key = body.get("customer_id"), body.get("event"), body.get("id")
-    if not isinstance(customer_id, int) or isinstance(customer_id, bool) or customer_id < 1:
+    if not isinstance(customer_id, int) or isinstance(customer_id, bool) \
+            or not 1 <= customer_id <= MAX_ID:
         raise InputError("customer_id must be a customer's id")
     if kind not in EVENTS:
         raise InputError(f"event must be one of {', '.join(EVENTS)}")
     if not isinstance(key, str) or not key.strip() or len(key) > 120:
         raise InputError("id must name this occurrence (the same id never fires twice)")
     score = body.get("score")
-    if score is not None and (not isinstance(score, int) or isinstance(score, bool)):
-        raise InputError("score must be a whole number")
+    if score is not None and (not isinstance(score, int) or isinstance(score, bool)
+                              or not -1000 <= score <= 1000):
+        raise InputError("score must be a whole number (a CSAT or NPS answer)")
     variables = body.get("variables") or {}
     if not isinstance(variables, dict) or not all(
             isinstance(v, (str, int, float)) for v in variables.values()):

@@ -61,9 +61,10 @@ class Trigger:
     def matches(self, kind: str, value: str | None = None, score: int | None = None) -> bool:
         if kind != self.kind or (self.value is not None and value != self.value):
             return False
-        if score is not None and self.min is not None and score < self.min:
-            return False
-        return not (score is not None and self.max is not None and score > self.max)
+        if self.min is None and self.max is None:
+            return True
+        return score is not None and (self.min is None or score >= self.min) \
+            and (self.max is None or score <= self.max)
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,3 +97,12 @@ def test_a_broken_reload_keeps_the_last_good_playbooks(tmp_path: Path) -> None:
     assert store.reload() is True
     step = store.playbooks.get("post_purchase").steps[0]  # type: ignore[union-attr]
     assert step.delay == timedelta(hours=2)
+
+
+def test_score_triggers_need_a_score_in_their_range() -> None:
+    from bot.playbooks import Trigger
+
+    happy = Trigger("nps", min=9, max=10)
+    assert [happy.matches("nps", score=s) for s in (8, 9, 10, 11)] == [False, True, True, False]
+    assert not happy.matches("nps") and not happy.matches("csat", score=9)
+    assert Trigger("csat").matches("csat", score=1)
