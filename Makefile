@@ -11,8 +11,8 @@ test:           ## install test dependencies (Python and system) and run the who
 	STOREDESK_CRASH_MESSAGES=10000 python -m pytest
 
 lint:
-	ruff check bot channels faq tests bench
-	mypy bot channels faq
+	ruff check core bot channels faq tests bench
+	mypy core bot channels faq
 
 bench:
 	python bench/faq_speed.py

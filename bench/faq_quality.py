@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import faq_data
 
-from bot.settings import load_semantic_settings
 from faq.matcher import DEFAULT_THRESHOLD
+from faq.settings import load_semantic_settings
 
 # faq/semantic.py (not imported: it needs no extra to print): the adapted model's threshold,
 # and the plain model's with FAQ_SEMANTIC_ADAPT=0.

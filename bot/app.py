@@ -19,7 +19,6 @@ from bot.connections import SERVED, ConnectionGuard, raise_open_files_limit
 from bot.db.engine import Database
 from bot.desk import Desk
 from bot.desk_actions import DeskActions
-from bot.errors import QueueError
 from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
 from bot.lifecycle_schedule import StageSchedule
@@ -28,6 +27,7 @@ from bot.outbox import OutboxSender
 from bot.pipeline import Outcome, Pipeline, PipelineConfig, RuleConfig
 from bot.playbook_runner import PlaybookRunner, RunnerConfig
 from bot.playbooks import PlaybookStore
+from bot.privacy import purge_message_bodies
 from bot.queue import Inbox, QueuedItem
 from bot.routing import RoutingStore
 from bot.settings import Settings
@@ -35,6 +35,7 @@ from bot.web import build_http_app
 from bot.worker import WorkerPool
 from channels import CHANNELS
 from channels.base import Channel, ChannelContext
+from core.errors import QueueError
 from faq.store import FaqStore
 
 if TYPE_CHECKING:
@@ -73,7 +74,8 @@ class Service:
                                   prefix=settings.redis_prefix, ttl=settings.leader_ttl_seconds)
         self.metrics = Metrics()
         self.faq = FaqStore(settings.faq_dir, threshold=settings.faq_threshold,
-                            semantic_model=settings.faq_semantic_model)
+                            semantic_model=settings.faq_semantic_model,
+                            semantic_settings=settings.semantic)
         self.lifecycle = LifecycleStore(settings.lifecycle_rules)
         self.stage_schedule = StageSchedule(self.db, self.lifecycle, clock,
                                             interval=settings.lifecycle_schedule_seconds)
@@ -219,14 +221,22 @@ class Service:
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """Hourly, in one process: forget handled inbox rows once no platform redelivers
-        them any more (the dedup window), and refresh SQLite's planner statistics."""
+        them any more (the dedup window), blank message bodies past the retention period,
+        and refresh SQLite's planner statistics."""
         keep = timedelta(hours=self.settings.inbox_keep_hours)
+        retention = self.settings.message_retention_days
         while not stop.is_set():
             try:
                 purged = await self.inbox.purge_done(before=self.clock() - keep)
                 if purged:
                     log.info("housekeeping: %d handled inbox rows older than %s removed",
                              purged, keep)
+                if retention is not None:
+                    blanked = await purge_message_bodies(
+                        self.db, before=self.clock() - timedelta(days=retention))
+                    if blanked:
+                        log.info("housekeeping: %d message bodies older than %d days blanked",
+                                 blanked, retention)
                 await self.db.optimize()
             except Exception:
                 log.exception("housekeeping failed; retrying in an hour")

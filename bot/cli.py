@@ -13,15 +13,16 @@ from typing import Annotated, Any
 
 import typer
 
-from bot.errors import BotError, ConfigError, InputError
 from bot.logs import setup_logging
 from bot.settings import Settings, load_settings
+from core.errors import BotError, ConfigError, InputError
 
 app = typer.Typer(help="storedesk: omnichannel support inbox bot for online stores.",
                   no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-customer_app = typer.Typer(help="One customer: consent.", no_args_is_help=True)
+customer_app = typer.Typer(help="What is held on one customer: export it, erase it, its consent.",
+                           no_args_is_help=True)
 app.add_typer(customer_app, name="customer")
 log = logging.getLogger("bot")
 
@@ -225,6 +226,58 @@ def seed_demo(
                f"in {stats.seconds} s")
 
 
+def _with_db(settings: Settings, work: Any) -> Any:
+    """Run `work(db)` on an upgraded database and close it; a refusal is a one-line error."""
+    from bot.db.engine import Database
+
+    async def main() -> Any:
+        db = Database(settings.database_url)
+        try:
+            await db.upgrade()
+            return await work(db)
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(main())
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+
+
+@customer_app.command("export")
+def customer_export(
+    customer_id: Annotated[int, typer.Argument(help="The customer's id (dashboard, API)")],
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Write to this file instead")] = None,
+) -> None:
+    """Everything the database holds on a customer, as one JSON document."""
+    from bot.privacy import export_customer
+
+    document = _with_db(_settings(), lambda db: export_customer(db, customer_id))
+    text = json.dumps(document, ensure_ascii=False, indent=2)
+    if output is None:
+        typer.echo(text)
+        return
+    output.write_text(text + "\n", encoding="utf-8")
+    typer.echo(f"customer {customer_id} written to {output}", err=True)
+
+
+@customer_app.command("delete")
+def customer_delete(
+    customer_id: Annotated[int, typer.Argument(help="The customer's id (dashboard, API)")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Erase a customer (messages, orders, addresses, merged records); only counts stay."""
+    from bot.privacy import erase_customer
+
+    if not yes and not typer.confirm(f"erase customer {customer_id} and all their "
+                                     "conversations for good?"):
+        raise typer.Exit(1)
+    counts = _with_db(_settings(), lambda db: erase_customer(db, customer_id))
+    gone = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items() if n)
+    typer.echo(f"customer {customer_id} erased: {gone}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply schema migrations (SQLite or PostgreSQL)."""
@@ -248,40 +301,14 @@ ChannelOpt = Annotated[str, typer.Option("--channel", help="telegram, slack, wha
 
 def _consent(action: str, customer_id: int, channel: str | None, source: str) -> None:
     settings = _settings()
-    from sqlalchemy import select
+    from bot.consent import CLI_CHANNELS, record_from_cli
 
-    from bot import consent
-    from bot.clock import system_clock
-    from bot.db.engine import Database
-    from bot.db.models import Customer
-    from bot.playbooks import CHANNELS
-
-    if channel is not None and channel not in CHANNELS:
-        raise _fail(f"--channel must be one of {', '.join(CHANNELS)}")
+    if channel is not None and channel not in CLI_CHANNELS:
+        raise _fail(f"--channel must be one of {', '.join(CLI_CHANNELS)}")
 
     async def main() -> bool:
-        db = Database(settings.database_url)
-        try:
-            await db.upgrade()
-            async with db.write() as conn:
-                cu = Customer.__table__.c
-                if (await conn.execute(select(cu.id).where(cu.id == customer_id))
-                        ).first() is None:
-                    return False
-                now = system_clock()
-                if action == "opt-in":
-                    assert channel is not None
-                    await consent.record_opt_in(conn, customer_id, channel, source=source,
-                                                now=now)
-                elif action == "opt-out":
-                    assert channel is not None
-                    await consent.record_opt_out(conn, customer_id, channel, source=source,
-                                                 now=now)
-                else:
-                    await consent.set_do_not_contact(conn, customer_id, source=source, now=now)
-            return True
-        finally:
-            await db.close()
+        return await record_from_cli(settings.database_url, action, customer_id, channel,
+                                     source)
 
     if not asyncio.run(main()):
         raise _fail(f"customer {customer_id} does not exist")

@@ -18,7 +18,7 @@ import hmac
 import re
 import secrets
 import unicodedata
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -26,7 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.engine import Database
-from bot.db.models import ChannelState, Consent, DoNotContact, PlaybookJob
+from bot.db.models import ChannelState, Consent, Customer, DoNotContact, PlaybookJob
 
 CO = Consent.__table__.c
 PJ = PlaybookJob.__table__.c
@@ -129,6 +129,33 @@ async def set_do_not_contact(conn: AsyncConnection, customer_id: int, *, source:
 async def do_not_contact(conn: AsyncConnection, customer_id: int) -> bool:
     return (await conn.execute(select(DoNotContact.__table__.c.customer_id).where(
         DoNotContact.__table__.c.customer_id == customer_id))).first() is not None
+
+
+# --- the command line (python -m bot customer opt-in / opt-out / do-not-contact) ----------------
+
+CLI_CHANNELS = ("telegram", "slack", "whatsapp", "email", "webchat")
+
+
+async def record_from_cli(database_url: str, action: str, customer_id: int,
+                          channel: str | None, source: str) -> bool:
+    """Record `action` now; False when there is no such customer."""
+    db = Database(database_url)
+    try:
+        await db.upgrade()
+        async with db.write() as conn:
+            cu = Customer.__table__.c
+            if (await conn.execute(select(cu.id).where(cu.id == customer_id))).first() is None:
+                return False
+            now = datetime.now(UTC)
+            if action == "do-not-contact":
+                await set_do_not_contact(conn, customer_id, source=source, now=now)
+            elif action == "opt-in":
+                await record_opt_in(conn, customer_id, str(channel), source=source, now=now)
+            else:
+                await record_opt_out(conn, customer_id, str(channel), source=source, now=now)
+        return True
+    finally:
+        await db.close()
 
 
 # --- unsubscribe links --------------------------------------------------------------------------

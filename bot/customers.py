@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -11,32 +10,12 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.models import Conversation, Customer, Identity, Order, StageChange
-from bot.errors import InputError
+from core.contacts import normalise_email, normalise_phone
+from core.errors import InputError
 
 C = Customer.__table__.c
 I = Identity.__table__.c  # noqa: E741
 O = Order.__table__.c  # noqa: E741
-
-_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
-
-
-def normalise_email(value: str | None) -> str | None:
-    if not value:
-        return None
-    value = value.strip().lower()
-    return value if _EMAIL.match(value) else None
-
-
-def normalise_phone(value: str | None) -> str | None:
-    """E.164-ish: '+' and digits only. 'whatsapp:+39 333-123' -> '+39333123'."""
-    if not value:
-        return None
-    value = value.strip().removeprefix("whatsapp:")
-    digits = re.sub(r"\D", "", value)
-    if len(digits) < 6 or len(digits) > 15:
-        return None
-    return "+" + digits
-
 
 @dataclass(frozen=True, slots=True)
 class CustomerFacts:

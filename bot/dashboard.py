@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from bot import dashboard_desk, rollups
+from bot import dashboard_desk, kpis, rollups
 from bot import metrics_queries as mq
-from bot.errors import InputError, RateLimited
-from bot.ratelimit import RateLimiter
 from bot.reports import conversation_detail
 from bot.web import SERVICE
 from channels.edge import form_fields, id_param, read_body
+from core.errors import InputError, RateLimited
+from core.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from bot.app import Service
@@ -467,6 +467,16 @@ async def api_staff(request: web.Request) -> web.StreamResponse:
     return web.json_response(data)
 
 
+async def api_kpis(request: web.Request) -> web.StreamResponse:
+    """Retention, churn, repeat purchase, lifetime value, NPS and CSAT per stage and cohort."""
+    period = parse_period(request.query)
+    async with request.app[SERVICE].db.read() as conn:
+        data = await kpis.store_kpis(conn, period)
+    if _wants_csv(request):
+        return csv_response(kpis.rows_for_csv(data), kpis.COLUMNS, "store-figures")
+    return web.json_response(data)
+
+
 def add_routes(app: web.Application) -> None:
     """Called once from `bot.web.build_http_app`."""
     service = app[SERVICE]
@@ -505,4 +515,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/conversations", api_auth(api_conversations))
     app.router.add_get("/api/dashboard/conversations/{id:\\d+}", api_auth(api_conversation))
     app.router.add_get("/api/dashboard/staff", api_auth(api_staff))
+    app.router.add_get("/api/dashboard/kpis", api_auth(api_kpis))
     dashboard_desk.add_routes(app, api_auth)

@@ -23,9 +23,9 @@ from sqlalchemy import func, select
 from bot.db.models import Conversation, Customer, Escalation, Message
 from bot.desk_actions import LIVE, OPEN, DeskRefused
 from bot.desk_jobs import answer_options, customer_name
-from bot.errors import InputError
 from bot.web import SERVICE
 from channels.edge import id_param, json_object, read_body
+from core.errors import InputError
 
 if TYPE_CHECKING:
     from bot.app import Service

@@ -32,7 +32,6 @@ from bot.db.models import ChannelState, Conversation, Customer, DeskJob, Escalat
 from bot.desk_actions import LIVE, OPEN, RESOLVED, TAKEN, DeskActions, DeskRefused, note_text
 from bot.desk_drafts import DraftsFile
 from bot.desk_jobs import DeskPoster, FaqLookup
-from bot.errors import ChannelError, InputError
 from bot.routing import RoutingStore
 from bot.settings import Settings
 from channels.base import Channel
@@ -45,6 +44,7 @@ from channels.slack import (
     is_human_message,
     with_links,
 )
+from core.errors import ChannelError, InputError
 
 log = logging.getLogger(__name__)
 ES, CV, CU = Escalation.__table__.c, Conversation.__table__.c, Customer.__table__.c

@@ -23,9 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot import desk_cards as cards
 from bot.db.engine import Database
 from bot.db.models import Conversation, Customer, DeskJob, Escalation, Message, Order
-from bot.errors import ChannelError, ChannelPermanentError, ChannelRateLimited
 from bot.queue import backoff, due_rows
 from channels.slack import call_slack
+from core.errors import ChannelError, ChannelPermanentError, ChannelRateLimited
 from faq.models import FaqEntry
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.customers import CustomerFacts, customer_facts
 from bot.db.models import Conversation, Customer, StageChange
-from bot.errors import ConfigError
+from core.errors import ConfigError
 from faq.models import STAGES
 
 log = logging.getLogger(__name__)

@@ -19,13 +19,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select
 
 from bot.db.models import OutboxItem
-from bot.errors import (
+from channels.base import Channel, OutboundMessage, SendResult
+from core.errors import (
     ChannelAuthError,
     ChannelPermanentError,
     ChannelRateLimited,
     ChannelTemporaryError,
 )
-from channels.base import Channel, OutboundMessage, SendResult
 
 if TYPE_CHECKING:
     from bot.app import Service

@@ -26,10 +26,10 @@ from bot.customers import (
 )
 from bot.db.engine import Database
 from bot.db.models import Conversation, ConversationStatus, Customer
-from bot.errors import InputError
 from bot.lifecycle import LifecycleRules, StageSignal, apply_customer_stage
 from bot.playbook_jobs import fire_order
 from bot.playbooks import Playbooks
+from core.errors import InputError
 
 CV = Conversation.__table__.c
 CU = Customer.__table__.c

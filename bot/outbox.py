@@ -31,16 +31,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.engine import Database
 from bot.db.models import Conversation, Message, OutboxItem
-from bot.errors import (
+from bot.queue import backoff
+from bot.worker import sleep_or_stop, wait_event_or_stop
+from channels.base import Attachment, Channel, OutboundMessage, SendResult
+from core.errors import (
     ChannelAuthError,
     ChannelError,
     ChannelOutcomeUnknown,
     ChannelPermanentError,
     ChannelRateLimited,
 )
-from bot.queue import backoff
-from bot.worker import sleep_or_stop, wait_event_or_stop
-from channels.base import Attachment, Channel, OutboundMessage, SendResult
 
 log = logging.getLogger(__name__)
 OB = OutboxItem.__table__.c

@@ -20,10 +20,10 @@ from sqlalchemy import select
 from bot import consent
 from bot.dashboard import _wants_csv, api_auth, csv_response, parse_period
 from bot.db.models import Customer
-from bot.errors import InputError
 from bot.playbook_jobs import Occurrence, fire
 from bot.playbook_stats import COLUMNS, playbook_figures
 from bot.web import SERVICE, admin_only
+from core.errors import InputError
 
 CU = Customer.__table__.c
 MAX_ID = 2**63 - 1

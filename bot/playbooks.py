@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from bot.errors import PlaybookError
+from core.errors import PlaybookError
 from faq.models import STAGES
 
 log = logging.getLogger(__name__)

@@ -42,9 +42,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.engine import Database
 from bot.db.models import InboxItem
-from bot.errors import QueueError
 from channels.base import Attachment, InboundMessage
 from channels.edge import clean_message
+from core.errors import QueueError
 
 log = logging.getLogger(__name__)
 SHARDS = 1024

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from bot.errors import ConfigError
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 DEFAULT_ROUTING = Path(__file__).resolve().parent / "data" / "routing.yaml"

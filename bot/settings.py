@@ -1,4 +1,5 @@
-"""The only place that reads configuration: environment first, then `.env`, then defaults.
+"""The service's configuration: environment first, then `.env`, then defaults; the FAQ's
+neural-mode settings are the FAQ package's own (faq/settings.py), checked here at start.
 
 Every value is validated when the service starts; a bad one stops it with a message naming the
 variable, never a traceback deep inside a request. Secrets are `SecretStr`, so they never show
@@ -17,7 +18,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bot.errors import ConfigError
+from core.errors import ConfigError, FaqError
+from faq.settings import SemanticSettings, load_semantic_settings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SAMPLE_FAQ_DIR = PACKAGE_DIR.parent / "faq" / "sample"
@@ -80,6 +82,9 @@ class Settings(BaseSettings):
     inbox_keep_hours: float = Field(
         72.0, ge=1, description="Handled inbox rows are kept this long, so a platform's late "
         "redelivery is still recognised as a duplicate, then removed")
+    message_retention_days: int | None = Field(
+        None, ge=1, description="Message texts, attachments and escalated questions older "
+        "than this many days are blanked (counts and timings stay); unset keeps them")
     http_header_timeout: float = Field(
         10.0, gt=0, le=300, description="A connection that has not sent a whole request head "
         "by then is closed (idle sockets cannot use up the open files)")
@@ -274,6 +279,11 @@ class Settings(BaseSettings):
         return value
 
     @cached_property
+    def semantic(self) -> SemanticSettings | None:
+        """The FAQ neural mode's settings (FAQ_SEMANTIC_*), read once, when the mode is on."""
+        return load_semantic_settings() if self.faq_semantic_model else None
+
+    @cached_property
     def webchat_origins(self) -> frozenset[str]:
         return frozenset(p.strip().lower() for p in self.webchat_allowed_origins.split(",")
                          if p.strip())
@@ -322,40 +332,12 @@ class Settings(BaseSettings):
         return slack or (self.desk_in_dashboard and self.admin_token is not None)
 
 
-class SemanticSettings(BaseSettings):
-    """The FAQ neural mode's tuning (faq/semantic.py), read when FAQ_SEMANTIC_MODEL is set.
-
-    Variables are the field names in upper case after FAQ_SEMANTIC_ (FAQ_SEMANTIC_THREADS...).
-    """
-
-    model_config = SettingsConfigDict(
-        env_prefix="FAQ_SEMANTIC_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
-        case_sensitive=False,
-    )
-
-    int8: bool = Field(True, description="Linear layers in int8: about 3x faster per question")
-    threads: int = Field(1, ge=1, le=64, description="Torch threads for one question")
-    adapt: bool = Field(True, description="Fine-tune the model's top layers on the FAQ")
-    cache_dir: Path = Field(
-        default_factory=lambda: Path.home() / ".cache" / "storedesk" / "faq-semantic",
-        description="Where adapted layers are kept between restarts",
-    )
-
-
 def _invalid(exc: ValidationError, prefix: str = "") -> ConfigError:
     lines = []
     for err in exc.errors():
         name = (prefix + ".".join(str(p) for p in err["loc"])).upper() or "settings"
         lines.append(f"  {name}: {err['msg']}")
     return ConfigError("invalid configuration:\n" + "\n".join(lines))
-
-
-def load_semantic_settings() -> SemanticSettings:
-    """The neural mode's settings, or ConfigError with one line per bad variable."""
-    try:
-        return SemanticSettings()
-    except ValidationError as exc:
-        raise _invalid(exc, "faq_semantic_") from None
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -369,5 +351,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         raise _invalid(exc) from None
     if settings.faq_semantic_model:
-        load_semantic_settings()
+        try:
+            _ = settings.semantic  # read and checked once, then kept with the settings
+        except FaqError as exc:
+            raise ConfigError(str(exc)) from None
     return settings

@@ -40,11 +40,11 @@ from bot.customers import (
     refresh_order_facts,
 )
 from bot.db.models import Checkout, Order, StoreEvent
-from bot.errors import InputError, SignatureError
 from bot.lifecycle import LifecycleRules, StageSignal, apply_customer_stage
 from bot.orders import apply_orders, latest_open_conversation
 from bot.playbook_jobs import fire_checkout
 from bot.playbooks import Playbooks
+from core.errors import InputError, SignatureError
 
 if TYPE_CHECKING:
     from bot.app import Service

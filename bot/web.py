@@ -19,13 +19,14 @@ from sqlalchemy import func, select
 from bot.connections import SERVED, note_request
 from bot.customers import OrderIn, find_or_create_by_contact
 from bot.db.models import OutboxItem
-from bot.errors import InputError, QueueError, RateLimited
 from bot.metrics import metrics_view
 from bot.orders import push_orders
+from bot.privacy import erase_customer, export_customer
 from bot.proxies import forwarded_middleware
 from bot.reports import conversation_detail, list_escalations
 from bot.store_webhooks import StoreWebhooks
 from channels.edge import id_param, json_value, read_body
+from core.errors import InputError, QueueError, RateLimited
 
 if TYPE_CHECKING:
     from bot.app import Service
@@ -103,6 +104,8 @@ def build_http_app(service: Service) -> web.Application:
     app.router.add_get("/api/queue", admin_only(get_queue))
     app.router.add_post("/api/queue/requeue-dead", admin_only(post_requeue_dead))
     app.router.add_get("/api/faq", admin_only(get_faq))
+    app.router.add_get("/api/customers/{id:\\d+}/export", admin_only(get_customer_export))
+    app.router.add_delete("/api/customers/{id:\\d+}", admin_only(delete_customer))
     for channel in service.channels.values():
         channel.routes(app)
     StoreWebhooks(service).routes(app)  # Shopify / WooCommerce, each when its secret is set
@@ -116,6 +119,22 @@ def build_http_app(service: Service) -> web.Application:
 
     app.router.add_get("/api/openapi.json", openapi_view)
     return app
+
+
+async def get_customer_export(request: web.Request) -> web.Response:
+    """Everything held on one customer (the right of access), as a JSON download."""
+    customer_id = id_param(request.match_info["id"], "id")
+    document = await export_customer(request.app[SERVICE].db, customer_id)
+    return web.json_response(document, headers={
+        "Content-Disposition": f'attachment; filename="customer-{customer_id}.json"',
+        "Cache-Control": "no-store"})
+
+
+async def delete_customer(request: web.Request) -> web.Response:
+    """Erase one customer (the right to erasure); answers what went, as counts."""
+    customer_id = id_param(request.match_info["id"], "id")
+    counts = await erase_customer(request.app[SERVICE].db, customer_id)
+    return web.json_response({"customer_id": customer_id, "erased": counts})
 
 
 async def healthz(request: web.Request) -> web.Response:

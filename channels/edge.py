@@ -19,8 +19,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import MultiDict
 
-from bot.errors import InputError
 from channels.base import InboundMessage
+from core.errors import InputError
 
 #: NUL and the C0/C1 controls other than tab, newline and carriage return
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")

@@ -33,14 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.engine import Database
 from bot.db.models import ChannelState, Message
-from bot.errors import (
-    ChannelAuthError,
-    ChannelError,
-    ChannelPermanentError,
-    ChannelTemporaryError,
-    ConfigError,
-    QueueError,
-)
 from bot.settings import Settings
 from channels.base import (
     Channel,
@@ -58,6 +50,14 @@ from channels.email_parse import (
     reply_subject,
 )
 from channels.email_playbook import playbook_mail
+from core.errors import (
+    ChannelAuthError,
+    ChannelError,
+    ChannelPermanentError,
+    ChannelTemporaryError,
+    ConfigError,
+    QueueError,
+)
 
 log = logging.getLogger(__name__)
 STATE = ChannelState.metadata.tables["channel_state"]  # typed Table (mypy cannot see __table__)

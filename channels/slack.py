@@ -34,15 +34,6 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.errors import (
-    ChannelAuthError,
-    ChannelError,
-    ChannelPermanentError,
-    ChannelRateLimited,
-    ChannelTemporaryError,
-    ConfigError,
-    SignatureError,
-)
 from bot.settings import Settings
 from channels.base import (
     Attachment,
@@ -54,6 +45,15 @@ from channels.base import (
     SendResult,
 )
 from channels.edge import decode_utf8, form_fields, json_object, read_body
+from core.errors import (
+    ChannelAuthError,
+    ChannelError,
+    ChannelPermanentError,
+    ChannelRateLimited,
+    ChannelTemporaryError,
+    ConfigError,
+    SignatureError,
+)
 
 log = logging.getLogger(__name__)
 PATHS = ("/slack/events", "/slack/actions", "/slack/commands")

@@ -9,7 +9,7 @@ next offset) only after it is committed. The dedup key is `update_id`, so a rede
 is a no-op. A group message's address is the chat id, so the bot answers in the group.
 
 The Bot API base URL is a setting (self-hosted Bot API servers, the tests' fake). aiogram's
-errors become `bot.errors` in `_translate` and nowhere else.
+errors become `core.errors` in `_translate` and nowhere else.
 """
 
 from __future__ import annotations
@@ -39,7 +39,17 @@ from aiogram.utils.token import TokenValidationError
 from aiohttp import web
 from pydantic import ValidationError
 
-from bot.errors import (
+from channels.base import (
+    Attachment,
+    Channel,
+    ChannelContext,
+    InboundMessage,
+    Intake,
+    OutboundMessage,
+    SendResult,
+)
+from channels.edge import json_object, read_body
+from core.errors import (
     ChannelAuthError,
     ChannelError,
     ChannelOutcomeUnknown,
@@ -51,16 +61,6 @@ from bot.errors import (
     PayloadTooLarge,
     SignatureError,
 )
-from channels.base import (
-    Attachment,
-    Channel,
-    ChannelContext,
-    InboundMessage,
-    Intake,
-    OutboundMessage,
-    SendResult,
-)
-from channels.edge import json_object, read_body
 
 log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/telegram"

@@ -28,8 +28,6 @@ from sqlalchemy import bindparam, select
 
 from bot.db.engine import Database
 from bot.db.models import Conversation, Message
-from bot.errors import InputError, RateLimited
-from bot.ratelimit import RateLimiter
 from channels.base import (
     Channel,
     ChannelContext,
@@ -40,6 +38,8 @@ from channels.base import (
     StoredMessage,
 )
 from channels.edge import MAX_ID, has_bad_characters, json_object, read_body
+from core.errors import InputError, RateLimited
+from core.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "bot" / "static"

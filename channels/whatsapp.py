@@ -45,10 +45,20 @@ from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from bot.customers import normalise_phone
 from bot.db.engine import Database
 from bot.db.models import ChannelState, Conversation, Message, OutboxItem
-from bot.errors import (
+from channels.base import (
+    Attachment,
+    Channel,
+    ChannelContext,
+    InboundMessage,
+    Intake,
+    OutboundMessage,
+    SendResult,
+)
+from channels.edge import FORWARDED, form_fields, read_body
+from core.contacts import normalise_phone
+from core.errors import (
     ChannelAuthError,
     ChannelError,
     ChannelOutcomeUnknown,
@@ -60,16 +70,6 @@ from bot.errors import (
     PayloadTooLarge,
     SignatureError,
 )
-from channels.base import (
-    Attachment,
-    Channel,
-    ChannelContext,
-    InboundMessage,
-    Intake,
-    OutboundMessage,
-    SendResult,
-)
-from channels.edge import FORWARDED, form_fields, read_body
 
 log = logging.getLogger(__name__)
 INBOUND_PATH = "/webhooks/twilio/whatsapp"

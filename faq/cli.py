@@ -20,7 +20,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from bot.errors import FaqError, FaqLoadError
+from core.errors import FaqError, FaqLoadError
 from faq.language import detect_language
 from faq.loader import lint_faq_dir, load_faq_dir
 from faq.matcher import DEFAULT_THRESHOLD, Matcher

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from rapidfuzz import fuzz, process
 
-from bot.errors import FaqLoadError
+from core.errors import FaqLoadError
 from faq.language import detect_language
 from faq.models import KINDS, STAGES, FaqEntry, Kind
 from faq.normalize import normalize

@@ -55,10 +55,10 @@ from typing import Any
 
 import numpy as np
 
-from bot.errors import ConfigError, FaqError
-from bot.settings import SemanticSettings, load_semantic_settings
+from core.errors import FaqError
 from faq.matcher import FloatArray, IntArray, Matcher, _top_indices
 from faq.models import FaqEntry
+from faq.settings import SemanticSettings, load_semantic_settings
 
 log = logging.getLogger(__name__)
 
@@ -136,24 +136,23 @@ def resolve_model(name: str) -> str:
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
 
 
-def semantic_settings() -> SemanticSettings:
-    """FAQ_SEMANTIC_* settings (bot/settings.py), read on each FAQ build.
+def semantic_settings(given: SemanticSettings | None = None) -> SemanticSettings:
+    """`given` (what the service built at start), else FAQ_SEMANTIC_* from the environment
+    (the `faq` command line, tests).
 
     Raises:
         FaqError: a variable has a bad value (the message names it).
     """
-    try:
-        return load_semantic_settings()
-    except ConfigError as error:
-        raise FaqError(str(error)) from None
+    return given if given is not None else load_semantic_settings()
 
 
-def int8_enabled() -> bool:
+def int8_enabled(settings: SemanticSettings | None = None) -> bool:
     """Whether Linear layers run in int8 (FAQ_SEMANTIC_INT8, on by default)."""
-    return semantic_settings().int8
+    return semantic_settings(settings).int8
 
 
-def load_model(name: str, *, int8: bool | None = None) -> Any:
+def load_model(name: str, *, int8: bool | None = None,
+               settings: SemanticSettings | None = None) -> Any:
     """The sentence-transformers model for `name`, loaded once per process, CPU, offline.
 
     With `int8` (default: `int8_enabled()`), its Linear layers are dynamically quantised.
@@ -169,8 +168,9 @@ def load_model(name: str, *, int8: bool | None = None) -> Any:
             f" {INSTALL_HINT}, or unset FAQ_SEMANTIC_MODEL"
         ) from error
     path = resolve_model(name)
-    int8 = int8_enabled() if int8 is None else int8
-    threads = semantic_settings().threads
+    settings = semantic_settings(settings)
+    int8 = settings.int8 if int8 is None else int8
+    threads = settings.threads
     torch.set_num_threads(threads)
     _limit_blas_threads(threads)
     key = model_key(path, int8)
@@ -550,14 +550,14 @@ def _unit_rows(matrix: FloatArray) -> FloatArray:
     return unit
 
 
-def adaptation_enabled() -> bool:
+def adaptation_enabled(settings: SemanticSettings | None = None) -> bool:
     """Whether FAQ builds fine-tune the model on their phrasings (FAQ_SEMANTIC_ADAPT, on)."""
-    return semantic_settings().adapt
+    return semantic_settings(settings).adapt
 
 
-def adaptation_cache_dir() -> Path:
+def adaptation_cache_dir(settings: SemanticSettings | None = None) -> Path:
     """Where adapted layers are kept (FAQ_SEMANTIC_CACHE_DIR, else ~/.cache/storedesk)."""
-    return semantic_settings().cache_dir.expanduser()
+    return semantic_settings(settings).cache_dir.expanduser()
 
 
 def adaptation_key(model_path: str, entries: Sequence[FaqEntry]) -> str:
@@ -600,20 +600,23 @@ def _training_groups(entries: Sequence[FaqEntry]) -> list[list[str]]:
     return [list(entry.questions) for entry in entries if len(entry.questions) >= 2]
 
 
-def _stored_layers(key: str) -> Path:
+def _stored_layers(key: str, settings: SemanticSettings | None = None) -> Path:
     """Where the adapted layers of `adaptation_key` `key` are kept."""
-    return adaptation_cache_dir() / f"{key}.pt"
+    return adaptation_cache_dir(settings) / f"{key}.pt"
 
 
-def adaptation_pending(name: str, entries: Sequence[FaqEntry]) -> bool:
+def adaptation_pending(name: str, entries: Sequence[FaqEntry],
+                       settings: SemanticSettings | None = None) -> bool:
     """Whether building `entries` with the neural mode would train now: adaptation is on, the
     FAQ has something to learn from, and no adapted layers are cached for it."""
-    if not adaptation_enabled() or len(_training_groups(entries)) < 2:
+    settings = semantic_settings(settings)
+    if not settings.adapt or len(_training_groups(entries)) < 2:
         return False
-    return not _stored_layers(adaptation_key(resolve_model(name), entries)).exists()
+    return not _stored_layers(adaptation_key(resolve_model(name), entries), settings).exists()
 
 
-def adapted_model(name: str, entries: Sequence[FaqEntry], *, int8: bool) -> tuple[Any, str]:
+def adapted_model(name: str, entries: Sequence[FaqEntry], *, int8: bool,
+                  settings: SemanticSettings | None = None) -> tuple[Any, str]:
     """A copy of `name` with its top layers adapted to `entries`, and its embedding-cache key.
 
     The adapted layers come from the disk cache when this FAQ was adapted before; otherwise
@@ -623,15 +626,16 @@ def adapted_model(name: str, entries: Sequence[FaqEntry], *, int8: bool) -> tupl
     import torch
     from sentence_transformers import SentenceTransformer
 
+    settings = semantic_settings(settings)
     path = resolve_model(name)
     groups = _training_groups(entries)
     if len(groups) < 2:
-        return load_model(name, int8=int8), model_key(path, int8)
-    load_model(name, int8=int8)  # settings, thread caps and the clear errors
+        return load_model(name, int8=int8, settings=settings), model_key(path, int8)
+    load_model(name, int8=int8, settings=settings)  # thread caps and the clear errors
     key = adaptation_key(path, entries)
     model = SentenceTransformer(path, device="cpu")
     transformer: Any = model[0].auto_model
-    stored = _stored_layers(key)
+    stored = _stored_layers(key, settings)
     try:
         layers = torch.load(stored, weights_only=True)
         log.info("semantic FAQ model: adapted layers loaded from %s", stored)
@@ -758,7 +762,8 @@ def _batch_embeddings(transformer: Any, frozen: int, lower: list[tuple[Any, Any]
 
 
 def with_semantic(
-    matcher: Matcher, model: str, *, threshold: float | None = None, adapt: bool | None = None
+    matcher: Matcher, model: str, *, threshold: float | None = None, adapt: bool | None = None,
+    settings: SemanticSettings | None = None,
 ) -> Matcher:
     """`matcher` with embeddings from `model` blended in (and the neural threshold by default).
 
@@ -768,12 +773,13 @@ def with_semantic(
     Raises:
         FaqError: the extra is not installed or the model cannot be loaded (no download).
     """
-    int8 = int8_enabled()
+    settings = semantic_settings(settings)
+    int8 = settings.int8
     plain_key = model_key(resolve_model(model), int8)
-    if adaptation_enabled() if adapt is None else adapt:
-        loaded, cache_key = adapted_model(model, matcher.entries, int8=int8)
+    if settings.adapt if adapt is None else adapt:
+        loaded, cache_key = adapted_model(model, matcher.entries, int8=int8, settings=settings)
     else:
-        loaded, cache_key = load_model(model, int8=int8), plain_key
+        loaded, cache_key = load_model(model, int8=int8, settings=settings), plain_key
     adapted = cache_key != plain_key  # an FAQ with nothing to learn from keeps the plain model
     default = DEFAULT_ADAPTED_THRESHOLD if adapted else DEFAULT_SEMANTIC_THRESHOLD
     index = SemanticIndex(loaded, matcher.entries, cache_key=cache_key, whiten=not adapted)

@@ -20,10 +20,11 @@ from pathlib import Path
 
 from watchfiles import awatch
 
-from bot.errors import FaqLoadError
+from core.errors import FaqLoadError
 from faq.loader import load_faq_dir
 from faq.matcher import DEFAULT_THRESHOLD, Matcher
 from faq.models import FaqEntry
+from faq.settings import SemanticSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,11 @@ class FaqStore:
         *,
         threshold: float | None = None,
         semantic_model: str | None = None,
+        semantic_settings: SemanticSettings | None = None,
     ) -> None:
         self.path = Path(path)
+        #: the neural mode's settings, built once by the caller (None: from the environment)
+        self.semantic_settings = semantic_settings
         self.threshold = DEFAULT_THRESHOLD if threshold is None else threshold
         self._threshold_setting = threshold  # None: the matcher's (lexical or neural) default
         self.semantic_model = semantic_model
@@ -112,9 +116,10 @@ class FaqStore:
             # optional extra, imported only when asked
             from faq.semantic import adaptation_pending, with_semantic
 
-            later = adaptation_pending(self.semantic_model, entries)
+            later = adaptation_pending(self.semantic_model, entries, self.semantic_settings)
             matcher = with_semantic(matcher, self.semantic_model, threshold=self._threshold_setting,
-                                    adapt=False if later else None)
+                                    adapt=False if later else None,
+                                    settings=self.semantic_settings)
             self.threshold = matcher.threshold
             if later:
                 self._adapt_in_background(entries, build)
@@ -127,7 +132,8 @@ class FaqStore:
             started = time.monotonic()
             try:
                 matcher = with_semantic(Matcher(entries), str(self.semantic_model),
-                                        threshold=self._threshold_setting, adapt=True)
+                                        threshold=self._threshold_setting, adapt=True,
+                                        settings=self.semantic_settings)
             except Exception:  # the plain model keeps serving; the log says why
                 log.exception("FAQ model adaptation failed; the plain model keeps answering")
                 return

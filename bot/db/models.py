@@ -421,6 +421,29 @@ class ChannelState(Model, table=True):
     updated_at: datetime = created()
 
 
+class Erasure(Model, table=True):
+    """A customer erased on request: when, and how many rows per table went; nothing else."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    erased_at: datetime = created()
+    rows: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class SurveyAnswer(Model, table=True):
+    """A customer's answer to a satisfaction (1-5) or recommend (0-10) question the bot or a
+    playbook asked; the desk's survey after a person resolved is `escalation.csat`."""
+
+    __tablename__ = "survey_answer"
+    __table_args__ = (Index("ix_survey_answer_answered", "answered_at", "kind"),)
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    conversation_id: int | None = Field(default=None, foreign_key="conversation.id")
+    kind: str  # csat, nps
+    score: int
+    source: str = "bot"  # bot, playbook
+    answered_at: datetime = created()
+
+
 # --- dashboard rollups (bot/rollups.py): per-day aggregates of closed UTC days ------------------
 
 class RollupInbound(Model, table=True):

@@ -18,11 +18,12 @@ from typing import Any, Protocol
 from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.customers import CustomerFacts, normalise_email, normalise_phone, resolve_customer
+from bot.customers import CustomerFacts, resolve_customer
 from bot.db.models import Conversation, ConversationStatus, Customer, Identity, Message
 from bot.pipeline.rules import ConversationState, PendingSurvey
 from bot.replies import insert_returning_ids
 from channels.base import InboundMessage
+from core.contacts import normalise_email, normalise_phone
 
 CV = Conversation.__table__.c
 CU = Customer.__table__.c

@@ -310,10 +310,33 @@ async function loadPlaybooks(params) {
     : [el("tr", {}, el("td", { colspan: "13" }, "No playbook steps fired in this period."))]));
 }
 
+const num = (v, unit = "") => (v === null || v === undefined ? "–" : `${v}${unit}`);
+
+async function loadKpis(params) {
+  const data = await api("/api/dashboard/kpis", params);
+  const s = data.store;
+  const tile = (label, value, id) => el("div", { class: "kpi", id }, el("strong", {}, value), el("span", {}, label));
+  $("#kpi-store").replaceChildren(
+    tile("retention", pct(s.retention_rate), "kpi-retention"), tile("churn", pct(s.churn_rate), "kpi-churn"),
+    tile("repeat purchase", pct(s.repeat_purchase_rate), "kpi-repeat"),
+    tile("avg. lifetime value", num(s.average_lifetime_value), "kpi-clv"),
+    tile(`NPS (${s.nps_answers})`, num(s.nps), "kpi-nps"), tile(`CSAT (${s.csat_answers})`, num(s.csat, "/5"), "kpi-csat"));
+  const stageRows = data.by_stage.map((r) => el("tr", {}, el("td", {}, r.stage), el("td", {}, String(r.customers)),
+    el("td", {}, String(r.buyers)), el("td", {}, pct(r.retention_rate)), el("td", {}, pct(r.churn_rate)),
+    el("td", {}, pct(r.repeat_purchase_rate)), el("td", {}, num(r.average_lifetime_value)),
+    el("td", {}, num(r.nps)), el("td", {}, num(r.csat, "/5"))));
+  $("#kpi-stage-table tbody").replaceChildren(...(stageRows.length ? stageRows : [el("tr", {}, el("td", { colspan: "9" }, "No customers yet."))]));
+  const cohortRows = data.by_cohort.map((r) => el("tr", {}, el("td", {}, r.cohort), el("td", {}, String(r.buyers)),
+    el("td", {}, pct(r.repeat_purchase_rate)), el("td", {}, num(r.average_lifetime_value)),
+    el("td", { class: "cohort" }, r.monthly_retention.map(pct).join(" · "))));
+  $("#kpi-cohort-table tbody").replaceChildren(...(cohortRows.length ? cohortRows : [el("tr", {}, el("td", { colspan: "5" }, "No orders yet."))]));
+}
+
 function csvLinks(params) {
   const paths = { stages: "/api/dashboard/stages", flow: "/api/dashboard/flow",
     performance: "/api/dashboard/performance", faq: "/api/dashboard/faq", conversations: "/api/conversations",
-    staff: "/api/dashboard/staff", playbooks: "/api/dashboard/playbooks" };
+    staff: "/api/dashboard/staff", kpis: "/api/dashboard/kpis",
+    playbooks: "/api/dashboard/playbooks" };
   document.querySelectorAll("a.csv").forEach((a) => {
     const q = a.dataset.csv === "conversations" ? conversationParams(params) : new URLSearchParams(params);
     if (a.dataset.csv === "performance") q.set("by", document.querySelector("input[name=by]:checked").value);
@@ -338,7 +361,8 @@ async function run(...loaders) {
   }
 }
 
-const ALL = [loadStages, loadFlow, loadPerformance, loadFaq, loadStaff, loadPlaybooks, () => loadWaiting(),
+const ALL = [loadStages, loadFlow, loadPerformance, loadFaq, loadStaff, loadKpis, loadPlaybooks,
+  () => loadWaiting(),
   (p) => loadConversations(p)];
 
 document.addEventListener("DOMContentLoaded", () => {

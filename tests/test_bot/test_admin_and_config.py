@@ -20,8 +20,8 @@ from sqlmodel import SQLModel
 
 from bot.app import Service
 from bot.db.engine import Database
-from bot.errors import ConfigError
 from bot.settings import SAMPLE_FAQ_DIR, load_settings
+from core.errors import ConfigError
 from tests.conftest import ADMIN_TOKEN, ROOT, chat
 
 

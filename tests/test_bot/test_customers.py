@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from bot.customers import normalise_phone, resolve_customer
+from bot.customers import resolve_customer
 from bot.db.engine import Database
 from bot.db.models import Conversation, Customer, Identity, Order
+from core.contacts import normalise_phone
 
 
 async def _db(database_url: str) -> Database:

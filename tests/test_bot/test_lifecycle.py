@@ -19,10 +19,10 @@ from bot.clock import FrozenClock
 from bot.customers import CustomerFacts
 from bot.db.engine import Database
 from bot.db.models import Conversation, Customer, Identity, StageChange
-from bot.errors import ConfigError
 from bot.lifecycle import LifecycleRules, StageSignal, apply_customer_stage
 from bot.orders import import_orders, read_orders_csv
 from bot.settings import DEFAULT_LIFECYCLE_RULES, Settings
+from core.errors import ConfigError
 from tests.conftest import ADMIN_TOKEN, ROOT, chat
 
 RULES = LifecycleRules.from_file(DEFAULT_LIFECYCLE_RULES)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import ConfigError, PlaybookError
 from bot.playbooks import PlaybookStore, load_playbooks, parse_duration
 from bot.settings import DEFAULT_PLAYBOOKS, load_settings
+from core.errors import ConfigError, PlaybookError
 
 GOOD = """\
 playbooks:

@@ -12,9 +12,9 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from bot.app import Service
-from bot.errors import ConfigError
 from bot.proxies import client_address
 from bot.settings import load_settings
+from core.errors import ConfigError
 
 LOCAL = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8")]
 

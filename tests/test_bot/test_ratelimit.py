@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.ratelimit import RateLimiter
+from core.ratelimit import RateLimiter
 
 
 @pytest.mark.parametrize("per_minute", [30, 10, 120])

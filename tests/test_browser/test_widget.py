@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from bot.app import Service
 from bot.db.models import Message
-from bot.errors import ConfigError
+from core.errors import ConfigError
 from tests.fakes.slack import fake_slack, send_event, slack_settings
 
 pytestmark = pytest.mark.browser

@@ -3,12 +3,12 @@
 A harness speaks its platform's wire format to the service (a signed webhook, an IMAP
 APPEND...) and reads what the service sent to the platform's fake server. Fakes listen on
 127.0.0.1 only; the service under test is a real `Service` with the real SDK pointed at them.
-Each channel adds its harness factory to `HARNESS_FACTORIES` in test_contract.py.
+Each channel's harness factory is listed in `HARNESS_FACTORIES` in test_contract.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -37,8 +37,8 @@ class Harness(Protocol):
         (429 with Retry-After: 1) or "permanent" (the platform's own permanent error)."""
         ...
 
-    def sent(self) -> list[str]:
-        """Texts the fake platform accepted, in order."""
+    def sent(self) -> list[str] | Awaitable[list[str]]:
+        """Texts the fake platform accepted (or the page shows), in order."""
         ...
 
 

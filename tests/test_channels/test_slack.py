@@ -13,14 +13,14 @@ from sqlalchemy import func, select
 
 from bot.app import Service
 from bot.db.models import Conversation, Customer, InboxItem, Message
-from bot.errors import (
+from channels.base import ChannelContext, InboundMessage, OutboundMessage
+from channels.slack import SlackChannel
+from core.errors import (
     ChannelAuthError,
     ChannelPermanentError,
     ChannelRateLimited,
     ChannelTemporaryError,
 )
-from channels.base import ChannelContext, InboundMessage, OutboundMessage
-from channels.slack import SlackChannel
 from tests.fakes.slack import (
     CUSTOMER_DM,
     FakeSlack,

@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 
 from bot.app import Service
 from bot.db.models import Customer, Identity, InboxItem, Message
-from bot.errors import ConfigError
 from channels.base import InboundMessage
+from core.errors import ConfigError
 from tests.fakes.telegram import (
     SECRET,
     TOKEN,

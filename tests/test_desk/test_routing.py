@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.errors import ConfigError
 from bot.routing import DAYS, DEFAULT_ROUTING, RoutingStore, load_routing, parse_routing
+from core.errors import ConfigError
 from tests.conftest import next_reply
 from tests.fakes.slack import FakeSlack, send_event
 from tests.test_desk.conftest import STAFF, card_of, escalation, wait_for

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bot.errors import FaqError
+from core.errors import FaqError
 from faq.cli import app
 from faq.matcher import Matcher
 from faq.store import FaqStore

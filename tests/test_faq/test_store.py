@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import FaqLoadError
+from core.errors import FaqLoadError
 from faq.store import FaqStore
 
 from .conftest import SAMPLE_DIR

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import FaqLoadError
+from core.errors import FaqLoadError
 from faq.loader import lint_faq_dir, load_faq_dir
 from faq.suggest import group_questions, render_yaml
 

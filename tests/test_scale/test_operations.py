@@ -10,8 +10,8 @@ import pytest
 
 from bot.app import Service
 from bot.db.engine import Database
-from bot.errors import QueueError
 from bot.leader import Leader, PostgresLeader, RedisLeader
+from core.errors import QueueError
 from tests.conftest import chat
 
 

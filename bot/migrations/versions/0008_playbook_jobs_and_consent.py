@@ -4,7 +4,7 @@ Lifecycle playbooks' durable steps (playbook_job), per-channel marketing consent
 do-not-contact flag.
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0009
 Create Date: 2026-12-07 02:40:59.059556
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from alembic import op
 import bot.db.models
 
 revision: str = '0008'
-down_revision: str | None = '0005'
+down_revision: str | None = '0009'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

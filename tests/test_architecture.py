@@ -1,0 +1,103 @@
+"""The packages' dependencies point one way: core <- faq, core <- channels, all <- bot.
+
+Read from the source with `ast` (every import, also those inside functions and under
+TYPE_CHECKING), so a new import against the grain fails here before it grows roots.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: package -> the first-party packages it must never import
+FORBIDDEN = {
+    "core": {"bot", "faq", "channels"},
+    "faq": {"bot", "channels"},
+    "channels": {"faq"},
+}
+#: channels still reach into the service's database layer and settings: the imports that
+#: remain, by module, so that none is added and each one removed stays removed
+CHANNELS_INTO_BOT = {
+    "channels/__init__.py": {"bot.settings"},
+    "channels/base.py": {"bot.db.engine", "bot.settings"},
+    "channels/email.py": {"bot.db.engine", "bot.db.models", "bot.settings"},
+    "channels/slack.py": {"bot.settings"},
+    "channels/webchat.py": {"bot.db.engine", "bot.db.models"},
+    "channels/whatsapp.py": {"bot.db.engine", "bot.db.models"},
+}
+MAX_LINES = 400
+#: modules over MAX_LINES, and why
+LONG_MODULES = {
+    "bot/db/models.py": "every table in one module, read against the migrations",
+    "bot/dashboard.py": "every dashboard route and its CSV in one place (to split: admin pkg)",
+    "bot/desk_actions.py": "every staff action the Slack desk and the dashboard share",
+    "bot/desk.py": "the Slack listeners of the desk",
+    "bot/metrics_queries.py": "the dashboard's SQL, one function per figure",
+    "bot/rollups.py": "the per-day rollups and their catch-up",
+    "bot/redis_queue.py": "the Redis Streams inbox with its sweeper",
+    "bot/store_webhooks.py": "Shopify and WooCommerce webhooks, each topic a small function",
+    "faq/matcher.py": "the matcher's scoring, kept together for speed",
+    "faq/semantic.py": "the optional neural mode: model loading, index, adaptation",
+    "faq/cli.py": "the faq command line: match, lint, eval, explain, suggest",
+    "channels/email.py": "IMAP IDLE polling, threading and SMTP replies",
+    "channels/whatsapp.py": "Twilio webhooks, status callbacks and the 24-hour window",
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_never_imports_against_the_grain(package: str) -> None:
+    wrong = []
+    for path in modules(package):
+        for name in imports_of(path):
+            if name.split(".")[0] in FORBIDDEN[package]:
+                wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_channels_import_no_more_of_the_service_than_they_did() -> None:
+    found: dict[str, set[str]] = {}
+    for path in modules("channels"):
+        into_bot = {n for n in imports_of(path) if n.split(".")[0] == "bot"}
+        if into_bot:
+            found[str(path.relative_to(ROOT))] = into_bot
+    assert found == CHANNELS_INTO_BOT
+
+
+def test_the_kernel_is_imported_by_every_package() -> None:
+    for package in ("faq", "channels", "bot"):
+        assert any(any(n.split(".")[0] == "core" for n in imports_of(p))
+                   for p in modules(package)), f"{package} does not use the kernel"
+
+
+def test_modules_stay_small_or_say_why() -> None:
+    long = {}
+    for package in ("core", "bot", "channels", "faq"):
+        for path in modules(package):
+            if "migrations" in path.parts:
+                continue
+            lines = len(path.read_text(encoding="utf-8").splitlines())
+            if lines > MAX_LINES:
+                long[str(path.relative_to(ROOT))] = lines
+    unexplained = sorted(set(long) - set(LONG_MODULES))
+    assert not unexplained, f"over {MAX_LINES} lines without a reason: " + ", ".join(
+        f"{m} ({long[m]})" for m in unexplained)
+    stale = sorted(set(LONG_MODULES) - set(long))
+    assert not stale, f"no longer over {MAX_LINES} lines, drop the reason: {', '.join(stale)}"
