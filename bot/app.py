@@ -24,6 +24,8 @@ from bot.lifecycle_schedule import StageSchedule
 from bot.metrics import Metrics, metrics_view
 from bot.outbox import OutboxSender
 from bot.pipeline import Outcome, Pipeline, PipelineConfig, RuleConfig
+from bot.playbook_runner import PlaybookRunner, RunnerConfig
+from bot.playbooks import PlaybookStore
 from bot.privacy import purge_message_bodies
 from bot.queue import Inbox, QueuedItem
 from bot.routing import RoutingStore
@@ -113,6 +115,18 @@ class Service:
                                    concurrency=settings.send_concurrency,
                                    max_attempts=settings.send_max_attempts,
                                    send_timeout=settings.send_timeout)
+        self.playbooks = PlaybookStore(settings.playbooks_file)
+        self.playbook_runner = PlaybookRunner(
+            self.db, self.playbooks, clock, RunnerConfig(
+                store_name=settings.store_name, default_language=settings.default_language,
+                public_url=settings.public_url, email_from=settings.email_from,
+                cap=settings.playbook_marketing_per_week, quiet=settings.quiet_hours,
+                tz=settings.store_timezone,
+                unsubscribe_secret=settings.unsubscribe_secret.get_secret_value()
+                if settings.unsubscribe_secret else None),
+            channels=self.channels.keys(),
+            stored_delivery=[n for n, c in self.channels.items() if c.delivers_by_storing],
+            interval=settings.playbook_tick_seconds, on_queued=self._playbook_queued)
         self.workers = WorkerPool(self.db, self.inbox, self.pipeline, workers=settings.workers,
                                   batch=settings.queue_batch, on_committed=self.outbox.wake)
         self.workers.listeners.append(self.metrics.on_outcome)
@@ -203,6 +217,9 @@ class Service:
         # time rules (no order for N days): one process at a time, catching up at once
         self._spawn(self.leader.run("lifecycle-schedule", self.stop_event,
                                     self.stage_schedule.run), "lifecycle-schedule")
+        # due playbook steps: in every process; a step is claimed in its sending transaction
+        self._spawn(self.playbook_runner.run(self.stop_event), "playbooks")
+        self._spawn(self.playbooks.watch(self.stop_event), "playbooks-watch")
         self._spawn(self.faq.watch(self.stop_event), "faq-watch")
         self._spawn(self.lifecycle.watch(self.stop_event), "rules-watch")
 
@@ -242,6 +259,17 @@ class Service:
             self.metrics.sends.labels(item.message.channel, "ok").inc(len(outcome.reply_ids))
         if self.wakeups is not None:  # the reader may wait in another process
             self._stored_for.add(f"{item.message.channel}/{item.message.address}")
+
+    def _playbook_queued(self, stored: list[tuple[str, str]]) -> None:
+        """Playbook messages were committed: the outbox sends them (in this process or, with
+        Redis, the one holding its lock); the web chat's are delivered, so wake its readers."""
+        for name, address in stored:
+            channel = self.channels.get(name)
+            if channel is not None:
+                channel.replies_stored(address)
+            if self.wakeups is not None:
+                self._stored_for.add(f"{name}/{address}")
+        self._replies_committed()
 
     def _replies_committed(self) -> None:
         self.outbox.wake()
@@ -334,8 +362,10 @@ class Service:
         log.info("storedesk stopped")
 
     async def run_forever(self, *, http: bool = True, workers: bool = True) -> None:
-        await self.start(http=http, workers=workers)
+        """Start, serve until asked to stop, stop; a start that fails half-way (a port in
+        use) stops what it had started, so no task is cut inside a transaction."""
         try:
+            await self.start(http=http, workers=workers)
             await self.stop_event.wait()
         finally:
             await self.stop()

@@ -21,7 +21,7 @@ app = typer.Typer(help="storedesk: omnichannel support inbox bot for online stor
                   no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-customer_app = typer.Typer(help="What is held on one customer: export it, erase it.",
+customer_app = typer.Typer(help="What is held on one customer: export it, erase it, its consent.",
                            no_args_is_help=True)
 app.add_typer(customer_app, name="customer")
 log = logging.getLogger("bot")
@@ -293,6 +293,52 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
             await db.close()
 
     typer.echo(f"database at revision {asyncio.run(main())}")
+
+
+ChannelOpt = Annotated[str, typer.Option("--channel", help="telegram, slack, whatsapp, "
+                                                          "email or webchat")]
+
+
+def _consent(action: str, customer_id: int, channel: str | None, source: str) -> None:
+    settings = _settings()
+    from bot.consent import CLI_CHANNELS, record_from_cli
+
+    if channel is not None and channel not in CLI_CHANNELS:
+        raise _fail(f"--channel must be one of {', '.join(CLI_CHANNELS)}")
+
+    async def main() -> bool:
+        return await record_from_cli(settings.database_url, action, customer_id, channel,
+                                     source)
+
+    if not asyncio.run(main()):
+        raise _fail(f"customer {customer_id} does not exist")
+    where = f" on {channel}" if channel else ""
+    typer.echo(f"customer {customer_id}: {action}{where} recorded (source: {source})")
+
+
+@customer_app.command("opt-in")
+def customer_opt_in(customer_id: Annotated[int, typer.Argument(metavar="ID")],
+                    channel: ChannelOpt,
+                    source: Annotated[str, typer.Option(help="Where the consent was given, "
+                                                             "e.g. checkout form")]) -> None:
+    """Record the customer's marketing opt-in on one channel (time and source)."""
+    _consent("opt-in", customer_id, channel, source)
+
+
+@customer_app.command("opt-out")
+def customer_opt_out(customer_id: Annotated[int, typer.Argument(metavar="ID")],
+                     channel: ChannelOpt,
+                     source: Annotated[str, typer.Option(help="Who asked")] = "cli") -> None:
+    """Record the customer's opt-out of marketing on one channel."""
+    _consent("opt-out", customer_id, channel, source)
+
+
+@customer_app.command("do-not-contact")
+def customer_do_not_contact(customer_id: Annotated[int, typer.Argument(metavar="ID")],
+                            source: Annotated[str, typer.Option(help="Who asked")] = "cli"
+                            ) -> None:
+    """Send this customer nothing unprompted any more, transactional messages included."""
+    _consent("do-not-contact", customer_id, None, source)
 
 
 def main() -> None:

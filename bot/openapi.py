@@ -117,6 +117,17 @@ def openapi_document() -> dict[str, Any]:
                  "schema": {"type": "integer", "minimum": 0, "maximum": 10_000_000}}]),
             "/api/dashboard/conversations/{id}": _get("One conversation for the dashboard",
                                                       params=path_id),
+            "/api/dashboard/playbooks": _get("Per playbook step: sent, delivered, replied, "
+                                             "opted out, ordered, stage moved",
+                                             params=_PERIOD),
+            "/api/playbooks/events": _post("An event for one customer's playbooks", {
+                "type": "object", "required": ["customer_id", "event", "id"], "properties": {
+                    "customer_id": _ID,
+                    "event": {"enum": ["points_expiring", "nps", "checkout_abandoned"]},
+                    "id": {"type": "string", "minLength": 1, "maxLength": 120},
+                    "score": {"type": "integer", "minimum": -1000, "maximum": 1000},
+                    "variables": {"type": "object", "additionalProperties": {
+                        "type": ["string", "number"]}}}}),
         },
     }
 

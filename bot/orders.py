@@ -27,6 +27,8 @@ from bot.customers import (
 from bot.db.engine import Database
 from bot.db.models import Conversation, ConversationStatus, Customer
 from bot.lifecycle import LifecycleRules, StageSignal, apply_customer_stage
+from bot.playbook_jobs import fire_order
+from bot.playbooks import Playbooks
 from core.clock import Clock
 from core.errors import InputError
 
@@ -56,9 +58,10 @@ async def latest_open_conversation(conn: AsyncConnection, customer_id: int) -> i
 
 
 async def apply_orders(conn: AsyncConnection, rules: LifecycleRules, customer_id: int,
-                       orders: Sequence[OrderIn], *,
-                       now: datetime | None = None) -> dict[str, Any]:
-    """Store orders for a customer and move the customer's stage as the rules say."""
+                       orders: Sequence[OrderIn], *, now: datetime | None = None,
+                       playbooks: Playbooks | None = None) -> dict[str, Any]:
+    """Store orders for a customer, move the customer's stage as the rules say, and schedule
+    the playbook steps each order event starts."""
     now = now or datetime.now(UTC)
     exists = (await conn.execute(select(CU.id).where(CU.id == customer_id))).first()
     if exists is None:
@@ -72,6 +75,7 @@ async def apply_orders(conn: AsyncConnection, rules: LifecycleRules, customer_id
         facts = await refresh_order_facts(conn, owner)
         if written.stale:
             continue
+        await fire_order(conn, playbooks, order, written, now=now)
         change = await apply_customer_stage(
             conn, rules, customer_id=owner, signal=StageSignal(order_event(order, written),
                                                                now=now),
@@ -86,10 +90,10 @@ async def apply_orders(conn: AsyncConnection, rules: LifecycleRules, customer_id
 
 
 async def push_orders(conn: AsyncConnection, rules: LifecycleRules, customer_id: int,
-                      orders: Sequence[OrderIn], *,
-                      now: datetime | None = None) -> dict[str, Any]:
+                      orders: Sequence[OrderIn], *, now: datetime | None = None,
+                      playbooks: Playbooks | None = None) -> dict[str, Any]:
     """Record orders pushed by the order API or the CSV import (see `apply_orders`)."""
-    return await apply_orders(conn, rules, customer_id, orders, now=now)
+    return await apply_orders(conn, rules, customer_id, orders, now=now, playbooks=playbooks)
 
 
 # --- CSV import --------------------------------------------------------------------------------

@@ -24,9 +24,11 @@ from bot.db.engine import Database
 from bot.db.models import (
     ChannelState,
     Checkout,
+    Consent,
     Conversation,
     Customer,
     DeskJob,
+    DoNotContact,
     Erasure,
     Escalation,
     Identity,
@@ -34,6 +36,7 @@ from bot.db.models import (
     Message,
     Order,
     OutboxItem,
+    PlaybookJob,
     ScheduledStage,
     StageChange,
     SurveyAnswer,
@@ -72,6 +75,13 @@ def _in(column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
 
 
 PLAN: tuple[Plan, ...] = (
+    ("playbook_jobs", PlaybookJob.__table__, lambda h: or_(
+        _in(PlaybookJob.__table__.c.customer_id, h.customers),
+        _in(PlaybookJob.__table__.c.conversation_id, h.conversations))),
+    ("consent", Consent.__table__, lambda h: _in(Consent.__table__.c.customer_id,
+                                                 h.customers)),
+    ("do_not_contact", DoNotContact.__table__,
+     lambda h: _in(DoNotContact.__table__.c.customer_id, h.customers)),
     ("desk_jobs", DeskJob.__table__, lambda h: _in(DeskJob.__table__.c.escalation_id,
                                                     h.escalations)),
     ("outbox", OutboxItem.__table__, lambda h: _in(OutboxItem.__table__.c.conversation_id,

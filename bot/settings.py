@@ -26,6 +26,8 @@ from faq.settings import SemanticSettings, load_semantic_settings
 PACKAGE_DIR = Path(__file__).resolve().parent
 SAMPLE_FAQ_DIR = PACKAGE_DIR.parent / "faq" / "sample"
 DEFAULT_LIFECYCLE_RULES = PACKAGE_DIR / "data" / "lifecycle.yaml"
+DEFAULT_PLAYBOOKS = PACKAGE_DIR / "data" / "playbooks.yaml"
+_QUIET = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 LANGUAGES = ("en", "it", "th")
 
 
@@ -144,7 +146,8 @@ class Settings(BaseSettings):
         "", description="When people answer, e.g. 'mon-fri 09:00-18:00, sat 10:00-14:00' "
         "(STORE_TIMEZONE); the widget shows the reply time inside, an away message outside; "
         "empty = always open")
-    store_timezone: str = Field("UTC", description="The store's zoneinfo name, e.g. Europe/Rome")
+    store_timezone: str = Field("UTC", description="The store's zoneinfo name, e.g. "
+                                "Europe/Rome (business hours, playbook quiet hours)")
 
     # --- dashboard ------------------------------------------------------------------------
     dashboard_cache_seconds: float = Field(
@@ -220,6 +223,57 @@ class Settings(BaseSettings):
     lifecycle_schedule_seconds: float = Field(
         3600.0, gt=0, description="How often time rules (no order for N days) are applied to "
         "customers nobody heard from")
+
+    # --- lifecycle playbooks (bot/playbooks.py) ---------------------------------------------
+    playbooks_file: Path | None = Field(
+        DEFAULT_PLAYBOOKS, description="Lifecycle playbooks (YAML, reloaded on change); empty "
+        "= no playbook messages are ever sent")
+    playbook_tick_seconds: float = Field(
+        15.0, gt=0, le=3600, description="How often due playbook steps are looked for")
+    playbook_marketing_per_week: int = Field(
+        2, ge=0, description="At most this many marketing playbook messages per customer in "
+        "any 7 days; further ones are skipped")
+    playbook_quiet_hours: str = Field(
+        "", description="e.g. 21:00-09:00 in STORE_TIMEZONE: a step due then is moved to the "
+        "end of them; empty = none")
+    playbook_attribution_days: int = Field(
+        7, ge=1, le=365, description="The playbooks panel counts replies, opt-outs, orders and "
+        "stage moves within this many days of a step's message")
+    unsubscribe_secret: SecretStr | None = Field(
+        None, description="Signs the unsubscribe links of playbook mail; unset = a random "
+        "secret kept in the database")
+
+    @field_validator("playbooks_file", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("playbook_quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str) -> str:
+        value = value.strip()
+        if value and not _QUIET.match(value):
+            raise ValueError(f"{value!r} is not a range like 21:00-09:00")
+        return value
+
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone like Europe/Rome") from None
+        return value
+
+    @cached_property
+    def quiet_hours(self) -> tuple[time, time] | None:
+        """(start, end) of the quiet hours in the store's time zone, or None."""
+        m = _QUIET.match(self.playbook_quiet_hours)
+        if m is None:
+            return None
+        h1, m1, h2, m2 = (int(g) for g in m.groups())
+        return time(h1, m1), time(h2, m2)
 
     @field_validator("shopify_webhook_secret", "woocommerce_webhook_secret")
     @classmethod
@@ -309,10 +363,10 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("faq_dir", "lifecycle_rules")
+    @field_validator("faq_dir", "lifecycle_rules", "playbooks_file")
     @classmethod
-    def _exists(cls, value: Path) -> Path:
-        if not value.exists():
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.exists():
             raise ValueError(f"{value} does not exist")
         return value
 

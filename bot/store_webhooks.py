@@ -32,6 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.consent import record_opt_in
 from bot.customers import (
     OrderIn,
     find_or_create_by_contact,
@@ -41,6 +42,8 @@ from bot.customers import (
 from bot.db.models import Checkout, Order, StoreEvent
 from bot.lifecycle import LifecycleRules, StageSignal, apply_customer_stage
 from bot.orders import apply_orders, latest_open_conversation
+from bot.playbook_jobs import fire_checkout
+from bot.playbooks import Playbooks
 from core.errors import InputError, SignatureError
 
 if TYPE_CHECKING:
@@ -72,6 +75,8 @@ class Contact:
     email: str | None
     phone: str | None
     name: str | None
+    #: channels the store says the customer accepts marketing on
+    marketing: tuple[str, ...] = ()
 
     @property
     def known(self) -> bool:
@@ -168,7 +173,31 @@ def shopify_contact(data: Mapping[str, Any]) -> Contact:
         or billing.get("phone")
     name = _name(customer.get("first_name"), customer.get("last_name")) or \
         _name(data.get("first_name"), data.get("last_name"))
-    return Contact(_text(email, 320), _text(phone, 40), name)
+    return Contact(_text(email, 320), _text(phone, 40), name,
+                   shopify_marketing(data, customer))
+
+
+def shopify_marketing(data: Mapping[str, Any], customer: Mapping[str, Any]) -> tuple[str, ...]:
+    """Where Shopify says the customer accepts marketing: email_marketing_consent (or the
+    older accepts_marketing / buyer_accepts_marketing) and sms_marketing_consent, which we
+    take for WhatsApp. Only a yes is taken: a no is the absence of an opt-in."""
+    def subscribed(key: str) -> bool:
+        return any(_dict(src.get(key)).get("state") == "subscribed" for src in (data, customer))
+
+    channels = []
+    if subscribed("email_marketing_consent") or customer.get("accepts_marketing") is True \
+            or data.get("accepts_marketing") is True \
+            or data.get("buyer_accepts_marketing") is True:
+        channels.append("email")
+    if subscribed("sms_marketing_consent"):
+        channels.append("whatsapp")
+    return tuple(channels)
+
+
+async def _record_marketing(conn: AsyncConnection, customer_id: int, contact: Contact,
+                            now: datetime) -> None:
+    for channel in contact.marketing:
+        await record_opt_in(conn, customer_id, channel, source="shopify", now=now)
 
 
 def shopify_order(data: Mapping[str, Any]) -> OrderIn:
@@ -276,7 +305,8 @@ async def _first_delivery(conn: AsyncConnection, source: str, event_id: str, top
 
 
 async def _apply_order(conn: AsyncConnection, rules: LifecycleRules, order: OrderIn,
-                       contact: Contact, now: datetime) -> dict[str, Any]:
+                       contact: Contact, now: datetime,
+                       playbooks: Playbooks | None = None) -> dict[str, Any]:
     owner = (await conn.execute(select(O.customer_id).where(O.external_id == order.order_id)
                                 .limit(1))).scalar()
     if owner is None:
@@ -284,7 +314,8 @@ async def _apply_order(conn: AsyncConnection, rules: LifecycleRules, order: Orde
             return {"status": "ignored", "why": "the order has no customer email or phone"}
         owner = await find_or_create_by_contact(conn, email=contact.email, phone=contact.phone,
                                                 name=contact.name)
-    result = await apply_orders(conn, rules, int(owner), [order], now=now)
+    await _record_marketing(conn, int(owner), contact, now)
+    result = await apply_orders(conn, rules, int(owner), [order], now=now, playbooks=playbooks)
     return {"status": "applied", "customer_id": owner, "stage_changes": result["stage_changes"]}
 
 
@@ -314,7 +345,8 @@ async def _apply_refund(conn: AsyncConnection, rules: LifecycleRules, data: Mapp
 
 
 async def _apply_checkout(conn: AsyncConnection, rules: LifecycleRules,
-                          data: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+                          data: Mapping[str, Any], now: datetime,
+                          playbooks: Playbooks | None = None) -> dict[str, Any]:
     external = f"shopify:{_text(data.get('token'), 64) or _id(data)}"
     contact = shopify_contact(data)
     customer_id = None
@@ -339,6 +371,11 @@ async def _apply_checkout(conn: AsyncConnection, rules: LifecycleRules,
         if values["customer_id"] is None:
             values["customer_id"] = found.customer_id
         await conn.execute(update(Checkout.__table__).where(CH.id == found.id).values(values))
+    if customer_id is not None:
+        await _record_marketing(conn, customer_id, contact, now)
+        if values["completed_at"] is None:
+            await fire_checkout(conn, playbooks, customer_id, external,
+                                values["abandoned_checkout_url"], now=now)
     if customer_id is None or (found is not None and found.customer_id == customer_id) \
             or values["completed_at"] is not None:
         return {"status": "applied", "stage_changes": []}
@@ -355,6 +392,7 @@ async def _apply_customer(conn: AsyncConnection, rules: LifecycleRules, contact:
         return {"status": "ignored", "why": "the customer has no email or phone"}
     customer_id = await find_or_create_by_contact(conn, email=contact.email, phone=contact.phone,
                                                   name=contact.name)
+    await _record_marketing(conn, customer_id, contact, now)
     change = await apply_customer_stage(conn, rules, customer_id=customer_id,
                                         signal=StageSignal("customer", now=now))
     return {"status": "applied", "customer_id": customer_id,
@@ -395,15 +433,16 @@ class StoreWebhooks:
             log.info("shopify webhook: topic %s is not used; ignored", topic[:60])
             return web.json_response({"status": "ignored"})
         rules = self.service.lifecycle.rules
+        playbooks = self.service.playbooks.playbooks
 
         async def apply(conn: AsyncConnection, now: datetime) -> dict[str, Any]:
             if topic in SHOPIFY_ORDER_TOPICS:
                 return await _apply_order(conn, rules, shopify_order(data), shopify_contact(data),
-                                          now)
+                                          now, playbooks)
             if topic == "refunds/create":
                 return await _apply_refund(conn, rules, data, now)
             if topic.startswith("checkouts/"):
-                return await _apply_checkout(conn, rules, data, now)
+                return await _apply_checkout(conn, rules, data, now, playbooks)
             _id(data)
             return await _apply_customer(conn, rules, shopify_contact(data), now)
 
@@ -430,11 +469,12 @@ class StoreWebhooks:
         # again is recognised by its content instead.
         event_id = "sha256:" + hashlib.sha256(topic.encode() + b"\n" + body).hexdigest()
         rules = self.service.lifecycle.rules
+        playbooks = self.service.playbooks.playbooks
 
         async def apply(conn: AsyncConnection, now: datetime) -> dict[str, Any]:
             if topic.startswith("order."):
                 return await _apply_order(conn, rules, woocommerce_order(data),
-                                          woocommerce_contact(data), now)
+                                          woocommerce_contact(data), now, playbooks)
             _id(data)
             return await _apply_customer(conn, rules, woocommerce_contact(data), now)
 

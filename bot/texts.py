@@ -92,6 +92,14 @@ TEXTS: dict[str, dict[str, str]] = {
         "th": "ช่วยเล่าเพิ่มเติมหน่อยได้ไหมคะว่าต้องการความช่วยเหลือเรื่องอะไร เช่น "
               "\"พัสดุของฉันอยู่ที่ไหน\" หรือ \"คืนสินค้ายังไง\"",
     },
+    "opted_out": {
+        "en": "Done: you won't get any more messages from us unless you write to us first. "
+              "Order updates you asked for still reach you.",
+        "it": "Fatto: non riceverai più messaggi da noi, a meno che non ci scriva tu. "
+              "Gli aggiornamenti sugli ordini continueranno ad arrivarti.",
+        "th": "เรียบร้อยค่ะ คุณจะไม่ได้รับข้อความจากเราอีก เว้นแต่คุณจะติดต่อเรามาก่อน "
+              "แต่ยังคงได้รับการแจ้งสถานะคำสั่งซื้อตามปกติ",
+    },
     "greeting": {
         "en": "Hi! How can I help you today?",
         "it": "Ciao! Come posso aiutarti?",

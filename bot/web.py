@@ -112,6 +112,9 @@ def build_http_app(service: Service) -> web.Application:
     from bot.dashboard import add_routes as add_dashboard_routes  # it imports this module
 
     add_dashboard_routes(app)
+    from bot.playbook_web import add_routes as add_playbook_routes  # it imports the dashboard
+
+    add_playbook_routes(app)
     from bot.openapi import openapi_view  # it imports the dashboard
 
     app.router.add_get("/api/openapi.json", openapi_view)
@@ -197,7 +200,7 @@ async def post_customer_orders(request: web.Request) -> web.Response:
     orders = await _orders_from(await _json(request))
     async with service.db.write() as conn:
         result = await push_orders(conn, service.lifecycle.rules, customer_id, orders,
-                                   now=service.clock())
+                                   now=service.clock(), playbooks=service.playbooks.playbooks)
     return web.json_response(result)
 
 
@@ -212,7 +215,7 @@ async def post_orders(request: web.Request) -> web.Response:
         customer_id = await find_or_create_by_contact(
             conn, email=body.get("email"), phone=body.get("phone"), name=body.get("name"))
         result = await push_orders(conn, service.lifecycle.rules, customer_id, orders,
-                                   now=service.clock())
+                                   now=service.clock(), playbooks=service.playbooks.playbooks)
     return web.json_response(result)
 
 

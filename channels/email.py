@@ -49,6 +49,7 @@ from channels.email_parse import (
     reply_references,
     reply_subject,
 )
+from channels.email_playbook import playbook_mail
 from core.errors import (
     ChannelAuthError,
     ChannelError,
@@ -280,6 +281,10 @@ class EmailChannel(Channel):
     async def send(self, message: OutboundMessage) -> SendResult:
         if not self.s.smtp_host:
             raise ChannelPermanentError("email: SMTP_HOST is not configured")
+        if message.meta.get("playbook"):  # sent by itself: no thread, never capped
+            mail = playbook_mail(message, self.s.email_from or self.from_address, self.domain)
+            await self._deliver(mail)
+            return SendResult(provider_id=str(mail["Message-ID"]), status="sent")
         author, theirs = await self._reply_context(message)
         automatic = author == "bot"
         mail = self._compose(message, theirs, automatic=automatic)
@@ -440,3 +445,4 @@ async def _wait_any(*events: asyncio.Event, timeout: float,
     finally:
         for w in waiters:
             w.cancel()
+

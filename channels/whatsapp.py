@@ -30,6 +30,7 @@ import contextvars
 import json
 import logging
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -145,9 +146,11 @@ class WhatsAppChannel(Channel):
 
     def __init__(self, intake: Intake, db: Database, *, account_sid: str, auth_token: str,
                  sender: str | None, api_base: str, public_url: str, template_sid: str | None,
-                 template_variables: str | None, max_body: int, max_text: int) -> None:
+                 template_variables: str | None, max_body: int, max_text: int,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         super().__init__(intake)
         self.db = db
+        self.clock = clock  # the service's: the window is measured on the time it stamps
         self.account_sid = account_sid
         self._token = auth_token
         self.sender = sender
@@ -187,7 +190,7 @@ class WhatsAppChannel(Channel):
                    auth_token=s.twilio_auth_token.get_secret_value(), sender=sender,
                    api_base=s.twilio_api_base, public_url=s.public_url,
                    template_sid=s.twilio_template_sid, template_variables=variables,
-                   max_body=s.max_body_bytes, max_text=s.max_text_chars)
+                   max_body=s.max_body_bytes, max_text=s.max_text_chars, clock=ctx.clock)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post(INBOUND_PATH, self.inbound)
@@ -218,7 +221,11 @@ class WhatsAppChannel(Channel):
         params: dict[str, Any] = {"from_": sender, "to": f"whatsapp:{message.address}",
                                   "status_callback": self.public_url + STATUS_PATH}
         template = None
-        if await self._window_open(message.address):
+        chosen = message.meta.get("whatsapp_mode")  # a playbook step decided at send time
+        if chosen == "template":
+            params["content_sid"] = str(message.meta["content_sid"])
+            params["content_variables"] = str(message.meta.get("content_variables") or "{}")
+        elif chosen == "text" or await self._window_open(message.address):
             params["body"] = message.text[:MAX_BODY]
         elif self.template_sid:
             template = self.template_sid
@@ -252,7 +259,7 @@ class WhatsAppChannel(Channel):
                 .order_by(CV.last_inbound_at.desc()).limit(1))
         async with self.db.read() as conn:
             last = (await conn.execute(stmt)).scalar()
-        return last is not None and datetime.now(UTC) - last < WINDOW
+        return last is not None and self.clock() - last < WINDOW
 
     async def _record_sent(self, message_id: int, sid: str, twilio_status: str,
                            template: str | None) -> None:

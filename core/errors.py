@@ -2,6 +2,7 @@
 
     BotError
     ├── ConfigError               bad settings or files; stops start-up with a clear message
+    │   └── PlaybookError         a playbooks file: names the file, the line and the field
     ├── FaqError                  an FAQ file cannot be used
     │   └── FaqLoadError          names the file, the line and the problem
     ├── QueueError                the durable queue cannot accept or hand out work
@@ -28,6 +29,16 @@ class BotError(Exception):
 
 class ConfigError(BotError):
     """Settings or configuration files that cannot be used."""
+
+
+class PlaybookError(ConfigError):
+    """One problem in the playbooks file, with where it is."""
+
+    def __init__(self, path: str, line: int | None, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        super().__init__(f"{path}:{line}: {problem}" if line else f"{path}: {problem}")
 
 
 class FaqError(BotError):

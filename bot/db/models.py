@@ -358,6 +358,60 @@ class ScheduledStage(Model, table=True):
     created_at: datetime = created()
 
 
+class PlaybookJob(Model, table=True):
+    """One playbook step owed to one customer for one trigger occurrence (bot/playbook_jobs).
+
+    `occurrence` names what fired it (an order's delivery, a stage change, a lapse...): the
+    unique key makes a redelivered webhook or an overlapping sweep schedule nothing twice.
+    The runner claims a due row with a conditional UPDATE in the transaction that queues its
+    message, so across processes and restarts a step is sent once or not at all."""
+
+    __tablename__ = "playbook_job"
+    __table_args__ = (UniqueConstraint("customer_id", "playbook", "step", "occurrence"),
+                      Index("ix_playbook_job_state_due", "state", "due_at"),
+                      Index("ix_playbook_job_playbook_step", "playbook", "step", "state"))
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    conversation_id: int | None = Field(default=None, foreign_key="conversation.id")
+    channel: str | None = None
+    playbook: str
+    step: int
+    occurrence: str
+    kind: str  # transactional, marketing
+    state: str = "scheduled"  # scheduled, sent, cancelled, skipped
+    reason: str | None = None
+    attempts: int = 0
+    due_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    fired_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    data: dict[str, Any] | None = json_field(None)
+    message_id: int | None = Field(default=None, foreign_key="message.id")
+    created_at: datetime = created()
+    done_at: datetime | None = ts()
+
+
+class Consent(Model, table=True):
+    """A customer's marketing consent on one channel (bot/consent.py): the latest opt-in and
+    opt-out with their time and source; opted in = an opt-in later than any opt-out."""
+
+    __table_args__ = (UniqueConstraint("customer_id", "channel"),)
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    channel: str
+    opted_in_at: datetime | None = ts()
+    opt_in_source: str | None = None
+    opted_out_at: datetime | None = ts()
+    opt_out_source: str | None = None
+
+
+class DoNotContact(Model, table=True):
+    """A customer nothing is sent to unprompted, transactional or not."""
+
+    __tablename__ = "do_not_contact"
+    customer_id: int = Field(foreign_key="customer.id", primary_key=True)
+    source: str
+    created_at: datetime = created()
+
+
 class ChannelState(Model, table=True):
     """Small durable state a channel keeps (e.g. the IMAP UID cursor)."""
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from rapidfuzz import fuzz
 
+from bot.consent import opt_out_language
 from bot.order_context import ORDER_PROBLEM, OrderContext, order_problem, variables_for
 from bot.pipeline import signals
 from bot.pipeline.understand import Understanding
@@ -84,6 +85,7 @@ class Decision:
     to_desk: bool = False  # the staff thread gets the message (and the replies)
     survey: PendingSurvey | None = None
     match: MatchResult | None = None  # recorded on the customer's message
+    opt_out: bool = False  # the writer records the customer's opt-out
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,16 @@ class Turn:
 
 
 Rule = Callable[[Turn], Decision | None]
+
+
+def opt_out(t: Turn) -> Decision | None:
+    """STOP, annulla iscrizione, ยกเลิก...: before anything else, confirmed in the language of
+    the word the customer used."""
+    lang = opt_out_language(t.msg.text)
+    if lang is None:
+        return None
+    reply = Reply(text_for("opted_out", lang, t.config.default_language), lang)
+    return Decision("opt_out", "opt_out", (reply,), opt_out=True, to_desk=t.conv.status == HUMAN)
 
 
 def survey_answer(t: Turn) -> Decision | None:
@@ -285,7 +297,7 @@ def no_match(t: Turn) -> Decision:
 
 
 RULES: tuple[Rule, ...] = (
-    survey_answer, person_owns, while_waiting, complaint, asked_for_person, not_helped,
+    opt_out, survey_answer, person_owns, while_waiting, complaint, asked_for_person, not_helped,
     order_needs_a_person, answer,
     small_talk, follow_up, vague, entry_escalates, ambiguous, contact_shared, attachment_only,
 )

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.consent import record_opt_out
 from bot.db.models import (
     Conversation,
     ConversationStatus,
@@ -115,6 +116,10 @@ async def write(conn: AsyncConnection, plan: Plan, *, stored_delivery: Collectio
     for turn in range(rounds):
         await _write_round(conn, [p for p in plan.planned if p.round == turn],
                            stored_delivery, now)
+    for p in plan.planned:
+        if p.decision.opt_out:
+            await record_opt_out(conn, p.sender.customer_id, p.conv.channel,
+                                 source=f"{p.conv.channel} message", now=now)
     if plan.stage_moves:
         await conn.execute(_INSERT_STAGE_CHANGE, [
             {"conversation_id": m.conv.id, "customer_id": m.sender.customer_id,

@@ -307,7 +307,15 @@ async function loadStaff(params) {
   $("#staff-table tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "8" }, "No escalations in this period."))]));
 }
 
-const pct = (v) => (v === null || v === undefined ? "–" : `${Math.round(v * 1000) / 10}%`);
+async function loadPlaybooks(params) {
+  const data = await api("/api/dashboard/playbooks", params);
+  const cols = ["scheduled", "sent", "delivered", "skipped", "cancelled", "replied", "opted_out", "ordered", "stage_moved"];
+  const rows = data.steps.map((r) => el("tr", {}, el("td", {}, r.playbook), el("td", {}, String(r.step)),
+    el("td", {}, r.kind), ...cols.map((c) => el("td", {}, String(r[c]))), el("td", {}, r.top_reason || "–")));
+  $("#playbooks-table tbody").replaceChildren(...(rows.length ? rows
+    : [el("tr", {}, el("td", { colspan: "13" }, "No playbook steps fired in this period."))]));
+}
+
 const num = (v, unit = "") => (v === null || v === undefined ? "–" : `${v}${unit}`);
 
 async function loadKpis(params) {
@@ -333,7 +341,8 @@ async function loadKpis(params) {
 function csvLinks(params) {
   const paths = { stages: "/api/dashboard/stages", flow: "/api/dashboard/flow",
     performance: "/api/dashboard/performance", faq: "/api/dashboard/faq", conversations: "/api/conversations",
-    staff: "/api/dashboard/staff", kpis: "/api/dashboard/kpis" };
+    staff: "/api/dashboard/staff", kpis: "/api/dashboard/kpis",
+    playbooks: "/api/dashboard/playbooks" };
   document.querySelectorAll("a.csv").forEach((a) => {
     const q = a.dataset.csv === "conversations" ? conversationParams(params) : new URLSearchParams(params);
     if (a.dataset.csv === "performance") q.set("by", document.querySelector("input[name=by]:checked").value);
@@ -358,7 +367,8 @@ async function run(...loaders) {
   }
 }
 
-const ALL = [loadStages, loadFlow, loadPerformance, loadFaq, loadStaff, loadKpis, () => loadWaiting(),
+const ALL = [loadStages, loadFlow, loadPerformance, loadFaq, loadStaff, loadKpis, loadPlaybooks,
+  () => loadWaiting(),
   (p) => loadConversations(p)];
 
 document.addEventListener("DOMContentLoaded", () => {

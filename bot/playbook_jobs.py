@@ -1,0 +1,204 @@
+"""Scheduling playbook steps: a trigger occurrence becomes `playbook_job` rows.
+
+Order events and checkouts are fired where the store's data is applied (bot/orders.py,
+bot/store_webhooks.py), in the same transaction. Stage changes and CSAT answers are found by
+the runner's sweeps over `stage_change` and `escalation`, so every path that moves a stage
+(messages, orders, the time rules) counts without hooks in each; lapses (`no_order_for`) are
+found by a sweep over customers. Every job is keyed by customer, playbook, step and
+occurrence: a redelivered webhook or an overlapping sweep inserts nothing new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.customers import OrderIn, OrderWrite
+from bot.db.models import (
+    ChannelState,
+    Conversation,
+    Customer,
+    Escalation,
+    PlaybookJob,
+    StageChange,
+)
+from bot.playbooks import Playbooks
+
+PJ = PlaybookJob.__table__.c
+SC = StageChange.__table__.c
+ES = Escalation.__table__.c
+CV = Conversation.__table__.c
+CU = Customer.__table__.c
+CS = ChannelState.__table__.c
+#: sweeps look this many ids back from their cursor: PostgreSQL may commit ids out of order
+OVERLAP = 200
+#: stage changes older than this never fire (a playbook switched back on after months)
+STALE = timedelta(days=1)
+LAPSE_CATCH_UP = timedelta(days=7)
+
+
+class PlaybookSource(Protocol):
+    @property
+    def playbooks(self) -> Playbooks: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """One thing that happened to one customer that playbooks may react to."""
+
+    kind: str  # a trigger kind (bot/playbooks.TRIGGERS)
+    key: str  # unique per customer and happening: "order:shopify:1:delivered"
+    value: str | None = None
+    score: int | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)  # message variables, order id...
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+
+
+async def fire(conn: AsyncConnection, playbooks: Playbooks, customer_id: int,
+               occurrence: Occurrence, *, now: datetime,
+               conversation_id: int | None = None) -> int:
+    """Schedule every enabled step the occurrence starts; returns how many were new."""
+    steps = playbooks.steps_for(occurrence.kind, occurrence.value, occurrence.score)
+    if not steps:
+        return 0
+    orders = (await conn.execute(select(CU.orders_count).where(CU.id == customer_id))
+              ).scalar() or 0
+    data = {**occurrence.data, "orders": int(orders)}  # "ordered since" is counted from it
+    new = 0
+    for playbook, step in steps:
+        stmt = _insert(conn)(PlaybookJob.__table__).values(
+            customer_id=customer_id, conversation_id=conversation_id, playbook=playbook.name,
+            step=step.index, occurrence=occurrence.key[:200], kind=step.kind,
+            state="scheduled", attempts=0, due_at=now + step.delay, fired_at=now,
+            data=data, created_at=now,
+        ).on_conflict_do_nothing(index_elements=["customer_id", "playbook", "step",
+                                                 "occurrence"]).returning(PJ.id)
+        if (await conn.execute(stmt)).scalar() is not None:
+            new += 1
+    return new
+
+
+def order_occurrences(order: OrderIn, written: OrderWrite) -> list[Occurrence]:
+    """created for a new order, and paid / fulfilled / delivered / cancelled when the order
+    reached that status now."""
+    data = {"order_id": order.order_id}
+    found = []
+    if written.created and order.status not in ("cancelled", "refunded"):
+        found.append(Occurrence("order", f"order:{order.order_id}:created", "created", data=data))
+    status = "delivered" if order.shipment_status == "delivered" else order.status
+    if status in ("paid", "fulfilled", "delivered", "cancelled") \
+            and written.previous_status != status:
+        found.append(Occurrence("order", f"order:{order.order_id}:{status}", status, data=data))
+    return found
+
+
+async def fire_order(conn: AsyncConnection, playbooks: Playbooks | None, order: OrderIn,
+                     written: OrderWrite, *, now: datetime) -> int:
+    if playbooks is None or written.stale:
+        return 0
+    return sum([await fire(conn, playbooks, written.customer_id, o, now=now)
+                for o in order_occurrences(order, written)])
+
+
+async def fire_checkout(conn: AsyncConnection, playbooks: Playbooks | None, customer_id: int,
+                        external_id: str, url: str | None, *, now: datetime) -> int:
+    """A checkout with a customer and not completed: abandoned unless they order before the
+    step is due (the steps' `ordered` stop, and the completed check at send time)."""
+    if playbooks is None:
+        return 0
+    return await fire(conn, playbooks, customer_id, Occurrence(
+        "checkout_abandoned", f"checkout:{external_id}",
+        data={"checkout": external_id, "checkout_url": url or ""}), now=now)
+
+
+# --- sweeps the runner makes ----------------------------------------------------------------
+
+async def _cursor(conn: AsyncConnection, key: str, start: Any) -> int:
+    value = (await conn.execute(select(CS.value).where(CS.key == key))).scalar()
+    if value is not None:
+        return int(value["id"])
+    first = int((await conn.execute(start)).scalar() or 0)
+    await _save_cursor(conn, key, first)
+    return first
+
+
+async def _save_cursor(conn: AsyncConnection, key: str, last: int) -> None:
+    stmt = _insert(conn)(ChannelState.__table__).values(key=key, value={"id": last},
+                                                        updated_at=func.now())
+    await conn.execute(stmt.on_conflict_do_update(index_elements=["key"],
+                                                  set_={"value": {"id": last}}))
+
+
+async def sweep_stage_changes(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
+                              batch: int = 500) -> int:
+    """stage_entered for stage changes recorded since the last sweep (a first sweep starts
+    from now: history never fires)."""
+    if not playbooks.uses("stage_entered"):
+        return 0  # and no cursor: a playbook added later starts from its first sweep
+    key = "playbooks:stage_change"
+    cursor = await _cursor(conn, key, select(func.max(SC.id)))
+    rows = (await conn.execute(select(SC.id, SC.customer_id, SC.to_stage, SC.conversation_id)
+                               .where(SC.id > max(cursor - OVERLAP, 0),
+                                      SC.created_at >= now - STALE).order_by(SC.id)
+                               .limit(batch + OVERLAP))).all()
+    new = 0
+    for r in rows:
+        new += await fire(conn, playbooks, r.customer_id, Occurrence(
+            "stage_entered", f"stage_change:{r.id}", r.to_stage), now=now,
+            conversation_id=r.conversation_id)
+    if rows:
+        await _save_cursor(conn, key, max(cursor, rows[-1].id))
+    return new
+
+
+async def sweep_csat(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
+                     window: timedelta = timedelta(days=2)) -> int:
+    """csat for satisfaction answers of escalations resolved lately (one per escalation)."""
+    if not playbooks.uses("csat"):
+        return 0
+    rows = (await conn.execute(
+        select(ES.id, ES.csat, ES.conversation_id, CV.customer_id)
+        .join(Conversation.__table__, CV.id == ES.conversation_id)
+        .where(ES.created_at >= now - timedelta(days=90), ES.csat.is_not(None),
+               ES.resolved_at >= now - window))).all()
+    new = 0
+    for r in rows:
+        new += await fire(conn, playbooks, r.customer_id, Occurrence(
+            "csat", f"csat:{r.id}", score=int(r.csat)), now=now,
+            conversation_id=r.conversation_id)
+    return new
+
+
+async def sweep_lapsed(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
+                       since: dict[timedelta, tuple[datetime, int]], batch: int = 500) -> int:
+    """no_order_for: customers whose last order became that old since the last sweep, once
+    per lapse (the occurrence is the last order's time, so ordering again and lapsing again
+    fires again). `since` is the caller's cursor (last order time, customer id) per duration;
+    a new one looks a week back, so a restart catches up on a week of lapses without firing
+    for all of history."""
+    new = 0
+    for after in playbooks.idle_triggers():
+        cutoff = now - after
+        at, last_id = since.get(after, (cutoff - LAPSE_CATCH_UP, 0))
+        rows = (await conn.execute(select(CU.id, CU.last_order_at).where(
+            CU.merged_into.is_(None), CU.last_order_at <= cutoff,
+            or_(CU.last_order_at > at, and_(CU.last_order_at == at, CU.id > last_id)))
+            .order_by(CU.last_order_at, CU.id).limit(batch))).all()
+        seconds = str(int(after.total_seconds()))
+        for r in rows:
+            new += await fire(conn, playbooks, r.id, Occurrence(
+                "no_order_for", f"lapse:{seconds}s:{r.last_order_at.isoformat()}", seconds),
+                now=now)
+        if rows:
+            since[after] = (rows[-1].last_order_at, int(rows[-1].id))
+    return new
