@@ -256,16 +256,6 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a range like 21:00-09:00")
         return value
 
-    @classmethod
-    def _timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not an IANA time zone like Europe/Rome") from None
-        return value
-
     @cached_property
     def quiet_hours(self) -> tuple[time, time] | None:
         """(start, end) of the quiet hours in the store's time zone, or None."""
