@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, delete, false, func, null, or_, select, update
+from sqlalchemy import ColumnElement, Table, delete, false, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.engine import Database
@@ -213,8 +213,3 @@ async def purge_message_bodies(db: Database, *, before: datetime) -> int:
         if done < PURGE_CHUNK:
             return purged
 
-
-async def erasures(db: Database) -> int:
-    async with db.read() as conn:
-        return int((await conn.execute(select(func.count()).select_from(Erasure.__table__))
-                    ).scalar() or 0)
