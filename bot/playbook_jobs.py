@@ -1,9 +1,10 @@
 """Scheduling playbook steps: a trigger occurrence becomes `playbook_job` rows.
 
 Order events and checkouts are fired where the store's data is applied (bot/orders.py,
-bot/store_webhooks.py), in the same transaction. Stage changes and CSAT answers are found by
-the runner's sweeps over `stage_change` and `escalation`, so every path that moves a stage
-(messages, orders, the time rules) counts without hooks in each; lapses (`no_order_for`) are
+bot/store_webhooks.py), in the same transaction. Stage changes, ratings and the bot's answers
+are found by the runner's sweeps over `stage_change`, `escalation`, `survey_answer` and the
+customers' messages, so every path that moves a stage (messages, orders, the time rules)
+counts without hooks in each, and the message path pays nothing; lapses (`no_order_for`) are
 found by a sweep over customers. Every job is keyed by customer, playbook, step and
 occurrence: a redelivered webhook or an overlapping sweep inserts nothing new.
 """
@@ -20,12 +21,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot import surveys
 from bot.customers import OrderIn, OrderWrite
 from bot.db.models import (
     ChannelState,
     Conversation,
+    ConversationStatus,
     Customer,
     Escalation,
+    Message,
     PlaybookJob,
     StageChange,
 )
@@ -37,6 +41,7 @@ ES = Escalation.__table__.c
 CV = Conversation.__table__.c
 CU = Customer.__table__.c
 CS = ChannelState.__table__.c
+MS = Message.__table__.c
 #: sweeps look this many ids back from their cursor: PostgreSQL may commit ids out of order
 OVERLAP = 200
 #: stage changes older than this never fire (a playbook switched back on after months)
@@ -176,6 +181,53 @@ async def sweep_csat(conn: AsyncConnection, playbooks: Playbooks, *, now: dateti
         new += await fire(conn, playbooks, r.customer_id, Occurrence(
             "csat", f"csat:{r.id}", score=int(r.csat)), now=now,
             conversation_id=r.conversation_id)
+    return new
+
+
+async def sweep_survey_answers(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
+                               batch: int = 500) -> int:
+    """csat / nps for answers to the playbooks' own questions since the last sweep."""
+    if not (playbooks.uses("csat") or playbooks.uses("nps")):
+        return 0
+    key = "playbooks:survey_answer"
+    cursor = await _cursor(conn, key, select(func.max(surveys.SA.id)))
+    rows = await surveys.answers_since(conn, max(cursor - OVERLAP, 0), batch + OVERLAP)
+    new = 0
+    for answer_id, customer_id, conversation_id, kind, score in rows:
+        new += await fire(conn, playbooks, customer_id, Occurrence(
+            kind, f"survey:{answer_id}", score=score), now=now, conversation_id=conversation_id)
+    if rows:
+        await _save_cursor(conn, key, max(cursor, rows[-1][0]))
+    return new
+
+
+async def sweep_bot_answered(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
+                             batch: int = 2000) -> int:
+    """bot_answered for conversations the bot answered from the FAQ since the last sweep and
+    that no person is in: one occurrence per answered message, only the latest of each
+    conversation per sweep (the steps' `replied` stop cancels the earlier ones anyway)."""
+    if not playbooks.uses("bot_answered"):
+        return 0
+    key = "playbooks:bot_answered"
+    cursor = await _cursor(conn, key, select(func.max(MS.id)))
+    rows = (await conn.execute(
+        select(MS.id, MS.conversation_id, CV.customer_id)
+        .join(Conversation.__table__, CV.id == MS.conversation_id)
+        .where(MS.id > max(cursor - OVERLAP, 0), MS.direction == "in", MS.decision == "answer",
+               CV.status == ConversationStatus.BOT)
+        .order_by(MS.id).limit(batch + OVERLAP))).all()
+    latest: dict[int, Any] = {}
+    for r in rows:
+        latest[int(r.conversation_id)] = r
+    new = 0
+    for r in latest.values():
+        if r.customer_id is None:
+            continue
+        new += await fire(conn, playbooks, int(r.customer_id), Occurrence(
+            "bot_answered", f"bot_answered:{r.id}"), now=now,
+            conversation_id=int(r.conversation_id))
+    if rows:
+        await _save_cursor(conn, key, max(cursor, int(rows[-1].id)))
     return new
 
 

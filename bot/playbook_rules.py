@@ -53,6 +53,8 @@ class Due:
     opted_in: bool = False
     checkout_completed: bool = False
     marketing_sent_week: int = 0
+    #: the step asks for a rating and the customer was asked that lately (bot/surveys.py)
+    asked_lately: bool = False
     target: Target | None = None
     channels: frozenset[str] = frozenset()
     cap: int = 2
@@ -155,6 +157,13 @@ def channel_rules(d: Due) -> Verdict | None:
     return None
 
 
+def asked_lately(d: Due) -> Verdict | None:
+    assert d.step is not None
+    if d.step.ask is not None and d.asked_lately:
+        return _skip(f"asked for a {d.step.ask} rating lately")
+    return None
+
+
 def quiet_hours(d: Due) -> Verdict | None:
     end = quiet_end(d.now, d.quiet, d.tz)
     return None if end is None else Verdict("scheduled", "moved out of quiet hours", end)
@@ -168,8 +177,8 @@ def capped(d: Due) -> Verdict | None:
 
 
 RULES: tuple[Rule, ...] = (step_gone, not_to_be_contacted, stopped, checkout_completed,
-                           no_target, conditions_fail, no_consent, channel_rules, quiet_hours,
-                           capped)
+                           no_target, conditions_fail, no_consent, channel_rules, asked_lately,
+                           quiet_hours, capped)
 
 
 def judge(due: Due, rules: Sequence[Rule] = RULES) -> Verdict | None:

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import consent
+from bot import consent, surveys
 from bot.customers import resolve_customer
 from bot.db.engine import Database
 from bot.db.models import (
@@ -38,7 +38,14 @@ from bot.db.models import (
     PlaybookJob,
 )
 from bot.order_context import _facts, variables_for
-from bot.playbook_jobs import PlaybookSource, sweep_csat, sweep_lapsed, sweep_stage_changes
+from bot.playbook_jobs import (
+    PlaybookSource,
+    sweep_bot_answered,
+    sweep_csat,
+    sweep_lapsed,
+    sweep_stage_changes,
+    sweep_survey_answers,
+)
 from bot.playbook_rules import Due, Target, Verdict, judge
 from bot.playbooks import Step
 from bot.queue import backoff
@@ -106,6 +113,8 @@ class PlaybookRunner:
                 async with self.db.write() as conn:
                     await sweep_stage_changes(conn, playbooks, now=now)
                     await sweep_csat(conn, playbooks, now=now)
+                    await sweep_survey_answers(conn, playbooks, now=now)
+                    await sweep_bot_answered(conn, playbooks, now=now)
                     await sweep_lapsed(conn, playbooks, now=now, since=self._lapsed)
             except Exception as exc:  # due steps still go out
                 log.error("playbooks: sweep failed (%s); retrying at the next tick",
@@ -212,6 +221,8 @@ class PlaybookRunner:
             opted_out=await consent.opted_out_since(conn, cid, since),
             opted_in=bool(channel) and await consent.opted_in(conn, cid, channel),
             checkout_completed=await self._checkout_done(conn, data.get("checkout")),
+            asked_lately=step is not None and step.ask is not None
+            and await surveys.asked_within(conn, cid, step.ask, now),
             marketing_sent_week=int((await conn.execute(select(func.count()).where(
                 PJ.customer_id == cid, PJ.state == "sent", PJ.kind == "marketing",
                 PJ.done_at > now - timedelta(days=7)))).scalar() or 0),
@@ -242,11 +253,16 @@ class PlaybookRunner:
         return None
 
     async def _last_csat(self, conn: AsyncConnection, customer_id: int) -> int | None:
-        found = (await conn.execute(select(ES.csat).join(
+        """The latest rating, the desk's or a playbook's, whichever came last."""
+        desk = (await conn.execute(select(ES.csat, ES.resolved_at).join(
             Conversation.__table__, CV.id == ES.conversation_id).where(
             CV.customer_id == customer_id, ES.csat.is_not(None)).order_by(ES.id.desc())
-            .limit(1))).scalar()
-        return None if found is None else int(found)
+            .limit(1))).first()
+        asked = await surveys.last_answer(conn, customer_id, "csat")
+        if asked is not None and (desk is None or desk.resolved_at is None
+                                  or asked[1] >= desk.resolved_at):
+            return asked[0]
+        return None if desk is None else int(desk.csat)
 
     async def _checkout_done(self, conn: AsyncConnection, external: Any) -> bool:
         if not external:
@@ -272,6 +288,10 @@ class PlaybookRunner:
         ids = await queue_replies(conn, [OutgoingReply(
             conversation_id=conversation_id, channel=target.channel, text=text, language=used,
             author="playbook", meta=meta)], stored_delivery=self.stored_delivery, now=due.now)
+        if step.ask is not None:
+            source = "bot" if step.trigger.kind == "bot_answered" else "playbook"
+            await surveys.ask(conn, customer_id=job.customer_id, conversation_id=conversation_id,
+                              kind=step.ask, source=source, playbook=job.playbook, now=due.now)
         if target.channel in self.stored_delivery:
             self._stored.append((target.channel, target.address))
         return ids[0], conversation_id

@@ -28,8 +28,9 @@ from faq.models import STAGES
 
 log = logging.getLogger(__name__)
 ORDER_EVENTS = ("created", "paid", "fulfilled", "delivered", "cancelled")
-TRIGGERS = ("stage_entered", "order", "checkout_abandoned", "csat", "nps", "no_order_for",
-            "points_expiring")
+TRIGGERS = ("stage_entered", "order", "checkout_abandoned", "bot_answered", "csat", "nps",
+            "no_order_for", "points_expiring")
+ASKS = ("csat", "nps")
 KINDS = ("transactional", "marketing")
 STOPS = ("replied", "ordered", "opted_out", "staff_owns")
 CHANNELS = ("telegram", "slack", "whatsapp", "email", "webchat")
@@ -38,7 +39,7 @@ CONDITIONS = ("stage", "channel", "language", "min_orders", "max_orders", "min_s
               "min_csat", "max_csat")
 PLAYBOOK_KEYS = ("name", "trigger", "conditions", "stop", "steps", "enabled")
 STEP_KEYS = ("trigger", "delay", "conditions", "message", "subject", "kind", "stop",
-             "whatsapp_template")
+             "whatsapp_template", "ask")
 _DURATION = re.compile(r"^(\d{1,6})(s|m|h|d|w|mo)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
@@ -98,6 +99,8 @@ class Step:
     stop: tuple[str, ...] = ()
     subject: Mapping[str, str] = field(default_factory=dict)
     whatsapp_template: Template | None = None
+    #: the message asks for a rating (csat 1-5, nps 0-10); the answer is recorded
+    ask: str | None = None
     line: int = 0
 
 
@@ -197,10 +200,10 @@ class _Reader:
 def _trigger(r: _Reader, node: yaml.Node, what: str) -> Trigger:
     if isinstance(node, yaml.ScalarNode):
         kind = r.text(node, what)
-        if kind not in ("checkout_abandoned", "points_expiring", "csat", "nps"):
+        if kind not in ("checkout_abandoned", "bot_answered", "points_expiring", "csat", "nps"):
             raise r.fail(node, f"{what} {kind!r} must be one of checkout_abandoned, "
-                               "points_expiring, csat, nps, or a mapping such as "
-                               "{order: delivered}")
+                               "bot_answered, points_expiring, csat, nps, or a mapping such "
+                               "as {order: delivered}")
         return Trigger(kind)
     fields = r.mapping(node, what, TRIGGERS)
     if len(fields) != 1:
@@ -280,6 +283,7 @@ def _step(r: _Reader, node: yaml.Node, index: int, label: str,
         subject=r.languages(f["subject"], f"{what}: subject") if "subject" in f else {},
         whatsapp_template=_template(r, f["whatsapp_template"], f"{what}: whatsapp_template")
         if "whatsapp_template" in f else None,
+        ask=r.names(f["ask"], f"{what}: ask", ASKS)[0] if "ask" in f else None,
         line=node.start_mark.line + 1)
 
 

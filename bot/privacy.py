@@ -40,6 +40,7 @@ from bot.db.models import (
     ScheduledStage,
     StageChange,
     SurveyAnswer,
+    SurveyQuestion,
 )
 from core.errors import InputError
 
@@ -91,6 +92,9 @@ PLAN: tuple[Plan, ...] = (
     ("survey_answers", SurveyAnswer.__table__, lambda h: or_(
         _in(SurveyAnswer.__table__.c.customer_id, h.customers),
         _in(SurveyAnswer.__table__.c.conversation_id, h.conversations))),
+    ("survey_questions", SurveyQuestion.__table__, lambda h: or_(
+        _in(SurveyQuestion.__table__.c.customer_id, h.customers),
+        _in(SurveyQuestion.__table__.c.conversation_id, h.conversations))),
     ("stage_changes", StageChange.__table__, lambda h: or_(
         _in(StageChange.__table__.c.customer_id, h.customers),
         _in(StageChange.__table__.c.conversation_id, h.conversations))),

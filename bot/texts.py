@@ -110,6 +110,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "it": "Prego! Posso aiutarti con qualcos'altro?",
         "th": "ยินดีค่ะ มีอะไรให้ช่วยอีกไหมคะ",
     },
+    "survey_thanks": {
+        "en": "Thank you for your rating! It helps us get better.",
+        "it": "Grazie per la tua valutazione! Ci aiuta a migliorare.",
+        "th": "ขอบคุณสำหรับคะแนนค่ะ ช่วยให้เราพัฒนาได้ดียิ่งขึ้น",
+    },
     "goodbye": {
         "en": "Goodbye, and thanks for writing to us!",
         "it": "A presto, e grazie per averci scritto!",

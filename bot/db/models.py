@@ -444,6 +444,23 @@ class SurveyAnswer(Model, table=True):
     answered_at: datetime = created()
 
 
+class SurveyQuestion(Model, table=True):
+    """A satisfaction (1-5) or recommend (0-10) question a playbook step asked: the
+    customer's next message in that conversation, if it is a lone number on its scale, is
+    the answer."""
+
+    __tablename__ = "survey_question"
+    __table_args__ = (Index("ix_survey_question_customer", "customer_id", "asked_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id")
+    conversation_id: int = Field(foreign_key="conversation.id")
+    kind: str  # csat, nps
+    source: str = "bot"  # bot: after the bot answered alone; playbook: any other step
+    playbook: str | None = None
+    asked_at: datetime = created()
+    answered_at: datetime | None = ts()
+
+
 class WebchatVisitor(Model, table=True):
     """What a web chat visitor told us: contact details (typed, or signed by the store), the
     store's customer id when signed, when they were last connected, and the last staff reply

@@ -159,7 +159,11 @@ class Pipeline:
               loaded: Loaded, now: datetime, order: OrderContext | None) -> None:
         sender = loaded.senders[(msg.channel, msg.who)]
         survey = loaded.surveys.get(index)
-        if survey is not None:
+        open_conv = next((c for c in sender.conversations
+                          if survey is not None and c.id == survey.conversation_id), None)
+        if open_conv is not None:  # a playbook's question, answered where it was asked
+            conv = open_conv
+        elif survey is not None:
             conv = ConversationState(id=survey.conversation_id, status="resolved",
                                      language=survey.language, stage=sender.stage,
                                      channel=msg.channel, address=msg.address, thread=None,

@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.customers import CustomerFacts, resolve_customer
 from bot.db.models import Conversation, ConversationStatus, Customer, Identity, Message
-from bot.pipeline.rules import ConversationState, PendingSurvey
+from bot.pipeline.rules import ConversationState, PendingSurvey, Survey
 from bot.replies import insert_returning_ids
+from bot.surveys import open_question
 from channels.base import InboundMessage
 from core.contacts import normalise_email, normalise_phone
 
@@ -79,7 +80,7 @@ class Sender:
 @dataclass(slots=True)
 class Loaded:
     senders: dict[tuple[str, str], Sender]
-    surveys: dict[int, PendingSurvey]  # by message index
+    surveys: dict[int, Survey]  # by message index
     #: conversation id -> its newest message id before this batch (the conversations whose
     #: channel serves its own transcript: it may extend what it knows only from there)
     last_ids: dict[int, int] = field(default_factory=dict)
@@ -109,16 +110,7 @@ async def load(conn: AsyncConnection, messages: Sequence[InboundMessage], *,
         await _create(conn, pending_new, now)
         senders = await _senders(conn, messages)
     await _conversations(conn, senders)
-    found: dict[int, PendingSurvey] = {}
-    if surveys is not None:
-        for index, msg in enumerate(messages):
-            rating = RATING.match(msg.text)
-            if rating:
-                survey = await surveys.pending_survey(
-                    conn, identity_id=senders[(msg.channel, msg.who)].identity_id,
-                    rating=int(rating.group(1)))
-                if survey is not None:
-                    found[index] = survey
+    found = await _surveys(conn, messages, senders, surveys, now)
     stored = sorted(c.id for s in senders.values() for c in s.conversations
                     if c.id is not None and c.channel in stored_delivery)
     last_ids: dict[int, int] = {}
@@ -126,6 +118,27 @@ async def load(conn: AsyncConnection, messages: Sequence[InboundMessage], *,
         last_ids = {int(r[0]): int(r[1]) for r in (await conn.execute(
             _LAST_IDS, {"conversations": stored})).all()}
     return Loaded(senders, found, last_ids)
+
+
+async def _surveys(conn: AsyncConnection, messages: Sequence[InboundMessage],
+                   senders: dict[tuple[str, str], Sender], desk: SurveySource | None,
+                   now: datetime) -> dict[int, Survey]:
+    """The messages that answer a question: the desk's rating after a person resolved first,
+    then a playbook's CSAT or NPS question in one of the sender's open conversations."""
+    found: dict[int, Survey] = {}
+    for index, msg in enumerate(messages):
+        sender = senders[(msg.channel, msg.who)]
+        rating = RATING.match(msg.text)
+        survey: Survey | None = None
+        if rating and desk is not None:
+            survey = await desk.pending_survey(conn, identity_id=sender.identity_id,
+                                               rating=int(rating.group(1)))
+        if survey is None and any(ch.isdigit() for ch in msg.text[:12]):
+            survey = await open_question(conn, customer_id=sender.customer_id,
+                                         channel=msg.channel, text=msg.text, now=now)
+        if survey is not None:
+            found[index] = survey
+    return found
 
 
 async def _senders(conn: AsyncConnection,

@@ -19,6 +19,7 @@ from bot.consent import opt_out_language
 from bot.order_context import ORDER_PROBLEM, OrderContext, order_problem, variables_for
 from bot.pipeline import signals
 from bot.pipeline.understand import Understanding
+from bot.surveys import AskedSurvey
 from bot.texts import text_for
 from channels.base import InboundMessage
 from faq.models import FaqEntry, MatchResult
@@ -66,6 +67,9 @@ class PendingSurvey:
     rating: int
 
 
+Survey = PendingSurvey | AskedSurvey
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     text: str
@@ -83,7 +87,7 @@ class Decision:
     answered: tuple[MatchResult, ...] = ()
     stage_hint: str | None = None
     to_desk: bool = False  # the staff thread gets the message (and the replies)
-    survey: PendingSurvey | None = None
+    survey: Survey | None = None
     match: MatchResult | None = None  # recorded on the customer's message
     opt_out: bool = False  # the writer records the customer's opt-out
 
@@ -113,7 +117,7 @@ class Turn:
     lang: str
     now: datetime
     config: RuleConfig
-    survey: PendingSurvey | None = None
+    survey: Survey | None = None
     #: the customer's order this message is about (only theirs, by a verified identity)
     order: OrderContext | None = None
     variables: Mapping[str, str] = field(default_factory=dict)
@@ -154,6 +158,10 @@ def opt_out(t: Turn) -> Decision | None:
 def survey_answer(t: Turn) -> Decision | None:
     if t.survey is None:
         return None
+    if isinstance(t.survey, AskedSurvey):  # ours to thank for; the desk thanks for its own
+        lang = t.survey.language or t.lang
+        reply = Reply(text_for("survey_thanks", lang, t.config.default_language), lang)
+        return Decision("survey_answer", "survey", (reply,), survey=t.survey)
     return Decision("survey_answer", "survey", survey=t.survey)
 
 

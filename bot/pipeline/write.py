@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot import surveys
 from bot.consent import record_opt_out
 from bot.db.models import (
     Conversation,
@@ -29,6 +30,7 @@ from bot.db.models import StageChange as StageChangeRow
 from bot.pipeline.load import Sender, row_for
 from bot.pipeline.rules import ConversationState, Decision, PendingSurvey
 from bot.replies import OutgoingReply, insert_returning_ids, queue_replies
+from bot.surveys import AskedSurvey
 from channels.base import InboundMessage
 
 CV = Conversation.__table__.c
@@ -117,6 +119,9 @@ async def write(conn: AsyncConnection, plan: Plan, *, stored_delivery: Collectio
         await _write_round(conn, [p for p in plan.planned if p.round == turn],
                            stored_delivery, now)
     for p in plan.planned:
+        if isinstance(p.decision.survey, AskedSurvey):
+            await surveys.record(conn, p.decision.survey, customer_id=p.sender.customer_id,
+                                 now=now)
         if p.decision.opt_out:
             await record_opt_out(conn, p.sender.customer_id, p.conv.channel,
                                  source=f"{p.conv.channel} message", now=now)
@@ -219,9 +224,11 @@ def _candidates(decision: Decision) -> list[dict[str, Any]] | None:
 async def _tell_desk(conn: AsyncConnection, plan: Plan, desk: DeskHook) -> None:
     for p in plan.planned:
         assert p.conv.id is not None and p.inbound_id is not None
-        if p.decision.survey is not None:
+        if isinstance(p.decision.survey, PendingSurvey):
             await desk.record_survey(conn, p.decision.survey, message_id=p.inbound_id)
             continue
+        if p.decision.survey is not None:
+            continue  # a playbook's question, answered: recorded above
         if p.escalation_id is not None:
             await desk.on_escalation(conn, escalation_id=p.escalation_id,
                                      conversation_id=p.conv.id)

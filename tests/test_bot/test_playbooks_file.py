@@ -24,11 +24,13 @@ playbooks:
 """
 
 
-def test_the_sample_has_the_six_playbooks() -> None:
+def test_the_sample_has_the_six_playbooks_and_the_two_rating_questions() -> None:
     books = load_playbooks(DEFAULT_PLAYBOOKS)
     assert [p.name for p in books.playbooks] == [
         "welcome", "abandoned_cart", "post_purchase", "review_request", "win_back",
-        "points_expiring"]
+        "points_expiring", "answer_check", "recommend"]
+    asks = {p.name: p.steps[0].ask for p in books.playbooks if p.steps[0].ask}
+    assert asks == {"answer_check": "csat", "recommend": "nps"}
     for playbook in books.playbooks:
         for step in playbook.steps:
             assert set(step.message) == {"en", "it", "th"}
@@ -53,6 +55,8 @@ def test_durations(text: str, seconds: int) -> None:
     ("message: {en:", "mesage: {en:", 8, "unknown key 'mesage'"),
     ("it: \"Ciao $name\"", "de: \"Hallo\"", 8, "unknown key 'de'; allowed: en, it, th"),
     ("name: post_purchase", "name: Post Purchase", 2, "must be lowercase letters"),
+    ("kind: transactional", "kind: transactional\n        ask: stars", 8,
+     "ask 'stars' is not one of csat, nps"),
     ("      - delay: 30s\n", "      - conditions: {min_orders: many}\n        delay: 30s\n", 6,
      "min_orders must be a whole number"),
 ])
