@@ -12,8 +12,8 @@ Definitions (what the dashboard's "Store figures" panel and its CSV say):
   the cohort that ordered in that month;
 - *NPS*: answers 0-10 in the period, % promoters (9-10) minus % detractors (0-6);
 - *CSAT*: answers 1-5 in the period, the average and the share of 4 and 5; from the desk's
-  survey after a person resolved a conversation ("staff") and from surveys the bot or a
-  playbook asked itself ("bot").
+  survey after a person resolved a conversation ("staff"), and from the playbooks' questions
+  (bot/surveys.py: "bot" after the bot answered alone, else "playbook").
 Groups per stage use the customer's stage now.
 """
 
@@ -148,7 +148,7 @@ async def _scores(conn: AsyncConnection, owner: dict[int, int],
         mine = scores[owner.get(r.customer_id, r.customer_id)]
         mine.csat.append(int(r.csat))
         mine.csat_by_source["staff"].append(int(r.csat))
-    asked = await conn.execute(select(SA.customer_id, SA.kind, SA.score).where(
+    asked = await conn.execute(select(SA.customer_id, SA.kind, SA.score, SA.source).where(
         SA.answered_at >= period.start, SA.answered_at < period.end))
     for r in asked:
         mine = scores[owner.get(r.customer_id, r.customer_id)]
@@ -156,7 +156,7 @@ async def _scores(conn: AsyncConnection, owner: dict[int, int],
             mine.nps.append(int(r.score))
         else:
             mine.csat.append(int(r.score))
-            mine.csat_by_source["bot"].append(int(r.score))
+            mine.csat_by_source[r.source or "bot"].append(int(r.score))
     return scores
 
 
