@@ -36,6 +36,7 @@ from bot.db.models import (
     Message,
     Order,
     PlaybookJob,
+    WebchatVisitor,
 )
 from bot.order_context import _facts, variables_for
 from bot.playbook_jobs import (
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 PJ, CV, CU = PlaybookJob.__table__.c, Conversation.__table__.c, Customer.__table__.c
 MS, OR, ES = Message.__table__.c, Order.__table__.c, Escalation.__table__.c
 CH = Checkout.__table__.c
+WV = WebchatVisitor.__table__.c
 MAX_ATTEMPTS = 5
 _NAME_FALLBACK = {"en": "there", "it": "cliente", "th": "ลูกค้า"}  # "Hi there"
 
@@ -276,7 +278,7 @@ class PlaybookRunner:
                      due: Due) -> tuple[int, int]:
         conversation_id = target.conversation_id or await self._open(conn, job, target)
         lang = due.language or self.config.default_language
-        variables = await self._variables(conn, job, lang)
+        variables = await self._variables(conn, job, lang, target)
         text, used = _pick(step.message, lang, self.config.default_language)
         text = string.Template(text).safe_substitute(variables)
         meta: dict[str, Any] = {"playbook": job.playbook, "step": job.step, "job": job.id,
@@ -309,10 +311,16 @@ class PlaybookRunner:
             address=target.address, status="resolved", meta={}, created_at=now,
             updated_at=now, resolved_at=now).returning(CV.id))).scalar_one())
 
-    async def _variables(self, conn: AsyncConnection, job: Any, lang: str) -> dict[str, str]:
+    async def _variables(self, conn: AsyncConnection, job: Any, lang: str,
+                         target: Target) -> dict[str, str]:
         data: Mapping[str, Any] = job.data or {}
         name = (await conn.execute(select(CU.display_name).where(CU.id == job.customer_id))
                 ).scalar()
+        if not name and target.channel == "webchat":
+            # the name a visitor typed into the chat is never the customer's name on record
+            # (anyone can type any name), but greeting that visitor with it tells nobody else
+            name = (await conn.execute(select(WV.name).where(WV.visitor == target.address))
+                    ).scalar()
         first = str(name).split()[0] if name else _NAME_FALLBACK.get(lang, "")
         values = {"name": first, "store_name": self.config.store_name,
                   "checkout_url": str(data.get("checkout_url") or "")}

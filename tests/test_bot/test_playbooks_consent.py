@@ -182,9 +182,8 @@ async def test_a_store_event_reaches_the_web_chat_on_the_next_visit_and_is_measu
         clock.advance(timedelta(seconds=31))
         await eventually(lambda: _decided(shop, 1), what="the step sent")
         shown = [m for m in await transcript(http, visitor) if m["from"] == "playbook"]
-        # a name typed into the chat is contact info only (never the customer's name on
-        # record), so the greeting falls back to the word for "you"
-        assert [m["text"] for m in shown] == ["there, your 120 points expire on 31 March"]
+        # the name typed into the chat greets this visitor (it is never the name on record)
+        assert [m["text"] for m in shown] == ["Ann, your 120 points expire on 31 March"]
         await chat(http, "thanks", visitor)  # a reply after the step's message
 
         async with http.get("/api/dashboard/playbooks", params={"period": "custom",

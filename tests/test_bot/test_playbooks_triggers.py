@@ -64,8 +64,8 @@ async def test_a_stage_entered_and_a_happy_rating_reach_the_web_chat(
         visitor, _ = await chat(http, "hello", name="Ann")
         welcome = await eventually(
             lambda: _from_playbook(http, visitor), what="the welcome in the transcript")
-        # a name typed into the chat is contact info only, never the name on record
-        assert [m["text"] for m in welcome] == ["Welcome, there!"]
+        # the name typed into the chat greets this visitor (it is never the name on record)
+        assert [m["text"] for m in welcome] == ["Welcome, Ann!"]
 
         customer = await visitor_customer(shop, visitor)
         conversation = (await jobs(shop, "hello"))[0].conversation_id
@@ -79,7 +79,7 @@ async def test_a_stage_entered_and_a_happy_rating_reach_the_web_chat(
         clock.advance(timedelta(hours=1, seconds=1))
         await eventually(lambda: _sent(shop, "review"), what="the review request")
         texts = [m["text"] for m in await _from_playbook(http, visitor)]
-        assert texts == ["Welcome, there!", "Thanks! A review?"]
+        assert texts == ["Welcome, Ann!", "Thanks! A review?"]
     await stays(lambda: _count(shop, "review", 1), window=0.3, what="one per rating")
 
 
