@@ -16,6 +16,7 @@ from aiohttp import web
 
 from bot.connections import SERVED, ConnectionGuard, raise_open_files_limit
 from bot.db.engine import Database
+from bot.deliveries import DeliveryLog, purge_parked
 from bot.desk import Desk
 from bot.desk_actions import DeskActions
 from bot.leader import make_leader
@@ -79,7 +80,8 @@ class Service:
         self.lifecycle = LifecycleStore(settings.lifecycle_rules)
         self.stage_schedule = StageSchedule(self.db, self.lifecycle, clock,
                                             interval=settings.lifecycle_schedule_seconds)
-        ctx = ChannelContext(settings=settings, intake=self.inbox, db=self.db, clock=clock)
+        ctx = ChannelContext(settings=settings, intake=self.inbox, db=self.db, clock=clock,
+                             deliveries=DeliveryLog(self.db))
         self.channels: dict[str, Channel] = {}
         for name, spec in CHANNELS.items():
             if not spec.configured(settings):
@@ -114,7 +116,11 @@ class Service:
         self.outbox = OutboxSender(self.db, self.metrics.instrument(self.channels),
                                    concurrency=settings.send_concurrency,
                                    max_attempts=settings.send_max_attempts,
-                                   send_timeout=settings.send_timeout)
+                                   send_timeout=settings.send_timeout,
+                                   reply_window=frozenset(
+                                       n for n, c in self.channels.items() if c.reply_window),
+                                   reporting=frozenset(n for n, c in self.channels.items()
+                                                       if c.reports_deliveries))
         self.playbooks = PlaybookStore(settings.playbooks_file)
         self.playbook_runner = PlaybookRunner(
             self.db, self.playbooks, clock, RunnerConfig(
@@ -226,7 +232,8 @@ class Service:
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """Hourly, in one process: forget handled inbox rows once no platform redelivers
         them any more (the dedup window), blank message bodies past the retention period,
-        and refresh SQLite's planner statistics."""
+        drop delivery reports whose send was never recorded, and refresh SQLite's planner
+        statistics."""
         keep = timedelta(hours=self.settings.inbox_keep_hours)
         retention = self.settings.message_retention_days
         while not stop.is_set():
@@ -241,6 +248,11 @@ class Service:
                     if blanked:
                         log.info("housekeeping: %d message bodies older than %d days blanked",
                                  blanked, retention)
+                async with self.db.write() as conn:
+                    dropped = await purge_parked(conn, now=self.clock())
+                if dropped:
+                    log.info("housekeeping: %d delivery reports for sends never recorded "
+                             "dropped", dropped)
                 await self.db.optimize()
             except Exception:
                 log.exception("housekeeping failed; retrying in an hour")

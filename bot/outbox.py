@@ -23,12 +23,13 @@ import functools
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot import deliveries
 from bot.db.engine import Database
 from bot.db.models import Conversation, Message, OutboxItem
 from bot.queue import backoff
@@ -82,7 +83,11 @@ class OutboxSender:
     """Delivers queued replies through their channel (one process at a time: the leader)."""
 
     def __init__(self, db: Database, channels: Mapping[str, Channel], *, concurrency: int,
-                 max_attempts: int, send_timeout: float = 20.0, batch: int = 200) -> None:
+                 max_attempts: int, send_timeout: float = 20.0, batch: int = 200,
+                 reply_window: frozenset[str] = frozenset(),
+                 reporting: frozenset[str] = frozenset()) -> None:
+        """`reply_window`: channels whose messages need the customer's last message time;
+        `reporting`: channels whose platform reports deliveries later (Channel flags)."""
         self.db = db
         self.channels = channels
         self.concurrency = concurrency
@@ -100,7 +105,8 @@ class OutboxSender:
                                       Awaitable[None]]] = []
         #: conversation id -> the task sending its replies
         self._busy: dict[int, asyncio.Task[None]] = {}
-        self._recorder = _Recorder(db)
+        self._recorder = _Recorder(db, reporting)
+        self._windowed = reply_window
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -194,7 +200,24 @@ class OutboxSender:
                 channel=r.channel, address=r.address, text=r.text, message_id=r.message_id,
                 conversation_id=r.conversation_id, thread=r.thread,
                 attachments=tuple(Attachment(**a) for a in r.attachments or ()), meta=meta)))
+        if any(j.message.channel in self._windowed for jobs in due.values() for j in jobs):
+            await self._fill_windows(due)
         return due, max(next_due, 0.01)
+
+    async def _fill_windows(self, due: dict[int, list[_Job]]) -> None:
+        """The customer's last message per address, for channels with a reply window."""
+        wanted = sorted({(j.message.channel, j.message.address) for jobs in due.values()
+                         for j in jobs if j.message.channel in self._windowed})
+        async with self.db.read() as conn:
+            last = {(r.channel, r.address): r.at for r in (await conn.execute(
+                select(CV.channel, CV.address, func.max(CV.last_inbound_at).label("at"))
+                .where(tuple_(CV.channel, CV.address).in_(wanted))
+                .group_by(CV.channel, CV.address))).all()}
+        for conversation_id, jobs in due.items():
+            due[conversation_id] = [
+                _Job(j.outbox_id, j.attempts, replace(
+                    j.message, last_inbound_at=last.get((j.message.channel, j.message.address))))
+                if j.message.channel in self._windowed else j for j in jobs]
 
     async def _send_conversation(self, jobs: Sequence[_Job]) -> None:
         """One conversation's due replies, in order; a reply that must be retried holds back
@@ -273,8 +296,9 @@ class _Recorder:
     handed over is committed even if its sender is cancelled (a stop), and retried until the
     database takes it."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, reporting: frozenset[str] = frozenset()) -> None:
         self.db = db
+        self.reporting = reporting
         self._pending: list[tuple[_Outcome, asyncio.Future[None]]] = []
         self._event = asyncio.Event()
         self._closing = False
@@ -303,7 +327,7 @@ class _Recorder:
     async def _commit(self, batch: list[tuple[_Outcome, asyncio.Future[None]]]) -> None:
         try:
             async with self.db.write() as conn:
-                await _apply(conn, [outcome for outcome, _ in batch])
+                await _apply(conn, [outcome for outcome, _ in batch], self.reporting)
         except Exception as exc:  # noqa: BLE001 - one bad outcome must not hold back the rest
             log.error("outbox: could not record %d send outcome(s) together (%s); recording "
                       "them one by one", len(batch), type(exc).__name__)
@@ -322,7 +346,7 @@ class _Recorder:
         while True:
             try:
                 async with self.db.write() as conn:
-                    await _apply(conn, [outcome])
+                    await _apply(conn, [outcome], self.reporting)
                 break
             except Exception as exc:  # noqa: BLE001 - the send happened: keep its outcome
                 tries += 1
@@ -338,7 +362,8 @@ class _Recorder:
             future.set_result(None)
 
 
-async def _apply(conn: AsyncConnection, outcomes: Sequence[_Outcome]) -> None:
+async def _apply(conn: AsyncConnection, outcomes: Sequence[_Outcome],
+                 reporting: frozenset[str]) -> None:
     sent = [o for o in outcomes if isinstance(o, _Sent)]
     if sent:  # the common case, in two statements whatever the number
         now = datetime.now(UTC)
@@ -348,6 +373,10 @@ async def _apply(conn: AsyncConnection, outcomes: Sequence[_Outcome]) -> None:
         await conn.execute(_MESSAGE_SENT, [
             {"msg_id": s.job.message.message_id, "status": s.result.status,
              "provider_id": s.result.provider_id, "now": now} for s in sent])
+        if reporting or any(s.result.meta for s in sent):
+            await deliveries.record_sent(conn, [
+                (s.job.message.message_id, s.job.message.channel, s.result.provider_id,
+                 s.result.meta) for s in sent], reporting=reporting)
     for outcome in outcomes:
         if not isinstance(outcome, _Sent):
             await outcome(conn)

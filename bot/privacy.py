@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.engine import Database
 from bot.db.models import (
-    ChannelState,
     Checkout,
     Consent,
     Conversation,
     Customer,
+    DeliveryReportRow,
     DeskJob,
     DoNotContact,
     Erasure,
@@ -105,8 +105,8 @@ PLAN: tuple[Plan, ...] = (
     ("orders", Order.__table__, lambda h: _in(Order.__table__.c.customer_id, h.customers)),
     ("queued_messages", InboxItem.__table__,
      lambda h: _in(InboxItem.__table__.c.conversation_key, h.queue_keys)),
-    ("delivery_callbacks", ChannelState.__table__, lambda h: _in(
-        ChannelState.__table__.c.key, [f"whatsapp:status:{p}" for p in h.provider_ids])),
+    ("delivery_reports", DeliveryReportRow.__table__, lambda h: _in(
+        DeliveryReportRow.__table__.c.provider_id, h.provider_ids)),
     ("conversations", Conversation.__table__, lambda h: _in(CV.id, h.conversations)),
     ("identities", Identity.__table__, lambda h: _in(ID.customer_id, h.customers)),
 )

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from core.messages import (
     Attachment,
+    Deliveries,
+    DeliveryReport,
     InboundMessage,
     Intake,
     OutboundMessage,
@@ -19,8 +21,9 @@ from core.messages import (
     StoredMessage,
 )
 
-__all__ = ["Attachment", "Channel", "ChannelContext", "InboundMessage", "Intake", "OnStatus",
-           "OutboundMessage", "SendResult", "StoredMessage"]
+__all__ = ["Attachment", "Channel", "ChannelContext", "Deliveries", "DeliveryReport",
+           "InboundMessage", "Intake", "OnStatus", "OutboundMessage", "SendResult",
+           "StoredMessage"]
 
 from core.clock import Clock, system_clock
 
@@ -37,12 +40,13 @@ OnStatus = Callable[[str, str, str | None, str | None], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class ChannelContext:
     """What a channel may use to build itself: settings, the queue, the database, the
-    service's clock."""
+    service's clock, and where delivery reports go."""
 
     settings: Settings
     intake: Intake
     db: Database
     clock: Clock = system_clock
+    deliveries: Deliveries | None = None
 
 
 class Channel(abc.ABC):
@@ -62,6 +66,12 @@ class Channel(abc.ABC):
     #: False when the customer's address and contact details are only what they typed (the
     #: web chat): nothing about their orders is told there
     vouches_for_contacts: ClassVar[bool] = True
+    #: True when the platform only takes free text for a while after the customer's last
+    #: message (WhatsApp's 24 hours): the outbox then fills `last_inbound_at` on its messages
+    reply_window: ClassVar[bool] = False
+    #: True when the platform reports deliveries later (`Deliveries.report`), so the outbox
+    #: looks for reports that came before it recorded the send
+    reports_deliveries: ClassVar[bool] = False
 
     def __init__(self, intake: Intake) -> None:
         self.intake = intake

@@ -13,8 +13,9 @@ inbound message of that number). Outside it the real text cannot be sent: the re
 (status "held", never "sent") and the approved template `TWILIO_TEMPLATE_SID`, when set, asks
 the customer to reopen the conversation; the held text goes out when they write again (the
 pipeline re-queues held replies of a conversation that hears from its customer).
-Twilio reports what happened later by status callback; we keep the furthest status by rank
-(callbacks arrive out of order) and record failures such as 63016 on the message row.
+Twilio reports what happened later by status callback: it is verified, translated and handed
+to the core (`Deliveries.report`), which keeps the furthest status (callbacks arrive out of
+order, and may beat the outbox's record of the send) and the failure, such as 63016.
 
 Messages.create is not idempotent. After a timeout or a dropped connection we cannot know
 whether Twilio created the message: that is "outcome unknown", which the outbox retries (a
@@ -24,8 +25,6 @@ possible duplicate rather than a lost answer), as it retries connection errors a
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import contextvars
 import json
 import logging
@@ -37,20 +36,18 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from multidict import MultiDict
-from sqlalchemy import Table, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from bot.db.engine import Database
-from bot.db.models import ChannelState, Conversation, Message, OutboxItem
 from channels.base import (
     Attachment,
     Channel,
     ChannelContext,
+    Deliveries,
+    DeliveryReport,
     InboundMessage,
     Intake,
     OutboundMessage,
@@ -83,7 +80,6 @@ TWILIO_HOSTS = ("https://api.twilio.com", "https://messaging.twilio.com",
 STATUS_MAP = {"accepted": "sent", "scheduled": "sent", "queued": "sent", "sending": "sent",
               "sent": "sent", "delivered": "delivered", "read": "read", "failed": "failed",
               "undelivered": "failed", "canceled": "failed"}
-RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
 #: a reply outside the 24-hour window, waiting for the customer to write again
 HELD = "held"
 KNOWN_ERRORS = {"63016": "outside the 24-hour window: only an approved template can be sent",
@@ -92,12 +88,6 @@ KNOWN_ERRORS = {"63016": "outside the 24-hour window: only an approved template 
 _SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _RETRY_AFTER: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "twilio_retry_after", default=None)
-MESSAGE: Table = Message.__table__
-STATE: Table = ChannelState.__table__
-MS = MESSAGE.c
-CV = Conversation.__table__.c
-OB = OutboxItem.__table__.c
-CS = STATE.c
 
 
 class _TwilioHttp(AsyncTwilioHttpClient):  # type: ignore[misc]
@@ -143,13 +133,16 @@ class WhatsAppChannel(Channel):
     """
 
     name = "whatsapp"
+    reply_window = True
+    reports_deliveries = True
 
-    def __init__(self, intake: Intake, db: Database, *, account_sid: str, auth_token: str,
-                 sender: str | None, api_base: str, public_url: str, template_sid: str | None,
-                 template_variables: str | None, max_body: int, max_text: int,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(self, intake: Intake, deliveries: Deliveries, *, account_sid: str,
+                 auth_token: str, sender: str | None, api_base: str, public_url: str,
+                 template_sid: str | None, template_variables: str | None, max_body: int,
+                 max_text: int, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+                 ) -> None:
         super().__init__(intake)
-        self.db = db
+        self.deliveries = deliveries
         self.clock = clock  # the service's: the window is measured on the time it stamps
         self.account_sid = account_sid
         self._token = auth_token
@@ -162,7 +155,6 @@ class WhatsAppChannel(Channel):
         self.max_text = max_text
         self.validator = RequestValidator(auth_token)
         self._client: Client | None = None
-        self._followups: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_context(cls, ctx: ChannelContext) -> WhatsAppChannel | None:
@@ -186,7 +178,9 @@ class WhatsAppChannel(Channel):
             except ValueError:
                 raise ConfigError('TWILIO_TEMPLATE_VARIABLES must be a JSON object, '
                                   'e.g. {"1": "Demo Shop"}') from None
-        return cls(ctx.intake, ctx.db, account_sid=s.twilio_account_sid,
+        if ctx.deliveries is None:
+            raise ConfigError("the WhatsApp channel needs the core's delivery reports")
+        return cls(ctx.intake, ctx.deliveries, account_sid=s.twilio_account_sid,
                    auth_token=s.twilio_auth_token.get_secret_value(), sender=sender,
                    api_base=s.twilio_api_base, public_url=s.public_url,
                    template_sid=s.twilio_template_sid, template_variables=variables,
@@ -204,8 +198,6 @@ class WhatsAppChannel(Channel):
         return self._client
 
     async def stop(self) -> None:
-        for task in self._followups:
-            task.cancel()
         if self._client is not None:
             http = self._client.http_client
             if isinstance(http, AsyncTwilioHttpClient):
@@ -225,7 +217,7 @@ class WhatsAppChannel(Channel):
         if chosen == "template":
             params["content_sid"] = str(message.meta["content_sid"])
             params["content_variables"] = str(message.meta.get("content_variables") or "{}")
-        elif chosen == "text" or await self._window_open(message.address):
+        elif chosen == "text" or self._window_open(message):
             params["body"] = message.text[:MAX_BODY]
         elif self.template_sid:
             template = self.template_sid
@@ -243,43 +235,16 @@ class WhatsAppChannel(Channel):
             raise _translate(exc) from exc
         sid = str(created.sid)
         twilio_status = str(created.status or "queued")
-        try:
-            await self._record_sent(message.message_id, sid, twilio_status, template)
-        except Exception:  # it was sent: raising now would send it twice
-            log.exception("twilio: message %s sent as %s, but recording the sid failed",
-                          message.message_id, sid)
+        meta: dict[str, Any] = {"twilio_status": twilio_status}
         if template:  # the reopen request went out; the text itself waits for the customer
-            return SendResult(provider_id=sid, status=HELD)
-        return SendResult(provider_id=sid, status=STATUS_MAP.get(twilio_status, "sent"))
+            meta["whatsapp_template"] = template
+            return SendResult(provider_id=sid, status=HELD, meta=meta)
+        return SendResult(provider_id=sid, status=STATUS_MAP.get(twilio_status, "sent"),
+                          meta=meta)
 
-    async def _window_open(self, address: str) -> bool:
-        stmt = (select(CV.last_inbound_at)
-                .where(CV.channel == self.name, CV.address == address,
-                       CV.last_inbound_at.is_not(None))
-                .order_by(CV.last_inbound_at.desc()).limit(1))
-        async with self.db.read() as conn:
-            last = (await conn.execute(stmt)).scalar()
+    def _window_open(self, message: OutboundMessage) -> bool:
+        last = message.last_inbound_at
         return last is not None and self.clock() - last < WINDOW
-
-    async def _record_sent(self, message_id: int, sid: str, twilio_status: str,
-                           template: str | None) -> None:
-        """Tie the SM sid to the row at once, so a callback that beats the outbox's own
-        bookkeeping finds it; apply any callback that came even earlier."""
-        async with self.db.write() as conn:
-            meta = (await conn.execute(select(MS.meta).where(MS.id == message_id))).scalar()
-            meta = dict(meta or {})
-            meta["twilio_status"] = twilio_status
-            if template:
-                meta["whatsapp_template"] = template
-            await conn.execute(update(MESSAGE).where(MS.id == message_id)
-                               .values(provider_id=sid, meta=meta))
-            key = f"whatsapp:status:{sid}"
-            early = (await conn.execute(select(CS.value).where(CS.key == key))).scalar()
-            if early:
-                await conn.execute(delete(STATE).where(CS.key == key))
-                await _merge_status(conn, message_id, early["status"], early.get("code"),
-                                    early.get("error"))
-                self._reconcile_later(message_id)
 
     # --- inbound ---------------------------------------------------------------------------
 
@@ -334,84 +299,25 @@ class WhatsAppChannel(Channel):
         sid, raw = form.get("MessageSid", ""), form.get("MessageStatus", "")
         if not _SID.match(sid) or raw not in STATUS_MAP:
             raise InputError("MessageSid or MessageStatus is missing or unknown")
-        code, error = form.get("ErrorCode") or None, form.get("ErrorMessage") or None
-        async with self.db.write() as conn:
-            row = (await conn.execute(select(MS.id).where(
-                MS.channel == self.name, MS.provider_id == sid))).first()
-            if row is None:  # the send has not recorded its sid yet: keep it for then
-                await _stash_status(conn, sid, raw, code, error)
-                return web.Response(text="")
-            await _merge_status(conn, row.id, raw, code, error)
-            pending = (await conn.execute(select(OB.id).where(
-                OB.message_id == row.id, OB.status == "pending"))).first()
-        if pending is not None:
-            self._reconcile_later(row.id)
+        await self.deliveries.report(status_report(self.name, sid, raw,
+                                                   form.get("ErrorCode") or None,
+                                                   form.get("ErrorMessage") or None))
         return web.Response(text="")
 
-    def _reconcile_later(self, message_id: int) -> None:
-        """The outbox marks a reply "sent" after `send` returns; a callback applied before
-        that is re-applied once it has."""
-        task = asyncio.create_task(self._reconcile(message_id))
-        self._followups.add(task)
-        task.add_done_callback(self._followups.discard)
 
-    async def _reconcile(self, message_id: int) -> None:
-        for _ in range(300):
-            await asyncio.sleep(0.1)
-            async with self.db.read() as conn:
-                pending = (await conn.execute(select(OB.id).where(
-                    OB.message_id == message_id, OB.status == "pending"))).first()
-            if pending is None:
-                break
-        with contextlib.suppress(Exception):
-            async with self.db.write() as conn:
-                await _merge_status(conn, message_id, None, None, None)
-
-
-async def _stash_status(conn: AsyncConnection, sid: str, raw: str, code: str | None,
-                        error: str | None) -> None:
-    key = f"whatsapp:status:{sid}"
-    old = (await conn.execute(select(CS.value).where(CS.key == key))).scalar()
-    if old and RANK[STATUS_MAP[old["status"]]] >= RANK[STATUS_MAP[raw]]:
-        return
-    value = {"status": raw, "code": code, "error": error}
-    now = datetime.now(UTC)
-    await conn.execute(delete(STATE).where(  # parked callbacks nobody claimed within a day
-        CS.key.like("whatsapp:status:%"), CS.updated_at < now - timedelta(days=1)))
-    await conn.execute(delete(STATE).where(CS.key == key))
-    await conn.execute(STATE.insert().values(key=key, value=value, updated_at=now))
-
-
-async def _merge_status(conn: AsyncConnection, message_id: int, raw: str | None,
-                        code: str | None, error: str | None) -> None:
-    """Keep the furthest Twilio status in the message meta and mirror it on the row
-    (`raw=None` just re-applies what the meta holds)."""
-    row = (await conn.execute(select(MS.status, MS.error, MS.meta)
-                              .where(MS.id == message_id))).one()
-    meta = dict(row.meta or {})
-    best = meta.get("twilio_status")
-    if raw is not None and (best not in STATUS_MAP
-                            or RANK[STATUS_MAP[raw]] > RANK[STATUS_MAP[best]]):
-        best = raw
-        meta["twilio_status"] = raw
-        if code:
-            meta["twilio_error"] = {"code": code, "message": error}
-    if best not in STATUS_MAP:
-        return
-    status = STATUS_MAP[best]
-    new_error = row.error
+def status_report(channel: str, sid: str, raw: str, code: str | None,
+                  message: str | None) -> DeliveryReport:
+    """A Twilio status callback as the core's delivery report; a failure keeps Twilio's code
+    and our reading of it (`KNOWN_ERRORS`)."""
+    status = STATUS_MAP[raw]
+    meta: dict[str, Any] = {"twilio_status": raw}
+    error = None
+    if code:
+        meta["twilio_error"] = {"code": code, "message": message}
     if status == "failed":
-        failure = meta.get("twilio_error") or {}
-        c = failure.get("code")
-        detail = failure.get("message") or KNOWN_ERRORS.get(str(c), "")
-        new_error = f"{best} {c}: {detail}".strip() if c else best
-    if row.status == HELD and status != "failed":
-        status, new_error = row.status, row.error  # the template arrived; the text still waits
-    elif RANK[status] < RANK.get(row.status, 0):
-        status, new_error = row.status, row.error  # never step back from what is recorded
-    if (status, new_error, meta) != (row.status, row.error, dict(row.meta or {})):
-        await conn.execute(update(MESSAGE).where(MS.id == message_id)
-                           .values(status=status, error=new_error, meta=meta))
+        detail = message or KNOWN_ERRORS.get(code or "", "")
+        error = f"{raw} {code}: {detail}".strip() if code else raw
+    return DeliveryReport(channel, sid, status, meta, error)
 
 
 def _attachments(form: MultiDict[str]) -> tuple[Attachment, ...]:

@@ -102,14 +102,42 @@ class OutboundMessage:
     thread: str | None = None
     attachments: tuple[Attachment, ...] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: the customer's last message on this channel and address, any conversation (filled
+    #: for channels whose platform limits replies to a window after it, e.g. WhatsApp)
+    last_inbound_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    """What the platform told us about a successful send."""
+    """What the platform told us about a successful send; `meta` is kept on the message
+    (e.g. the platform's own status word, the template sent instead of the text)."""
 
     provider_id: str | None = None
     status: str = "sent"
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: how far along a message we sent is; a report never moves it back
+DELIVERY_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """The platform's later word on a message we sent (a Twilio status callback...): its
+    provider id, our status for it, what to keep on the message, and the failure reason."""
+
+    channel: str
+    provider_id: str
+    status: str  # a DELIVERY_RANK key other than pending
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Deliveries(Protocol):
+    """Where channels hand delivery reports. The core records each in one transaction, and
+    keeps one that arrives before the send itself is recorded until it is."""
+
+    async def report(self, report: DeliveryReport) -> None: ...
 
 
 class Intake(Protocol):

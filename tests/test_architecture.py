@@ -26,7 +26,6 @@ CHANNELS_INTO_BOT = {
     "channels/email.py": {"bot.db.engine", "bot.db.models", "bot.settings"},
     "channels/slack.py": {"bot.settings"},
     "channels/webchat.py": {"bot.db.engine", "bot.db.models", "bot.routing"},
-    "channels/whatsapp.py": {"bot.db.engine", "bot.db.models"},
 }
 MAX_LINES = 400
 #: modules over MAX_LINES, and why
@@ -45,7 +44,6 @@ LONG_MODULES = {
     "faq/cli.py": "the faq command line: match, lint, eval, explain, suggest",
     "channels/email.py": "IMAP IDLE polling, threading and SMTP replies",
     "channels/webchat.py": "page, API, uploads, identity, typing and email continuity (to split)",
-    "channels/whatsapp.py": "Twilio webhooks, status callbacks and the 24-hour window",
 }
 
 

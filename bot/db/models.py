@@ -461,6 +461,19 @@ class SurveyQuestion(Model, table=True):
     answered_at: datetime | None = ts()
 
 
+class DeliveryReportRow(Model, table=True):
+    """A delivery report that came before its send was recorded (a Twilio callback racing
+    the outbox): applied, and deleted, in the transaction that records the send."""
+
+    __tablename__ = "delivery_report"
+    channel: str = Field(primary_key=True)
+    provider_id: str = Field(primary_key=True)
+    status: str
+    meta: dict[str, Any] | None = json_field(None)
+    error: str | None = None
+    received_at: datetime = created(index=True)
+
+
 class WebchatVisitor(Model, table=True):
     """What a web chat visitor told us: contact details (typed, or signed by the store), the
     store's customer id when signed, when they were last connected, and the last staff reply

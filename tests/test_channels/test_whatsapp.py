@@ -20,9 +20,9 @@ from sqlalchemy import func, select, update
 
 from bot.app import Service
 from bot.db.models import (
-    ChannelState,
     Conversation,
     Customer,
+    DeliveryReportRow,
     Identity,
     InboxItem,
     Message,
@@ -211,8 +211,9 @@ async def test_callback_before_create_returns_is_kept_until_the_sid_is_known(
         return bool(rows) and rows[0].status == "delivered"
 
     await wait_for(delivered)
-    async with service.db.read() as conn:  # the parked callback was used up
-        assert (await conn.execute(select(func.count()).select_from(ChannelState))).scalar() == 0
+    async with service.db.read() as conn:  # the parked report was used up
+        assert (await conn.execute(select(func.count()).select_from(DeliveryReportRow))
+                ).scalar() == 0
 
 
 async def test_outside_24h_window_sends_the_template_and_records_63016(
