@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from bot.channel_store import DatabaseChannelStore
 from bot.connections import SERVED, ConnectionGuard, raise_open_files_limit
 from bot.db.engine import Database
 from bot.deliveries import DeliveryLog, purge_parked
@@ -81,7 +82,8 @@ class Service:
         self.stage_schedule = StageSchedule(self.db, self.lifecycle, clock,
                                             interval=settings.lifecycle_schedule_seconds)
         ctx = ChannelContext(settings=settings, intake=self.inbox, db=self.db, clock=clock,
-                             deliveries=DeliveryLog(self.db))
+                             deliveries=DeliveryLog(self.db),
+                             store=DatabaseChannelStore(self.db))
         self.channels: dict[str, Channel] = {}
         for name, spec in CHANNELS.items():
             if not spec.configured(settings):

@@ -26,6 +26,7 @@ __all__ = ["Attachment", "Channel", "ChannelContext", "Deliveries", "DeliveryRep
            "StoredMessage"]
 
 from core.clock import Clock, system_clock
+from core.stores import ChannelStore
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -47,6 +48,7 @@ class ChannelContext:
     db: Database
     clock: Clock = system_clock
     deliveries: Deliveries | None = None
+    store: ChannelStore | None = None
 
 
 class Channel(abc.ABC):

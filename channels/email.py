@@ -27,12 +27,7 @@ from typing import Any
 
 import aioimaplib
 import aiosmtplib
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.db.engine import Database
-from bot.db.models import ChannelState, Message
 from bot.settings import Settings
 from channels.base import (
     Channel,
@@ -58,13 +53,9 @@ from core.errors import (
     ConfigError,
     QueueError,
 )
+from core.stores import ChannelStore
 
 log = logging.getLogger(__name__)
-STATE = ChannelState.metadata.tables["channel_state"]  # typed Table (mypy cannot see __table__)
-MS = Message.metadata.tables["message"].c
-CONVERSATION = Message.metadata.tables["conversation"]
-CV = CONVERSATION.c
-ST = STATE.c
 IDLE_SECONDS = 25 * 60  # re-IDLE before the 29 minutes of RFC 2177
 CHUNK = 25  # mails fetched, queued and committed per cursor step
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
@@ -74,9 +65,9 @@ _FETCH_SIZE = re.compile(rb"UID (\d+).*RFC822\.SIZE (\d+)|RFC822\.SIZE (\d+).*UI
 class EmailChannel(Channel):
     name = "email"
 
-    def __init__(self, intake: Intake, db: Database, settings: Settings) -> None:
+    def __init__(self, intake: Intake, store: ChannelStore, settings: Settings) -> None:
         super().__init__(intake)
-        self.db = db
+        self.store = store
         self.s = settings
         _, self.from_address = parseaddr(
             settings.email_from or settings.smtp_user or settings.imap_user or "")
@@ -104,7 +95,9 @@ class EmailChannel(Channel):
             missing.append("EMAIL_FROM")
         if missing:
             raise ConfigError(f"email channel: set {', '.join(missing)}")
-        return cls(ctx.intake, ctx.db, s)
+        if ctx.store is None:
+            raise ConfigError("the email channel needs the core's channel store")
+        return cls(ctx.intake, ctx.store, s)
 
     # --- in: IMAP ------------------------------------------------------------------------------
 
@@ -259,9 +252,7 @@ class EmailChannel(Channel):
 
     async def _load_cursor(self, uidvalidity: int) -> int | None:
         """The last UID handled, or None on first sync or after a UIDVALIDITY change."""
-        async with self.db.read() as conn:
-            value = (await conn.execute(select(ST.value).where(ST.key == self.cursor_key))
-                     ).scalar()
+        value = await self.store.get_state(self.cursor_key)
         if not value:
             return None
         if value.get("uidvalidity") != uidvalidity:
@@ -272,9 +263,8 @@ class EmailChannel(Channel):
         return int(value["last_uid"])
 
     async def _save_cursor(self, uidvalidity: int, last_uid: int) -> None:
-        async with self.db.write() as conn:
-            await _put_state(conn, self.cursor_key,
-                             {"uidvalidity": uidvalidity, "last_uid": last_uid})
+        await self.store.put_state(self.cursor_key,
+                                   {"uidvalidity": uidvalidity, "last_uid": last_uid})
 
     # --- out: SMTP -----------------------------------------------------------------------------
 
@@ -328,16 +318,8 @@ class EmailChannel(Channel):
     async def _reply_context(self, message: OutboundMessage) -> tuple[str, dict[str, Any]]:
         """Who wrote the reply, and the headers of the customer mail it answers (the one in
         the message meta, else their latest in the conversation, else the first)."""
-        async with self.db.read() as conn:
-            author = (await conn.execute(select(MS.author).where(MS.id == message.message_id))
-                      ).scalar() or "bot"
-            stmt = select(MS.meta).where(MS.conversation_id == message.conversation_id,
-                                         MS.direction == "in")
-            in_id = message.meta.get("in_reply_to")
-            stmt = stmt.where(MS.id == in_id) if isinstance(in_id, int) else stmt.where(
-                MS.id < message.message_id).order_by(MS.id.desc()).limit(1)
-            meta = (await conn.execute(stmt)).scalar()
-        return str(author), dict(meta or message.meta)
+        author, theirs = await self.store.reply_context(message)
+        return author, dict(theirs or message.meta)
 
     def _compose(self, message: OutboundMessage, theirs: dict[str, Any], *,
                  automatic: bool) -> EmailMessage:
@@ -367,11 +349,7 @@ class EmailChannel(Channel):
         outbox has not recorded yet, without a write transaction per send."""
         now = datetime.now(UTC)
         day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        async with self.db.read() as conn:
-            ids = set((await conn.execute(
-                select(MS.id).join(CONVERSATION, CV.id == MS.conversation_id).where(
-                    CV.channel == self.name, CV.address == address, MS.direction == "out",
-                    MS.author == "bot", MS.sent_at >= day_start))).scalars())
+        ids = await self.store.bot_replies_since(self.name, address, day_start)
         day, local = self._sent_today.get(address, ("", set()))
         if day == f"{now:%Y-%m-%d}":
             ids |= local
@@ -405,15 +383,6 @@ def _smtp_error(exc: Exception) -> ChannelError:
     if isinstance(code, int) and 500 <= code < 600:
         return ChannelPermanentError(text, code=str(code))
     return ChannelTemporaryError(text)  # 4xx, timeouts, refused or dropped connections
-
-
-async def _put_state(conn: AsyncConnection, key: str, value: dict[str, Any]) -> None:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(STATE).values(
-        key=key, value=value, updated_at=datetime.now(UTC))
-    await conn.execute(stmt.on_conflict_do_update(
-        index_elements=["key"], set_={"value": stmt.excluded.value,
-                                      "updated_at": stmt.excluded.updated_at}))
 
 
 def _numbers(resp: Any) -> list[int]:
