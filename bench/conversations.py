@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bot.app import Service  # noqa: E402
 from bot.db.models import Escalation  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
-from bot.texts import TEXTS  # noqa: E402
+from core.phrases import variants  # noqa: E402
 from faq.loader import load_faq_dir  # noqa: E402
 from faq.models import FaqEntry  # noqa: E402
 
@@ -72,8 +72,8 @@ class Checker:
         self.small_talk = {e.answer_for(lang, "en", {"store_name": STORE})[0]
                            for e in entries if e.kind == "small_talk"
                            for lang in ("en", "it", "th")} | {
-            TEXTS[k][lang] for k in ("greeting", "thanks", "goodbye", "are_you_bot",
-                                     "still_here") for lang in TEXTS[k]}
+            text for k in ("greeting", "thanks", "goodbye", "are_you_bot", "still_here")
+            for text in variants(k).values()}
         self.service = service
         self.escalations_seen = 0
 
@@ -119,7 +119,7 @@ class Checker:
         if kind in ("queued", "clarify"):
             key = "in_queue" if kind == "queued" else "clarify"
             ok = len(replies) == 1 and reason is None and (
-                replies[0] == TEXTS[key].get(lang) or (kind == "queued" and "queue" in
+                replies[0] == variants(key).get(lang) or (kind == "queued" and "queue" in
                                                        replies[0].lower()))
             return None if ok else f"wanted {kind}, got {replies} (escalation {reason})"
         raise ValueError(f"unknown expectation {expect!r}")

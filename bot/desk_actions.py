@@ -34,9 +34,9 @@ from bot.desk_jobs import FaqLookup, queue_job, staff_may_send
 from bot.pipeline.rules import PendingSurvey
 from bot.replies import OutgoingReply, queue_replies
 from bot.routing import DAY_NAMES, RoutingStore
-from bot.texts import text_for
 from channels.base import Attachment, Channel, OutboundMessage
 from core.errors import InputError
+from core.phrases import text_for
 from faq.models import FaqEntry
 
 log = logging.getLogger(__name__)

@@ -52,6 +52,7 @@ from bot.playbooks import Step
 from bot.queue import backoff
 from bot.replies import OutgoingReply, queue_replies
 from core.clock import Clock
+from core.phrases import text_for
 
 log = logging.getLogger(__name__)
 PJ, CV, CU = PlaybookJob.__table__.c, Conversation.__table__.c, Customer.__table__.c
@@ -59,7 +60,6 @@ MS, OR, ES = Message.__table__.c, Order.__table__.c, Escalation.__table__.c
 CH = Checkout.__table__.c
 WV = WebchatVisitor.__table__.c
 MAX_ATTEMPTS = 5
-_NAME_FALLBACK = {"en": "there", "it": "cliente", "th": "ลูกค้า"}  # "Hi there"
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +321,8 @@ class PlaybookRunner:
             # (anyone can type any name), but greeting that visitor with it tells nobody else
             name = (await conn.execute(select(WV.name).where(WV.visitor == target.address))
                     ).scalar()
-        first = str(name).split()[0] if name else _NAME_FALLBACK.get(lang, "")
+        first = str(name).split()[0] if name else text_for("name_fallback", lang,
+                                                            self.config.default_language)
         values = {"name": first, "store_name": self.config.store_name,
                   "checkout_url": str(data.get("checkout_url") or "")}
         stmt = select(OR.number, OR.external_id, OR.status, OR.placed_at, OR.total,

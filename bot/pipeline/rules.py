@@ -20,8 +20,8 @@ from bot.order_context import ORDER_PROBLEM, OrderContext, order_problem, variab
 from bot.pipeline import signals
 from bot.pipeline.understand import Understanding
 from bot.surveys import AskedSurvey
-from bot.texts import text_for
 from channels.base import InboundMessage
+from core.phrases import text_for
 from faq.models import FaqEntry, MatchResult
 from faq.normalize import normalize
 

@@ -173,3 +173,18 @@ def _only_symbols(text: str) -> bool:
     return all(not ch.isalnum() for ch in text)
 
 
+# Asking for a person, in any of our languages. FAQ entries marked `escalate` catch most of
+# these; this list is the safety net that works even with an FAQ that lacks such an entry.
+_HUMAN_PATTERNS = {
+    "en": r"\b(?:talk|speak|chat)\s+(?:to|with)\s+(?:a\s+|an\s+|some\s*one\s*|somebody\s*)?"
+          r"(?:real\s+)?(?:human|person|agent|operator|representative|someone|somebody)\b"
+          r"|\b(?:human|real person|live agent)\s+please\b|\bcustomer service agent\b",
+    "it": r"\b(?:parlare|chattare)\s+con\s+(?:un|una|un')?\s*(?:operatore|operatrice|persona|"
+          r"umano|addetto|qualcuno)\b|\boperatore\s+(?:umano|per favore)\b",
+    "th": r"ขอคุยกับ(?:พนักงาน|เจ้าหน้าที่|คน|แอดมิน)|ติดต่อ(?:พนักงาน|เจ้าหน้าที่)|ขอสายพนักงาน",
+}
+_HUMAN = {lang: re.compile(p, re.IGNORECASE) for lang, p in _HUMAN_PATTERNS.items()}
+
+
+def asks_for_human(text: str) -> bool:
+    return any(p.search(text) for p in _HUMAN.values())

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.pipeline import signals
-from bot.texts import asks_for_human
 from channels.base import InboundMessage
 from faq.models import FaqEntry, MatchResult
 
@@ -61,7 +60,7 @@ def understand(msg: InboundMessage, match: Match) -> Understanding:
         small_talk=built_in if not answers else None,
         small_talk_entry=entry if not answers else None,
         complaint=signals.is_complaint(text) or _tagged(whole, "complaint"),
-        asks_for_human=asks_for_human(text) or _tagged(whole, "human"),
+        asks_for_human=signals.asks_for_human(text) or _tagged(whole, "human"),
         not_helped=signals.says_not_helped(text),
         vague=signals.is_vague(text),
     )
