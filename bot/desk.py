@@ -34,7 +34,7 @@ from bot.desk_drafts import DraftsFile
 from bot.desk_jobs import DeskPoster, FaqLookup
 from bot.routing import RoutingStore
 from bot.settings import Settings
-from channels.base import Channel
+from channels.base import Channel, with_links
 from channels.edge import id_param
 from channels.slack import (
     Profiles,
@@ -42,7 +42,6 @@ from channels.slack import (
     call_slack,
     files_of,
     is_human_message,
-    with_links,
 )
 from core.errors import ChannelError, InputError
 

@@ -23,7 +23,7 @@ from core.messages import (
 
 __all__ = ["Attachment", "Channel", "ChannelContext", "Deliveries", "DeliveryReport",
            "InboundMessage", "Intake", "OnStatus", "OutboundMessage", "SendResult",
-           "StoredMessage"]
+           "StoredMessage", "with_links"]
 
 from core.clock import Clock, system_clock
 from core.stores import ChannelStore
@@ -78,6 +78,12 @@ class Channel(abc.ABC):
     def __init__(self, intake: Intake) -> None:
         self.intake = intake
 
+    def text_with_attachments(self, message: OutboundMessage) -> str:
+        """The text to send when the platform is not given the files themselves: the text
+        and a line with the link of each attachment it does not already name (as Rasa's
+        OutputChannel falls back to text)."""
+        return with_links(message.text, message.attachments)
+
     def replies_stored(self, address: str,  # noqa: B027 - optional hook
                        messages: Sequence[StoredMessage] = (), *,
                        after: int | None = None) -> None:
@@ -113,3 +119,14 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     async def send(self, message: OutboundMessage) -> SendResult:
         """Deliver one message, or raise a ChannelError subclass."""
+
+
+def with_links(text: str, attachments: Sequence[Attachment]) -> str:
+    """Text plus one line per attachment, for platforms where we only pass links."""
+    lines = [text] if text else []
+    for a in attachments:
+        if a.ref and a.ref in text:  # already linked in the text
+            continue
+        label = a.name or a.kind
+        lines.append(f"📎 {label}: {a.ref}" if a.ref else f"📎 {label}")
+    return "\n".join(lines)

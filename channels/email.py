@@ -339,7 +339,7 @@ class EmailChannel(Channel):
         if automatic:
             mail["Auto-Submitted"] = "auto-replied"
         mail["X-Auto-Response-Suppress"] = "All"
-        mail.set_content(message.text)
+        mail.set_content(self.text_with_attachments(message))
         return mail
 
     async def _check_cap(self, address: str) -> None:

@@ -156,17 +156,6 @@ def files_of(event: Mapping[str, Any]) -> tuple[Attachment, ...]:
     return tuple(out)
 
 
-def with_links(text: str, attachments: tuple[Attachment, ...]) -> str:
-    """Text plus one line per attachment, for platforms where we only pass links."""
-    lines = [text] if text else []
-    for a in attachments:
-        if a.ref and a.ref in text:  # already linked in the text
-            continue
-        label = a.name or a.kind
-        lines.append(f"📎 {label}: {a.ref}" if a.ref else f"📎 {label}")
-    return "\n".join(lines)
-
-
 class Profiles:
     """users.info with a small cache and a short timeout: names are nice, never required."""
 
@@ -247,7 +236,7 @@ class SlackChannel(Channel):
 
     async def send(self, message: OutboundMessage) -> SendResult:
         kwargs: dict[str, Any] = {"channel": message.address,
-                                  "text": with_links(message.text, message.attachments)}
+                                  "text": self.text_with_attachments(message)}
         if message.thread:
             kwargs["thread_ts"] = message.thread
         resp = await call_slack(self.client.chat_postMessage(**kwargs))

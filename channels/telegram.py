@@ -135,7 +135,7 @@ class TelegramChannel(Channel):
         await self.bot.session.close()
 
     async def send(self, message: OutboundMessage) -> SendResult:
-        text = message.text
+        text = self.text_with_attachments(message)
         if len(text) > MAX_TEXT:
             log.warning("telegram: reply %d cut to %d characters", message.message_id, MAX_TEXT)
             text = text[:MAX_TEXT - 1] + "…"

@@ -218,7 +218,7 @@ class WhatsAppChannel(Channel):
             params["content_sid"] = str(message.meta["content_sid"])
             params["content_variables"] = str(message.meta.get("content_variables") or "{}")
         elif chosen == "text" or self._window_open(message):
-            params["body"] = message.text[:MAX_BODY]
+            params["body"] = self.text_with_attachments(message)[:MAX_BODY]
         elif self.template_sid:
             template = self.template_sid
             params["content_sid"] = template

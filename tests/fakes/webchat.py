@@ -24,6 +24,7 @@ class WebChatHarness:
             "signature": "the page is not signed: the unguessable visitor id is the credential",
             "rate_limit": "replies are delivered by storing them; there is no platform send",
             "permanent": "replies are delivered by storing them; there is no platform send",
+            "attachment_link": "the page shows a reply's files itself (tests/test_browser)",
         }
         self.session = session
         self.visitor = secrets.token_urlsafe(18)

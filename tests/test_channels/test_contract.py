@@ -10,7 +10,9 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.app import Service
-from bot.db.models import InboxItem, Message
+from bot.db.models import Conversation, InboxItem, Message
+from bot.replies import OutgoingReply, queue_replies
+from core.messages import Attachment
 from tests.conftest import eventually, stays
 from tests.fakes.email import email_harness
 from tests.fakes.slack import slack_harness
@@ -124,3 +126,31 @@ async def test_oversized_payload_is_rejected(rig: tuple[Harness, Service]) -> No
 
 async def _async_eq(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
+
+
+async def test_a_reply_with_a_file_reaches_the_customer_with_its_link(
+        rig: tuple[Harness, Service]) -> None:
+    """A staff reply carrying a file: where the platform is not given the file itself, the
+    customer gets its link under the text, once."""
+    harness, service = rig
+    _skip_if_na(harness, "attachment_link")
+    assert 200 <= await harness.deliver(service, external_id="file-1",
+                                        text="How much does shipping cost?") < 300
+    await eventually(lambda: _sent_count(harness), what="the answer reaches the customer")
+    link = "https://files.example.test/invoice-1001.pdf"
+    cv = Conversation.__table__.c
+    async with service.db.write() as conn:
+        conversation = (await conn.execute(select(cv.id, cv.channel))).one()
+        await queue_replies(conn, [OutgoingReply(
+            conversation_id=conversation.id, channel=conversation.channel,
+            text="Here is your invoice.", language="en", author="staff:U1",
+            attachments=(Attachment(kind="document", mime_type="application/pdf", ref=link,
+                                    name="invoice-1001.pdf"),))],
+            stored_delivery=(), now=service.clock())
+    service.outbox.wake()
+
+    async def with_link() -> list[str]:
+        return [t.replace("\r\n", "\n") for t in await sent(harness)  # mail has CRLF
+                if "Here is your invoice." in t]
+    got = await eventually(with_link, what="the reply with the file")
+    assert got == [f"Here is your invoice.\n📎 invoice-1001.pdf: {link}"]
