@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.seed import seed_demo  # noqa: E402
+from bot.admin.rollups import refresh  # noqa: E402
 from bot.app import Service  # noqa: E402
 from bot.db.engine import Database  # noqa: E402
-from bot.rollups import refresh  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from faq.loader import load_faq_dir  # noqa: E402
 

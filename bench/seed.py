@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bot import rollups  # noqa: E402
+from bot.admin import rollups  # noqa: E402
 from bot.db.engine import Database  # noqa: E402
 from bot.db.models import (  # noqa: E402
     Conversation,

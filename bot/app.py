@@ -302,7 +302,8 @@ class Service:
 
     async def _start_metrics_site(self, port: int) -> None:
         """Worker processes have no web app; they still answer probes and scrapes."""
-        from bot.web import SERVICE, healthz, readyz
+        from bot.appkeys import SERVICE
+        from bot.web import healthz, readyz
 
         app = web.Application()
         app[SERVICE] = self

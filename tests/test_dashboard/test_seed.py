@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bench import seed
-from bot import metrics_queries as mq
+from bot.admin import queries as mq
 from bot.db.engine import Database
 from bot.settings import SAMPLE_FAQ_DIR
 from faq.loader import load_faq_dir

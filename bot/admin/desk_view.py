@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from sqlalchemy import func, select
 
+from bot.appkeys import SERVICE
 from bot.db.models import Conversation, Customer, Escalation, Message
 from bot.desk_actions import LIVE, OPEN, DeskRefused
 from bot.desk_jobs import answer_options, customer_name
-from bot.web import SERVICE
 from channels.edge import id_param, json_object, read_body
 from core.errors import InputError
 
 if TYPE_CHECKING:
+    from bot.admin.queries import Period
     from bot.app import Service
-    from bot.metrics_queries import Period
 
 ES, CV, CU = Escalation.__table__.c, Conversation.__table__.c, Customer.__table__.c
 MS = Message.__table__.c
@@ -214,7 +214,7 @@ async def staff_figures(conn: Any, period: Period) -> dict[str, Any]:
 
 
 def add_routes(app: web.Application, auth: Any) -> None:
-    """Called from `bot.dashboard.add_routes`, behind the same admin sign-in."""
+    """Called from `bot.admin.dashboard.add_routes`, behind the same admin sign-in."""
     app.router.add_post("/api/dashboard/conversations/{id:\\d+}/actions", auth(api_action))
     app.router.add_post("/api/dashboard/conversations/{id:\\d+}/typing", auth(api_typing))
     app.router.add_get("/api/dashboard/waiting", auth(api_waiting))
