@@ -4,7 +4,7 @@ POST /api/dashboard/conversations/{id}/actions  {"action", "staff", "text"?, "fa
 POST /api/dashboard/conversations/{id}/typing   staff are writing: the web chat shows "typing"
 GET  /api/dashboard/waiting                     how many wait now, and the oldest of them
 (`staff_figures` is the dashboard's staff panel: /api/dashboard/staff.)
-Actions go through `bot.desk_actions`, the same code as the Slack desk's buttons and threads,
+Actions go through `bot.desk.actions`, the same code as the Slack desk's buttons and threads,
 so a reply from here reaches the customer on their channel and, when the Slack desk is on,
 shows in the card's thread too. Staff say who they are by name (the dashboard has one admin
 token, not accounts); the name is what the figures and the Slack thread show.
@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 
 from bot.appkeys import SERVICE
 from bot.db.models import Conversation, Customer, Escalation, Message
-from bot.desk_actions import LIVE, OPEN, DeskRefused
-from bot.desk_jobs import answer_options, customer_name
+from bot.desk.jobs import answer_options, customer_name
+from bot.desk.terms import LIVE, OPEN, DeskRefused
 from channels.edge import id_param, json_object, read_body
 from core.errors import InputError
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.db.models import Conversation, DeskJob, Message
-from bot.desk_actions import SURVEY, THANKS
+from bot.desk.terms import SURVEY, THANKS
 from tests.conftest import eventually, next_reply, signed, transcript
 from tests.fakes.slack import FakeSlack, click, send_event, slash
 from tests.test_desk.conftest import (

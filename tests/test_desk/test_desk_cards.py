@@ -8,8 +8,8 @@ import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
-from bot import desk_cards as cards
 from bot.app import Service
+from bot.desk import cards
 from tests.conftest import eventually, next_reply, signed, transcript
 from tests.fakes.slack import FakeSlack, click, post_signed
 from tests.test_desk.conftest import (

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.routing import DAYS, DEFAULT_ROUTING, RoutingStore, load_routing, parse_routing
+from bot.desk.routing import DAYS, DEFAULT_ROUTING, RoutingStore, load_routing, parse_routing
 from core.errors import ConfigError
 from tests.conftest import eventually, next_reply
 from tests.fakes.slack import FakeSlack, send_event
@@ -257,7 +257,7 @@ handover:
 
 
 def test_card_shows_priority_stage_and_orders() -> None:
-    from bot import desk_cards as cards
+    from bot.desk import cards
 
     data = cards.CardData(
         escalation_id=7, status="open", reason="order_problem", customer="Ann", channel="webchat",

@@ -1,9 +1,9 @@
 """The Slack staff desk: escalation cards, replies from threads, handoff, `/inbox`, re-posts.
 
-The staff actions themselves live in `bot.desk_actions` (the dashboard uses the same ones); this
+The staff actions themselves live in `bot.desk.actions` (the dashboard uses the same ones); this
 is their Slack side. Durability: the handler calls the desk inside the message transaction; the
 desk only writes `desk_job` rows there (post the card, mirror a message, update the card).
-`run()` delivers them to Slack afterwards through `bot.desk_jobs.DeskPoster`, in order per
+`run()` delivers them to Slack afterwards through `bot.desk.jobs.DeskPoster`, in order per
 escalation, retrying while Slack is down, so a card is never lost and never blocks the
 customer's reply. Staff actions (buttons, thread replies, `/inbox`, shortcuts) change the
 database in one transaction that also queues the customer message (outbox) and the card update
@@ -21,29 +21,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import desk_cards as cards
 from bot.db.engine import Database
 from bot.db.models import ChannelState, Conversation, Customer, DeskJob, Escalation
-from bot.desk_actions import LIVE, OPEN, RESOLVED, TAKEN, DeskActions, DeskRefused, note_text
-from bot.desk_drafts import DraftsFile
-from bot.desk_jobs import DeskPoster, FaqLookup
-from bot.routing import RoutingStore
+from bot.desk import cards
+from bot.desk.actions import DeskActions
+from bot.desk.drafts import DraftsFile
+from bot.desk.jobs import DeskPoster, FaqLookup
+from bot.desk.routing import RoutingStore
+from bot.desk.terms import LIVE, OPEN, RESOLVED, TAKEN, DeskRefused, note_text
 from bot.settings import Settings
-from channels.base import Channel
 from channels.edge import id_param
-from channels.slack import (
-    Profiles,
-    SlackChannel,
-    call_slack,
-    files_of,
-    is_human_message,
-    with_links,
-)
+from channels.slack import SlackChannel
+from channels.slack_api import Profiles, call_slack, files_of, is_human_message, with_links
 from core.errors import ChannelError, InputError
 
 log = logging.getLogger(__name__)
@@ -87,23 +82,24 @@ class Desk(DeskActions):
         self._refreshed: dict[int, datetime] = {}
 
     @classmethod
-    def from_service(cls, settings: Settings, db: Database, channels: Mapping[str, Channel],
+    def from_service(cls, settings: Settings, db: Database, slack: SlackChannel,
                      faq: FaqLookup | None, *,
                      clock: Callable[[], datetime] | None = None) -> Desk | None:
-        """The desk when Slack is configured with a staff channel, else None."""
-        slack = channels.get("slack")
-        if not isinstance(slack, SlackChannel) or not settings.slack_staff_channel:
+        """The desk on the Slack channel's app when a staff channel is set, else None; the
+        composition root then hands it to the channel (`SlackChannel.add_desk`)."""
+        if not settings.slack_staff_channel:
             return None
-        desk = cls(db, slack.client, RoutingStore(settings.desk_routing_file),
+        return cls(db, slack.client, RoutingStore(settings.desk_routing_file),
                    default_channel=settings.slack_staff_channel, faq=faq,
                    profiles=slack.profiles, store_name=settings.store_name,
                    default_language=settings.default_language,
                    drafts=DraftsFile(settings.faq_drafts_file), clock=clock)
-        slack.desk = desk
-        slack.app.action(re.compile(r"^desk_"))(desk._on_action)
-        slack.app.command("/inbox")(desk._on_command)
-        slack.app.shortcut(SAVE_AS_FAQ)(desk._on_save_as_faq)
-        return desk
+
+    def listen(self, app: AsyncApp) -> None:
+        """Register the desk's buttons, `/inbox` and the save-as-FAQ shortcut on the app."""
+        app.action(re.compile(r"^desk_"))(self._on_action)
+        app.command("/inbox")(self._on_command)
+        app.shortcut(SAVE_AS_FAQ)(self._on_save_as_faq)
 
     def staff_channel(self) -> str | None:
         return self.default_channel

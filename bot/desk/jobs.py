@@ -20,11 +20,11 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import desk_cards as cards
 from bot.db.engine import Database
 from bot.db.models import Conversation, Customer, DeskJob, Escalation, Message, Order
+from bot.desk import cards
 from bot.queue import backoff, due_rows
-from channels.slack import call_slack
+from channels.slack_api import call_slack
 from core.errors import ChannelError, ChannelPermanentError, ChannelRateLimited
 from faq.models import FaqEntry
 
