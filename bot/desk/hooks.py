@@ -6,7 +6,6 @@ workers; these protocols are what the desk needs of them, so the desk never impo
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,7 +39,6 @@ from channels.base import Attachment, Channel, OutboundMessage
 if TYPE_CHECKING:
     from bot.worker import OutcomeListener
 
-log = logging.getLogger(__name__)
 FailureHook = Callable[[AsyncConnection, int, OutboundMessage, str], Awaitable[None]]
 
 

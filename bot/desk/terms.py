@@ -6,7 +6,6 @@ the Slack listeners (bot/desk/slack.py) and the dashboard's desk (bot/admin/desk
 
 from __future__ import annotations
 
-import logging
 import re
 from datetime import timedelta
 
@@ -21,7 +20,6 @@ from bot.desk.jobs import FaqLookup, staff_may_send
 from core.errors import InputError
 from faq.models import FaqEntry
 
-log = logging.getLogger(__name__)
 ES, CV, CU = Escalation.__table__.c, Conversation.__table__.c, Customer.__table__.c
 MS, OB = Message.__table__.c, OutboxItem.__table__.c
 OPEN, TAKEN, RESOLVED, RETURNED = "open", "taken", "resolved", "returned"
