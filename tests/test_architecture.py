@@ -34,7 +34,6 @@ MAX_LINES = 400
 LONG_MODULES = {
     "bot/settings.py": "every setting in one validated class, as the README's table lists",
     "bot/db/models.py": "every table in one module, read against the migrations",
-    "bot/desk/slack.py": "the Slack listeners of the desk",
     "bot/admin/queries.py": "the dashboard's SQL, one function per figure",
     "bot/admin/rollups.py": "the per-day rollups and their catch-up",
     "bot/redis_queue.py": "the Redis Streams inbox with its sweeper",
