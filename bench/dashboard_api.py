@@ -2,13 +2,13 @@
 
     python bench/dashboard_api.py --messages 1000000 --db sqlite --db postgresql
 
-Seeds `--messages` messages with `python -m bot seed-demo`'s generator (90 days), starts the
+Seeds `--messages` messages with `bench/seed.py`'s generator (90 days), starts the
 service (HTTP only) and calls every dashboard endpoint `--repeat` times per period, one request
 at a time, through real HTTP. Prints p50/p99 per endpoint and period. The seeded databases are
 kept (bench/results/, database storedesk_bench_<n>) and reused with --reuse. By default the
 dashboard's background cache is off, so the numbers are the SQL itself (rollups of closed days
 plus live SQL for the rest); --cache-seconds 60 measures what an admin gets with the default
-setting. Before measuring, the rollups are brought up to date (timed; seed-demo builds them,
+setting. Before measuring, the rollups are brought up to date (timed; bench/seed.py builds them,
 a reused database only gets the days since). "CPU" is this process's CPU time per request
 (client and server both run here), steadier than wall-clock time on a busy machine.
 """
@@ -28,10 +28,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.seed import seed_demo  # noqa: E402
+from bot.admin.rollups import refresh  # noqa: E402
 from bot.app import Service  # noqa: E402
 from bot.db.engine import Database  # noqa: E402
-from bot.rollups import refresh  # noqa: E402
-from bot.seed import seed_demo  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from faq.loader import load_faq_dir  # noqa: E402
 

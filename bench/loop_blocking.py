@@ -4,7 +4,7 @@ an order import from the command line in another (SQLite, the embedded default).
     python bench/loop_blocking.py                      # 100k seeded messages, 10 s per phase
     python bench/loop_blocking.py --messages 300000 --seconds 20 --rate 100 --orders 20000
 
-Seeds a history (`seed-demo`'s generator, kept in bench/results/ and reused with --reuse),
+Seeds a history (`bench/seed.py`'s generator, kept in bench/results/ and reused with --reuse),
 starts `python -m bot serve` on it, and posts web chat messages at `--rate` per second (the
 customer's webhook: committed to the queue before the 202) for `--seconds` in each phase:
 1. idle;
@@ -34,8 +34,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.seed import seed_demo  # noqa: E402
 from bot.db.engine import Database  # noqa: E402
-from bot.seed import seed_demo  # noqa: E402
 from faq.loader import load_faq_dir  # noqa: E402
 
 TOKEN = "bench-admin-token-0123456789"

@@ -18,8 +18,9 @@ from bot.channel_store import DatabaseChannelStore
 from bot.connections import SERVED, ConnectionGuard, raise_open_files_limit
 from bot.db.engine import Database
 from bot.deliveries import DeliveryLog, purge_parked
-from bot.desk import Desk
-from bot.desk_actions import DeskActions
+from bot.desk.actions import DeskActions
+from bot.desk.routing import RoutingStore
+from bot.desk.slack import Desk
 from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
 from bot.lifecycle_schedule import StageSchedule
@@ -30,12 +31,12 @@ from bot.playbook_runner import PlaybookRunner, RunnerConfig
 from bot.playbooks import PlaybookStore
 from bot.privacy import purge_message_bodies
 from bot.queue import Inbox, QueuedItem
-from bot.routing import RoutingStore
 from bot.settings import Settings
 from bot.web import build_http_app
 from bot.worker import WorkerPool
 from channels import CHANNELS
 from channels.base import Channel, ChannelContext
+from channels.slack import SlackChannel
 from core.clock import Clock, system_clock
 from core.errors import QueueError
 from faq.store import FaqStore
@@ -94,8 +95,11 @@ class Service:
         webchat, mail = self.channels.get("webchat"), self.channels.get("email")
         if webchat is not None and mail is not None:  # staff replies reach visitors who left
             webchat.mailer = mail.send_plain  # type: ignore[attr-defined]
-        self.desk = Desk.from_service(settings, self.db, self.channels, self.faq,
-                                      clock=self.clock)
+        slack = self.channels.get("slack")
+        self.desk = (Desk.from_service(settings, self.db, slack, self.faq, clock=self.clock)
+                     if isinstance(slack, SlackChannel) else None)
+        if self.desk is not None and isinstance(slack, SlackChannel):
+            slack.add_desk(self.desk)  # staff threads, buttons and /inbox go to the desk
         #: staff actions (Slack desk or dashboard); None when neither can be reached
         self.desk_actions: DeskActions | None = self.desk
         if self.desk is None and settings.admin_token is not None:
@@ -316,7 +320,8 @@ class Service:
 
     async def _start_metrics_site(self, port: int) -> None:
         """Worker processes have no web app; they still answer probes and scrapes."""
-        from bot.web import SERVICE, healthz, readyz
+        from bot.appkeys import SERVICE
+        from bot.web import healthz, readyz
 
         app = web.Application()
         app[SERVICE] = self

@@ -198,34 +198,6 @@ def import_orders(
     typer.echo(f"imported {len(rows)} orders from {file}; {changes} stage changes")
 
 
-@app.command("seed-demo")
-def seed_demo(
-    messages: Annotated[int, typer.Option(help="About how many messages to create")] = 20_000,
-    days: Annotated[int, typer.Option(help="Days of history, ending now")] = 90,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same history)")] = 7,
-) -> None:
-    """Fill the database with a synthetic support history so the dashboard shows data."""
-    settings = _settings()
-    from bot.db.engine import Database
-    from bot.seed import seed_demo as run_seed
-    from faq.loader import load_faq_dir
-
-    async def main() -> Any:
-        db = Database(settings.database_url)
-        try:
-            await db.upgrade()
-            return await run_seed(db, load_faq_dir(settings.faq_dir), messages=messages,
-                                  days=days, seed=seed)
-        finally:
-            await db.close()
-
-    stats = asyncio.run(main())
-    typer.echo(f"added {stats.messages} messages, {stats.conversations} conversations, "
-               f"{stats.customers} customers, {stats.escalations} escalations, "
-               f"{stats.stage_changes} stage changes, {stats.orders} orders "
-               f"in {stats.seconds} s")
-
-
 def _with_db(settings: Settings, work: Any) -> Any:
     """Run `work(db)` on an upgraded database and close it; a refusal is a one-line error."""
     from bot.db.engine import Database

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select
 
+from bot.appkeys import SERVICE
 from bot.db.models import OutboxItem
 from channels.base import Channel, OutboundMessage, SendResult
 from core.errors import (
@@ -53,6 +54,11 @@ class Metrics:
         self.stream = Gauge("storedesk_redis_stream", "Redis stream length, unacknowledged "
                             "entries and dead letters", ["what"], registry=r)
 
+    def handled_total(self) -> int:
+        """Messages this process handled, read from the Prometheus counter."""
+        return int(sum(s.value for m in self.handled.collect() for s in m.samples
+                       if s.name.endswith("_total")))
+
     def on_outcome(self, item: QueuedItem, outcome: Outcome) -> None:
         channel = item.message.channel
         self.handled.labels(channel, outcome.decision).inc()
@@ -82,8 +88,6 @@ class Metrics:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    from bot.web import SERVICE
-
     service = request.app[SERVICE]
     await service.metrics.refresh(service)
     body = generate_latest(service.metrics.registry)

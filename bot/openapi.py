@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.dashboard import PERIODS
-from bot.metrics_queries import CONVERSATION_FILTERS, DIMENSIONS
+from bot.admin.params import PERIODS
+from bot.admin.queries import CONVERSATION_FILTERS, DIMENSIONS
 
 _TOKEN = {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$"}
 _ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}

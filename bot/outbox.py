@@ -96,8 +96,6 @@ class OutboxSender:
         self.batch = batch
         self.stop_grace = STOP_GRACE
         self.wakeup = asyncio.Event()
-        self.sent = 0
-        self.failed = 0
         self.on_sent: list[Callable[[OutboundMessage, SendResult], Awaitable[None]]] = []
         #: called inside the transaction that records a permanent failure (outbox id, message,
         #: error), so e.g. the desk's notice is as durable as the failure itself
@@ -252,7 +250,6 @@ class OutboxSender:
             log.exception("outbox %d: unexpected error from %s", job.outbox_id,
                           job.message.channel)
             return self._retry(job, f"{type(exc).__name__}: {exc}"), False
-        self.sent += 1
         for hook in self.on_sent:
             await hook(job.message, result)
         return _Sent(job, result), True
@@ -277,7 +274,6 @@ class OutboxSender:
         return apply
 
     def _fail(self, job: _Job, error: str) -> Apply:
-        self.failed += 1
         log.error("outbox %d via %s failed for good: %s", job.outbox_id, job.message.channel,
                   error)
 

@@ -18,11 +18,12 @@ from aiohttp import web
 from sqlalchemy import select
 
 from bot import consent
-from bot.dashboard import _wants_csv, api_auth, csv_response, parse_period
+from bot.admin.auth import require_admin
+from bot.admin.params import csv_response, parse_period, wants_csv
+from bot.appkeys import SERVICE
 from bot.db.models import Customer
 from bot.playbook_jobs import Occurrence, fire
 from bot.playbook_stats import COLUMNS, playbook_figures
-from bot.web import SERVICE, admin_only
 from core.errors import InputError
 
 CU = Customer.__table__.c
@@ -109,7 +110,7 @@ async def api_playbooks(request: web.Request) -> web.Response:
     async with service.db.read() as conn:
         data = await playbook_figures(conn, start=period.start, end=period.end,
                                       days=service.settings.playbook_attribution_days)
-    if _wants_csv(request):
+    if wants_csv(request):
         return csv_response(data["steps"], COLUMNS, "playbooks")
     return web.json_response(data)
 
@@ -117,5 +118,5 @@ async def api_playbooks(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/unsubscribe/{token}", unsubscribe)
     app.router.add_get("/unsubscribe/{token}", unsubscribe_page)
-    app.router.add_post("/api/playbooks/events", admin_only(post_event))
-    app.router.add_get("/api/dashboard/playbooks", api_auth(api_playbooks))
+    app.router.add_post("/api/playbooks/events", require_admin(post_event))
+    app.router.add_get("/api/dashboard/playbooks", require_admin(api_playbooks))

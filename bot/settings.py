@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bot.routing import parse_days, parse_ranges
+from bot.desk.routing import parse_days, parse_ranges
 from core.errors import ConfigError, FaqError
 from faq.settings import SemanticSettings, load_semantic_settings
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,8 +42,6 @@ class WorkerPool:
         self.batch = batch
         self.on_committed = on_committed
         self.listeners: list[OutcomeListener] = []
-        self.handled = 0
-        self.latencies: list[float] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [asyncio.create_task(self._loop(i, stop), name=f"worker-{i}")
@@ -128,18 +125,13 @@ class WorkerPool:
 
     async def _after_commit(self, done: list[tuple[QueuedItem, Outcome]],
                             failed: list[tuple[QueuedItem, str]]) -> None:
-        now = time.time()
         for item, outcome in done:
-            self.handled += 1
-            self.latencies.append(now - item.message.timestamp.timestamp())
             log.info("message %d on %s: %s%s", item.id, item.message.channel, outcome.decision,
                      f" ({outcome.reason})" if outcome.reason else "")
             for listener in self.listeners:
                 result = listener(item, outcome)
                 if asyncio.iscoroutine(result):
                     await result
-        if len(self.latencies) > 10000:
-            del self.latencies[:5000]
         if done and self.on_committed:
             self.on_committed()
         for item, error in failed:

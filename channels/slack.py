@@ -11,13 +11,13 @@ message's thread). The dedup key is `(channel, ts)`, the same across Slack's ret
 event subscriptions. Bolt runs our listener before answering (`process_before_response`), so
 Slack gets its 200 only once the message is committed to the queue, well within 3 s.
 
-Staff messages in desk channels are handed to the desk (`bot.desk`), which registers its own
-buttons and slash command on the same app.
+Staff messages in desk channels are handed to the desk (`StaffDesk`, bot/desk/slack.py), which
+registers its own buttons and slash command on the same app; the Web API helpers both use are
+in channels/slack_api.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -26,17 +26,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.settings import Settings
 from channels.base import (
-    Attachment,
     Channel,
     ChannelContext,
     InboundMessage,
@@ -45,31 +42,24 @@ from channels.base import (
     SendResult,
 )
 from channels.edge import decode_utf8, form_fields, json_object, read_body
+from channels.slack_api import Profiles, call_slack, files_of, is_human_message
 from core.errors import (
-    ChannelAuthError,
-    ChannelError,
-    ChannelPermanentError,
-    ChannelRateLimited,
-    ChannelTemporaryError,
     ConfigError,
     SignatureError,
 )
 
 log = logging.getLogger(__name__)
 PATHS = ("/slack/events", "/slack/actions", "/slack/commands")
-#: Message subtypes that are a person writing; everything else (edits, deletions, joins, bot
-#: messages) is ignored.
-HUMAN_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
-_AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked",
-                          "token_expired", "no_permission", "missing_scope"})
-_TEMPORARY_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable",
-                               "request_timeout"})
 
 
 class StaffDesk(Protocol):
-    """What the channel needs from the desk to route staff messages to it."""
+    """What the channel needs from the desk to route staff messages to it (bot/desk/slack.py
+    is one; the composition root hands it over with `SlackChannel.add_desk`)."""
 
     def is_staff_channel(self, channel: str) -> bool: ...
+
+    def listen(self, app: AsyncApp) -> None:
+        """Register the desk's own listeners (buttons, commands, shortcuts) on the app."""
 
     async def on_staff_message(self, event: Mapping[str, Any], *,
                                event_id: str | None) -> None: ...
@@ -100,90 +90,6 @@ def signature_ok(secret: bytes, body: bytes, timestamp: str, signature: str,
     return hmac.compare_digest(expected.encode(), signature.encode("latin-1", "replace"))
 
 
-def is_human_message(event: Mapping[str, Any]) -> bool:
-    """False for any bot (not only ours), edits, deletions and other system subtypes."""
-    return (not event.get("bot_id") and not event.get("bot_profile")
-            and event.get("subtype") in HUMAN_SUBTYPES and bool(event.get("user")))
-
-
-def slack_error(exc: SlackApiError) -> ChannelError:
-    """Translate a Slack Web API error into the service's channel errors (the one place)."""
-    response = exc.response
-    status = int(getattr(response, "status_code", 200) or 200)
-    error = ""
-    try:
-        error = str(response.get("error") or "")
-    except (AttributeError, TypeError, ValueError):
-        error = ""
-    headers = {str(k).lower(): v for k, v in (getattr(response, "headers", None) or {}).items()}
-    if status == 429 or error == "ratelimited":
-        raw = headers.get("retry-after", "1")
-        raw = raw[0] if isinstance(raw, list) else raw
-        try:
-            retry_after = float(raw)
-        except (TypeError, ValueError):
-            retry_after = 1.0
-        return ChannelRateLimited(f"Slack rate limit ({error or status})", retry_after=retry_after)
-    if error in _AUTH_ERRORS:
-        return ChannelAuthError(f"Slack refused the token: {error}")
-    if status >= 500 or error in _TEMPORARY_ERRORS:
-        return ChannelTemporaryError(f"Slack error {status} {error}".strip())
-    return ChannelPermanentError(f"Slack refused the message: {error or status}",
-                                 code=error or str(status))
-
-
-async def call_slack(coro: Any) -> Any:
-    """Await a slack_sdk call, raising only ChannelError subclasses."""
-    try:
-        return await coro
-    except SlackApiError as exc:
-        raise slack_error(exc) from None
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise ChannelTemporaryError(f"Slack unreachable: {type(exc).__name__}") from None
-
-
-def files_of(event: Mapping[str, Any]) -> tuple[Attachment, ...]:
-    """Metadata of the files on a Slack message (the bytes stay on Slack)."""
-    out = []
-    for f in event.get("files") or ():
-        if not isinstance(f, dict):
-            continue
-        mime = f.get("mimetype") or ""
-        kind = next((k for k in ("image", "audio", "video") if mime.startswith(k)), "document")
-        out.append(Attachment(kind=kind, name=f.get("name") or f.get("title"),
-                              mime_type=mime or None, size=f.get("size"),
-                              ref=f.get("permalink") or f.get("url_private")))
-    return tuple(out)
-
-
-class Profiles:
-    """users.info with a small cache and a short timeout: names are nice, never required."""
-
-    def __init__(self, client: AsyncWebClient, *, size: int = 2000) -> None:
-        self.client = client
-        self.size = size
-        self._cache: dict[str, dict[str, str | None]] = {}
-
-    async def get(self, user: str | None) -> dict[str, str | None]:
-        if not user:
-            return {}
-        if user in self._cache:
-            return self._cache[user]
-        try:
-            resp = await asyncio.wait_for(self.client.users_info(user=user), timeout=1.0)
-        except (SlackApiError, aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.info("users.info for %s failed: %s", user, type(exc).__name__)
-            return {}
-        u = resp.get("user") or {}
-        profile = u.get("profile") or {}
-        info = {"name": profile.get("display_name") or profile.get("real_name")
-                or u.get("real_name") or u.get("name"), "email": profile.get("email")}
-        if len(self._cache) >= self.size:
-            self._cache.clear()
-        self._cache[user] = info
-        return info
-
-
 class SlackChannel(Channel):
     name = "slack"
     threads_are_conversations = True
@@ -209,6 +115,11 @@ class SlackChannel(Channel):
                    signing_secret=secret.get_secret_value() if secret else "",
                    customer_channels=ctx.settings.slack_customer_channels,
                    max_text=ctx.settings.max_text_chars)
+
+    def add_desk(self, desk: StaffDesk) -> None:
+        """Staff channels' messages go to `desk`, which also listens on the same app."""
+        self.desk = desk
+        desk.listen(self.app)
 
     def routes(self, app: web.Application) -> None:
         for path in PATHS:

@@ -42,7 +42,7 @@ from sqlalchemy import bindparam, insert, select, update
 
 from bot.db.engine import Database
 from bot.db.models import Conversation, Message, WebchatVisitor
-from bot.routing import Team
+from bot.desk.routing import Team
 from channels.base import (
     Attachment,
     Channel,

@@ -1,4 +1,4 @@
-"""The packages' dependencies point one way: core <- faq, core <- channels, all <- bot.
+"""The packages' dependencies point one way: core <- faq, core <- channels, all <- bot <- bench.
 
 Read from the source with `ast` (every import, also those inside functions and under
 TYPE_CHECKING), so a new import against the grain fails here before it grows roots.
@@ -14,9 +14,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: package -> the first-party packages it must never import
 FORBIDDEN = {
-    "core": {"bot", "faq", "channels"},
-    "faq": {"bot", "channels"},
-    "channels": {"faq"},
+    "core": {"bot", "faq", "channels", "bench"},
+    "faq": {"bot", "channels", "bench"},
+    "channels": {"faq", "bench"},
+    "bot": {"bench"},  # demo history and benchmarks are tools on top, not the service
 }
 #: channels still reach into the service's database layer and settings: the imports that
 #: remain, by module, so that none is added and each one removed stays removed
@@ -25,18 +26,15 @@ CHANNELS_INTO_BOT = {
     "channels/base.py": {"bot.db.engine", "bot.settings"},
     "channels/email.py": {"bot.settings"},
     "channels/slack.py": {"bot.settings"},
-    "channels/webchat.py": {"bot.db.engine", "bot.db.models", "bot.routing"},
+    "channels/webchat.py": {"bot.db.engine", "bot.db.models", "bot.desk.routing"},
 }
 MAX_LINES = 400
 #: modules over MAX_LINES, and why
 LONG_MODULES = {
     "bot/settings.py": "every setting in one validated class, as the README's table lists",
     "bot/db/models.py": "every table in one module, read against the migrations",
-    "bot/dashboard.py": "every dashboard route and its CSV in one place (to split: admin pkg)",
-    "bot/desk_actions.py": "every staff action the Slack desk and the dashboard share",
-    "bot/desk.py": "the Slack listeners of the desk",
-    "bot/metrics_queries.py": "the dashboard's SQL, one function per figure",
-    "bot/rollups.py": "the per-day rollups and their catch-up",
+    "bot/admin/queries.py": "the dashboard's SQL, one function per figure",
+    "bot/admin/rollups.py": "the per-day rollups and their catch-up",
     "bot/redis_queue.py": "the Redis Streams inbox with its sweeper",
     "bot/store_webhooks.py": "Shopify and WooCommerce webhooks, each topic a small function",
     "faq/matcher.py": "the matcher's scoring, kept together for speed",
@@ -45,6 +43,87 @@ LONG_MODULES = {
     "channels/email.py": "IMAP IDLE polling, threading and SMTP replies",
     "channels/webchat.py": "page, API, uploads, identity, typing and email continuity (to split)",
 }
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def runtime_imports(path: Path, known: set[str], root: Path = ROOT) -> set[str]:
+    """The first-party modules `path` imports when it runs: at the top or inside functions,
+    not under TYPE_CHECKING. `from pkg import mod` is an edge to `pkg.mod`, not to `pkg`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    here = module_name(path, root)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for other in child.orelse:
+                    visit(other)
+                continue
+            if isinstance(child, ast.Import):
+                found.update(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    up = package.split(".")[:len(package.split(".")) - (child.level - 1)]
+                    base = ".".join([*up, *([child.module] if child.module else [])])
+                for alias in child.names:
+                    sub = f"{base}.{alias.name}"
+                    found.add(sub if sub in known else base)
+            visit(child)
+
+    visit(tree)
+    edges = set()
+    for name in found:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        if name and name != here:
+            edges.add(name)
+    return edges
+
+
+def import_cycles(package: str) -> list[list[str]]:
+    """Groups of modules that import one another, directly or round a loop (Tarjan)."""
+    paths = {module_name(p, ROOT): p for p in modules(package) if "migrations" not in p.parts}
+    graph = {name: runtime_imports(path, set(paths), ROOT) for name, path in paths.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for name in sorted(graph):
+        if name not in index:
+            connect(name)
+    return cycles
 
 
 def imports_of(path: Path) -> set[str]:
@@ -79,6 +158,23 @@ def test_channels_import_no_more_of_the_service_than_they_did() -> None:
         if into_bot:
             found[str(path.relative_to(ROOT))] = into_bot
     assert found == CHANNELS_INTO_BOT
+
+
+@pytest.mark.parametrize("package", ["bot", "channels", "faq", "core"])
+def test_no_module_imports_itself_round_a_loop(package: str) -> None:
+    """A cycle hides behind imports moved into functions; only TYPE_CHECKING ones are free."""
+    cycles = import_cycles(package)
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_sees_a_lazy_import(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("import b\n")
+    (tmp_path / "b.py").write_text("def f():\n    import a\n")
+    (tmp_path / "c.py").write_text("from typing import TYPE_CHECKING\n"
+                                   "if TYPE_CHECKING:\n    import a\n")
+    known = {"a", "b", "c"}
+    edges = {p.stem: runtime_imports(p, known, tmp_path) for p in tmp_path.glob("*.py")}
+    assert edges == {"a": {"b"}, "b": {"a"}, "c": set()}
 
 
 def test_the_kernel_is_imported_by_every_package() -> None:

@@ -22,7 +22,7 @@ from bot.app import Service
 from bot.db.engine import Database
 from bot.settings import SAMPLE_FAQ_DIR, load_settings
 from core.errors import ConfigError
-from tests.conftest import ADMIN_TOKEN, ROOT, chat
+from tests.conftest import ADMIN_TOKEN, ROOT, chat, eventually
 
 
 async def test_admin_api_needs_the_token(client: aiohttp.ClientSession) -> None:
@@ -120,7 +120,7 @@ async def test_broken_faq_keeps_the_last_good_one_and_a_fix_is_picked_up(
             extra.write_text("- id: gift_wrap\n  questions:\n    - Do you offer gift wrapping?\n"
                              "  answer:\n    en: Yes, gift wrapping is free.\n"
                              "    broken: [\n")
-            await _wait(lambda: service.faq.last_error is not None)
+            await eventually(lambda: service.faq.last_error is not None, timeout=15.0)
             async with client.get("/api/faq", headers=headers) as resp:
                 status = await resp.json()
             assert status["last_error"]["file"].endswith("zz_extra.yaml")
@@ -132,21 +132,13 @@ async def test_broken_faq_keeps_the_last_good_one_and_a_fix_is_picked_up(
 
             extra.write_text("- id: gift_wrap\n  questions:\n    - Do you offer gift wrapping?\n"
                              "  answer:\n    en: Yes, gift wrapping is free.\n")
-            await _wait(lambda: service.faq.last_error is None and service.faq.get("gift_wrap"))
+            await eventually(
+                lambda: service.faq.last_error is None and service.faq.get("gift_wrap"),
+                timeout=15.0)
             _, reply = await chat(client, "Do you offer gift wrapping?")
             assert reply["text"] == "Yes, gift wrapping is free."
     finally:
         await service.stop()
-
-
-async def _wait(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 async def test_serve_says_when_no_desk_is_configured(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,18 +20,9 @@ from bot.lifecycle_schedule import StageSchedule
 from bot.orders import apply_orders
 from bot.settings import DEFAULT_LIFECYCLE_RULES
 from core.clock import FrozenClock
+from tests.conftest import eventually
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-
-
-async def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    """Wait on a condition (never a fixed sleep)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def history(db: Database) -> list[tuple[str | None, str, str]]:
@@ -69,15 +60,15 @@ async def test_silent_customer_becomes_at_risk_on_schedule(
 
     sweeps = service.stage_schedule.sweeps
     clock.advance(timedelta(days=170))
-    await wait_for(lambda: _sweeps_past(service, sweeps + 2))
+    await eventually(lambda: _sweeps_past(service, sweeps + 2))
     assert len(await history(service.db)) == 1  # not yet: 170 days
 
     clock.advance(timedelta(days=11))
-    await wait_for(lambda: _stage_is(service.db, "at_risk"))
+    await eventually(lambda: _stage_is(service.db, "at_risk"))
     changes = await history(service.db)
     assert changes[1][:2] == ("purchase", "at_risk") and "(schedule)" in changes[1][2]
     sweeps = service.stage_schedule.sweeps
-    await wait_for(lambda: _sweeps_past(service, sweeps + 3))
+    await eventually(lambda: _sweeps_past(service, sweeps + 3))
     assert len(await history(service.db)) == 2  # once per customer per transition
 
 

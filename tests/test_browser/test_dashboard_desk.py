@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bot import desk_cards as cards
 from bot.app import Service
+from bot.desk import cards
 from tests.conftest import ADMIN_TOKEN, eventually, stays
 from tests.test_browser.conftest import ARTIFACTS
 

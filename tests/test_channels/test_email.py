@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from bot.app import Service
 from bot.db.models import ChannelState, InboxItem, Message
+from tests.conftest import eventually
 from tests.fakes.email import (
     Dovecot,
     SmtpSink,
@@ -68,7 +69,7 @@ class Rig:
         await imap_append(self.dovecot.port, self.user, raw)
 
     async def replies(self, count: int, wait: float = 15.0) -> list[EmailMessage]:
-        await wait_for(lambda: len(self.sink.messages) >= count, wait)
+        await eventually(lambda: len(self.sink.messages) >= count, timeout=wait)
         return list(self.sink.messages)
 
     async def rows(self, *columns: Any, direction: str | None = None) -> list[Any]:
@@ -84,19 +85,6 @@ class Rig:
         async with self.service.db.read() as conn:
             return int((await conn.execute(select(func.count()).select_from(InboxItem)))
                        .scalar_one())
-
-
-async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
@@ -139,7 +127,7 @@ async def test_mail_is_answered_in_thread(rig: Rig) -> None:
         rows = await rig.rows(Message.status, Message.provider_id, direction="out")
         return rows == [("sent", reply["Message-ID"])]
 
-    await wait_for(recorded, timeout=5)
+    await eventually(recorded, timeout=5)
 
 
 
@@ -260,7 +248,7 @@ async def test_auto_reply_cap_records_the_skipped_answer(make_rig: Any) -> None:
         rows = await rig.rows(Message.status, Message.error, direction="out")
         return len(rows) == 2 and rows[1].status == "failed"
 
-    await wait_for(capped)
+    await eventually(capped, timeout=15.0)
     rows = await rig.rows(Message.status, Message.error, direction="out")
     assert rows[0].status == "sent"
     assert "auto-reply cap reached" in rows[1].error
@@ -290,8 +278,8 @@ async def test_wrong_password_is_logged_and_retried(make_rig: Any,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="channels.email")
     await make_rig(imap_password="wrong-password")
-    await wait_for(lambda: any("login refused" in r.getMessage() for r in caplog.records),
-                   timeout=10)
+    await eventually(lambda: any("login refused" in r.getMessage() for r in caplog.records),
+                     timeout=10)
     assert "wrong-password" not in caplog.text
 
 

@@ -21,6 +21,7 @@ from core.errors import (
     ChannelRateLimited,
     ChannelTemporaryError,
 )
+from tests.conftest import eventually
 from tests.fakes.slack import (
     CUSTOMER_DM,
     FakeSlack,
@@ -50,15 +51,6 @@ async def svc(make_settings: Any, slack: FakeSlack) -> AsyncIterator[Service]:
         await service.stop()
 
 
-async def wait_for(predicate: Any, limit: float = 10.0) -> Any:
-    for _ in range(int(limit / 0.05)):
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 async def inbox_count(service: Service) -> int:
     async with service.db.read() as conn:
         return int((await conn.execute(select(func.count()).select_from(InboxItem))).scalar_one())
@@ -81,7 +73,7 @@ async def test_url_verification_must_be_signed_and_fresh(svc: Service) -> None:
 async def test_direct_message_is_answered_in_the_dm(svc: Service, slack: FakeSlack) -> None:
     assert await send_event(svc, dm(SHIPPING, "1700000100.000100"), event_id="Ev100") == 200
     assert await inbox_count(svc) == 1  # committed before Slack got its 200
-    posts = await wait_for(lambda: slack.posts(CUSTOMER_DM))
+    posts = await eventually(lambda: slack.posts(CUSTOMER_DM))
     assert "shipping" in posts[0].params["text"].lower()
     assert "thread_ts" not in posts[0].params  # a DM is answered in the conversation itself
     assert slack.calls_to("auth.test")  # bolt's lazy auth.test went to the fake too
@@ -95,7 +87,7 @@ async def test_customer_channel_is_answered_in_the_thread(svc: Service,
     event = {"channel": SHARED, "channel_type": "channel", "user": "UCUST",
              "text": SHIPPING, "ts": "1700000200.000200"}
     assert await send_event(svc, event, event_id="Ev200") == 200
-    posts = await wait_for(lambda: slack.posts(SHARED))
+    posts = await eventually(lambda: slack.posts(SHARED))
     assert posts[0].params["thread_ts"] == "1700000200.000200"
 
 
@@ -110,7 +102,7 @@ async def test_each_top_level_message_in_a_customer_channel_is_its_own_conversat
         event = {"channel": SHARED, "channel_type": "channel", "user": user, "text": text,
                  "ts": ts}
         assert await send_event(svc, event, event_id=f"Ev30{n}") == 200
-    posts = await wait_for(lambda: len(slack.posts(SHARED)) >= 3 and slack.posts(SHARED))
+    posts = await eventually(lambda: len(slack.posts(SHARED)) >= 3 and slack.posts(SHARED))
     by_thread = {p.params["thread_ts"]: p.params["text"] for p in posts}
     assert set(by_thread) == {ts for _, _, ts in asks}  # each answered in its own thread
     assert "How can I help" in by_thread["1700000300.000100"]  # small talk, not a hand-over
@@ -121,7 +113,7 @@ async def test_each_top_level_message_in_a_customer_channel_is_its_own_conversat
              "text": "How much does shipping cost?", "ts": "1700000303.000100",
              "thread_ts": "1700000300.000100"}
     assert await send_event(svc, event, event_id="Ev303") == 200
-    posts = await wait_for(lambda: len(slack.posts(SHARED)) >= 4 and slack.posts(SHARED))
+    posts = await eventually(lambda: len(slack.posts(SHARED)) >= 4 and slack.posts(SHARED))
     assert posts[3].params["thread_ts"] == "1700000300.000100"
     async with svc.db.read() as conn:
         conversations = (await conn.execute(select(
@@ -158,7 +150,7 @@ async def test_slack_retries_are_handled_once(svc: Service, slack: FakeSlack) ->
     assert await send_event(svc, event, event_id="Ev300") == 200
     assert await send_event(svc, event, event_id="Ev300", retry=1) == 200
     assert await send_event(svc, event, event_id="Ev300", retry=2) == 200
-    await wait_for(lambda: slack.posts(CUSTOMER_DM))
+    await eventually(lambda: slack.posts(CUSTOMER_DM))
     await asyncio.sleep(0.5)
     assert await inbox_count(svc) == 1
     assert len(slack.posts(CUSTOMER_DM)) == 1
@@ -169,7 +161,7 @@ async def test_files_are_kept_as_attachment_metadata(svc: Service, slack: FakeSl
         {"id": "F1", "name": "broken.jpg", "mimetype": "image/jpeg", "size": 2048,
          "permalink": "https://fake.slack.test/files/F1"}])
     assert await send_event(svc, event, event_id="Ev400") == 200
-    await wait_for(lambda: slack.posts(CUSTOMER_DM))
+    await eventually(lambda: slack.posts(CUSTOMER_DM))
     async with svc.db.read() as conn:
         attachments = (await conn.execute(select(Message.attachments).where(
             Message.direction == "in"))).scalar_one()

@@ -17,6 +17,7 @@ from bot.app import Service
 from bot.db.models import Customer, Identity, InboxItem, Message
 from channels.base import InboundMessage
 from core.errors import ConfigError
+from tests.conftest import eventually
 from tests.fakes.telegram import (
     SECRET,
     TOKEN,
@@ -55,19 +56,6 @@ async def start(make_settings: Any) -> AsyncIterator[Callable[..., Awaitable[Ser
             await svc.stop()
 
 
-async def wait_for(check: Callable[[], Awaitable[bool] | bool],
-                   within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 async def rows(service: Service, *columns: Any, **where: Any) -> list[Any]:
     stmt = select(*columns)
     for name, value in where.items():
@@ -87,7 +75,7 @@ async def test_webhook_with_secret_answers_faq_in_the_same_chat(
     try:
         assert await post_webhook(service, message_update(501, SHIPPING, chat_id=4242,
                                                           user_id=4242)) == 200
-        await wait_for(lambda: len(fake.sent_messages()) == 1)
+        await eventually(lambda: len(fake.sent_messages()) == 1)
         sent = fake.sent_messages()[0]
         assert sent["chat_id"] == "4242"
         assert "€60" in sent["text"]  # the sample FAQ's shipping answer
@@ -96,7 +84,7 @@ async def test_webhook_with_secret_answers_faq_in_the_same_chat(
             got = await rows(service, Message.status, direction="out")
             return bool(got) and got[0].status == "sent"
 
-        await wait_for(marked_sent)
+        await eventually(marked_sent)
         [reply] = await rows(service, Message.provider_id, direction="out")
         assert reply.provider_id.startswith("4242:")
         [inbound] = await rows(service, Message.external_id, Message.text, direction="in")
@@ -145,7 +133,7 @@ async def test_photo_and_document_with_caption_become_attachments(
             "file_unique_id": "d", "file_size": 1234})
         assert await post_webhook(service, photo) == 200
         assert await post_webhook(service, document) == 200
-        await wait_for(lambda: len(fake.sent_messages()) == 2)
+        await eventually(lambda: len(fake.sent_messages()) == 2)
         got = await rows(service, Message.text, Message.attachments, direction="in")
         assert [r.text for r in got] == ["is this in stock?", "my invoice"]
         assert got[0].attachments == [{"kind": "image", "mime_type": "image/jpeg",
@@ -166,7 +154,7 @@ async def test_group_message_is_answered_in_the_group(fake: FakeTelegram, start:
         update = message_update(701, SHIPPING, chat_id=-100123, user_id=55,
                                 chat_type="supergroup")
         assert await post_webhook(service, update) == 200
-        await wait_for(lambda: len(fake.sent_messages()) == 1)
+        await eventually(lambda: len(fake.sent_messages()) == 1)
         assert fake.sent_messages()[0]["chat_id"] == "-100123"
     finally:
         await service.stop()
@@ -177,17 +165,17 @@ async def test_polling_end_to_end_confirms_and_deduplicates(
     service = await start(fake, telegram_mode="polling", telegram_webhook_secret=None)
     try:
         fake.push_update(message_update(801, SHIPPING, chat_id=900, user_id=900))
-        await wait_for(lambda: len(fake.sent_messages()) == 1)
+        await eventually(lambda: len(fake.sent_messages()) == 1)
         assert fake.sent_messages()[0]["chat_id"] == "900"
         assert fake.calls_to("deleteWebhook"), "polling must remove a stale webhook first"
         # the next getUpdates confirms update 801
-        await wait_for(lambda: any(p.get("offset") == "802"
+        await eventually(lambda: any(p.get("offset") == "802"
                                    for p in fake.calls_to("getUpdates")))
         # Telegram re-sends an unconfirmed update after a crash: answered once only
         fake.push_update(message_update(801, SHIPPING, chat_id=900, user_id=900))
         fake.push_update(message_update(802, "grazie, e quanto costa la spedizione?",
                                         chat_id=900, user_id=900))
-        await wait_for(lambda: len(fake.sent_messages()) == 2)
+        await eventually(lambda: len(fake.sent_messages()) == 2)
         await asyncio.sleep(0.3)
         assert len(fake.sent_messages()) == 2
         assert await queued(service) == 2
@@ -210,7 +198,7 @@ async def test_blocked_user_is_a_recorded_permanent_failure(fake: FakeTelegram,
             got = await rows(service, Message.status, Message.error, direction="out")
             return bool(got) and got[0].status == "failed"
 
-        await wait_for(failed)
+        await eventually(failed)
         [reply] = await rows(service, Message.error, direction="out")
         assert "blocked" in reply.error
         assert len(fake.calls_to("sendMessage")) == 1  # not retried
@@ -224,7 +212,7 @@ async def test_rate_limit_waits_for_retry_after(fake: FakeTelegram, start: Any) 
         fake.fail_next("rate_limited")
         t0 = time.monotonic()
         assert await post_webhook(service, message_update(902, SHIPPING)) == 200
-        await wait_for(lambda: len(fake.sent_messages()) == 1, within=15)
+        await eventually(lambda: len(fake.sent_messages()) == 1, timeout=15)
         assert time.monotonic() - t0 >= 1.0  # retry_after: 1
         assert len(fake.calls_to("sendMessage")) == 2
     finally:
@@ -254,7 +242,7 @@ async def test_a_shared_contact_links_the_customer_to_their_whatsapp(
     service = await start(fake)
     contact = {"phone_number": "+39 333 123 4567", "first_name": "Ann", "user_id": 777}
     assert await post_webhook(service, message_update(70, None, contact=contact)) == 200
-    await wait_for(lambda: len(fake.sent_messages()) == 1)
+    await eventually(lambda: len(fake.sent_messages()) == 1)
     assert "saved your number" in str(fake.sent_messages()[0]["text"])
 
     whatsapp = InboundMessage(channel="whatsapp", external_id="SM" + "c" * 32,
@@ -272,7 +260,7 @@ async def test_someone_elses_contact_card_links_nothing(fake: FakeTelegram, star
     service = await start(fake)
     card = {"phone_number": "+39 333 999 0000", "first_name": "Bob", "user_id": 4242}
     assert await post_webhook(service, message_update(71, None, contact=card)) == 200
-    await wait_for(lambda: len(fake.sent_messages()) == 1)
+    await eventually(lambda: len(fake.sent_messages()) == 1)
     assert "saved your number" not in str(fake.sent_messages()[0]["text"])
     async with service.db.read() as conn:
         phones = (await conn.execute(select(Customer.phone))).scalars().all()

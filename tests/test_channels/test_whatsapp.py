@@ -7,7 +7,6 @@ signed with twilio's RequestValidator for the public URL, as Twilio signs them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +28,7 @@ from bot.db.models import (
     OutboxItem,
 )
 from bot.replies import OutgoingReply, queue_replies
-from tests.conftest import ADMIN_TOKEN, chat, signed
+from tests.conftest import ADMIN_TOKEN, chat, eventually, signed
 from tests.fakes.twilio import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -71,19 +70,6 @@ async def start(make_settings: Any) -> AsyncIterator[Callable[..., Awaitable[Ser
         await svc.stop()
 
 
-async def wait_for(check: Callable[[], Awaitable[bool] | bool],
-                   within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 async def deliver(service: Service, sid: str, text: str, **kw: Any) -> int:
     return await post_signed(service, PUBLIC_URL + INBOUND_PATH, inbound_params(sid, text, **kw))
 
@@ -107,13 +93,13 @@ async def test_signed_message_is_answered_with_the_right_numbers(
             assert resp.status == 200
             assert resp.content_type == "text/xml"
             assert "<Response/>" in await resp.text()
-    await wait_for(lambda: len(fake.accepted) == 1)
+    await eventually(lambda: len(fake.accepted) == 1)
     sent = fake.accepted[0]
     assert sent["To"] == "whatsapp:+393331234567"
     assert sent["From"] == OUR_NUMBER
     assert sent["StatusCallback"] == PUBLIC_URL + "/webhooks/twilio/status"
     assert "€60" in sent["Body"]
-    await wait_for(lambda: _async(fake.accepted) and outbound_has_sid(service, sent["_sid"]))
+    await eventually(lambda: _async(fake.accepted) and outbound_has_sid(service, sent["_sid"]))
     async with service.db.read() as conn:
         conv = (await conn.execute(select(Conversation.address))).one()
         ident = (await conn.execute(select(Identity.display_name))).one()
@@ -152,7 +138,7 @@ async def test_media_become_attachments(fake: FakeTwilio, start: Any) -> None:
              ("https://api.twilio.com/2010-04-01/Accounts/AC/Messages/MM1/Media/ME2",
               "application/pdf")]
     assert await deliver(service, "MM" + "3" * 32, "damaged on arrival", media=media) == 200
-    await wait_for(lambda: len(fake.accepted) == 1)
+    await eventually(lambda: len(fake.accepted) == 1)
     async with service.db.read() as conn:
         got = (await conn.execute(select(Message.text, Message.attachments)
                                   .where(Message.direction == "in"))).one()
@@ -165,9 +151,9 @@ async def test_media_become_attachments(fake: FakeTwilio, start: Any) -> None:
 async def test_status_callbacks_keep_the_furthest_status(fake: FakeTwilio, start: Any) -> None:
     service = await start(fake)
     assert await deliver(service, "SM" + "4" * 32, SHIPPING) == 200
-    await wait_for(lambda: len(fake.accepted) == 1)
+    await eventually(lambda: len(fake.accepted) == 1)
     sid = fake.accepted[0]["_sid"]
-    await wait_for(lambda: outbound_has_sid(service, sid))
+    await eventually(lambda: outbound_has_sid(service, sid))
     # out of order: read arrives before delivered, and a late "sent" too
     for status in ("read", "delivered", "sent"):
         assert await fake.emit_status(service, sid, status) == 200
@@ -197,7 +183,7 @@ async def test_callback_before_the_outbox_bookkeeping_is_not_lost(
         rows = await outbound(service)
         return bool(rows) and rows[0].status == "delivered"
 
-    await wait_for(delivered)
+    await eventually(delivered)
 
 
 async def test_callback_before_create_returns_is_kept_until_the_sid_is_known(
@@ -210,7 +196,7 @@ async def test_callback_before_create_returns_is_kept_until_the_sid_is_known(
         rows = await outbound(service)
         return bool(rows) and rows[0].status == "delivered"
 
-    await wait_for(delivered)
+    await eventually(delivered)
     async with service.db.read() as conn:  # the parked report was used up
         assert (await conn.execute(select(func.count()).select_from(DeliveryReportRow))
                 ).scalar() == 0
@@ -221,7 +207,7 @@ async def test_outside_24h_window_sends_the_template_and_records_63016(
     service = await start(fake, twilio_template_sid=TEMPLATE,
                           twilio_template_variables='{"1": "Demo Shop"}')
     assert await deliver(service, "SM" + "6" * 32, SHIPPING) == 200
-    await wait_for(lambda: len(fake.accepted) == 1)
+    await eventually(lambda: len(fake.accepted) == 1)
     assert "Body" in fake.accepted[0] and "ContentSid" not in fake.accepted[0]  # inside
 
     # a day later, staff answer: the window has closed
@@ -233,7 +219,7 @@ async def test_outside_24h_window_sends_the_template_and_records_63016(
             conversation_id=conv, channel="whatsapp", text="Your parcel left today.", language="en",
             author="staff:U1")], stored_delivery=(), now=datetime.now(UTC))
     service.outbox.wake()
-    await wait_for(lambda: len(fake.accepted) == 2)
+    await eventually(lambda: len(fake.accepted) == 2)
     template = fake.accepted[1]
     assert template["ContentSid"] == TEMPLATE
     assert json.loads(template["ContentVariables"]) == {"1": "Demo Shop"}
@@ -246,7 +232,7 @@ async def test_outside_24h_window_sends_the_template_and_records_63016(
     async def held() -> bool:
         return any(r.id == msg_id and r.status == "held" and r.provider_id == sid
                    for r in await outbound(service))
-    await wait_for(held)
+    await eventually(held)
 
     # Twilio refuses it later, by callback
     assert await fake.emit_status(service, sid, "failed", error_code="63016",
@@ -263,7 +249,7 @@ async def test_outside_the_window_the_reply_is_held_and_goes_out_when_the_custom
     sent), and it is delivered, once, as soon as the customer writes again."""
     service = await start(fake)
     assert await deliver(service, "SM" + "7" * 32, SHIPPING) == 200
-    await wait_for(lambda: len(fake.accepted) == 1)
+    await eventually(lambda: len(fake.accepted) == 1)
     async with service.db.write() as conn:
         conv = (await conn.execute(select(Conversation.id))).scalar_one()
         await conn.execute(update(Conversation).values(
@@ -276,11 +262,11 @@ async def test_outside_the_window_the_reply_is_held_and_goes_out_when_the_custom
     async def held() -> bool:
         return any(r.id == msg_id and r.status == "held" for r in await outbound(service))
 
-    await wait_for(held)
+    await eventually(held)
     assert len(fake.requests) == 1  # nothing was posted for it
 
     assert await deliver(service, "SM" + "8" * 32, "hello?") == 200
-    await wait_for(lambda: len(fake.accepted) == 3)
+    await eventually(lambda: len(fake.accepted) == 3)
     bodies = [m.get("Body") for m in fake.accepted]
     assert bodies[1] == "Any news? Your refund is done."  # the held text first, then the answer
     assert bodies.count("Any news? Your refund is done.") == 1
@@ -297,14 +283,14 @@ async def test_invalid_number_21211_is_permanent_and_rate_limit_honours_retry_af
         rows = await outbound(service)
         return bool(rows) and rows[0].status == "failed"
 
-    await wait_for(failed)
+    await eventually(failed)
     assert "21211" in (await outbound(service))[0].error
     assert len(fake.requests) == 1
 
     fake.fail_next("rate_limited")
     t0 = time.monotonic()
     assert await deliver(service, "SM" + "9" * 32, SHIPPING, phone="+15550000002") == 200
-    await wait_for(lambda: len(fake.accepted) == 1, within=15)
+    await eventually(lambda: len(fake.accepted) == 1, timeout=15)
     assert time.monotonic() - t0 >= 1.0  # Retry-After: 1
     assert len(fake.requests) == 3
 
@@ -321,7 +307,7 @@ async def test_dropped_connection_after_sending_is_retried_not_lost(
         rows = await outbound(service)
         return bool(rows) and rows[0].status == "sent"
 
-    await wait_for(sent)
+    await eventually(sent)
     assert len(fake.requests) == 2 and len(fake.accepted) == 1
     async with service.db.read() as conn:
         (error,) = (await conn.execute(select(OutboxItem.last_error))).scalars().all()
@@ -341,7 +327,7 @@ async def test_one_customer_across_orders_whatsapp_and_web_chat(
             assert resp.status == 200, await resp.text()
             customer_id = (await resp.json())["customer_id"]
         assert await deliver(service, "SM" + "b" * 32, SHIPPING, phone="+393337654321") == 200
-        await wait_for(lambda: len(fake.accepted) == 1)
+        await eventually(lambda: len(fake.accepted) == 1)
         await chat(client, "Do you ship to Germany?", **signed("ann", email="ann@example.com"))
     async with service.db.read() as conn:
         customers = (await conn.execute(select(Customer.id).where(
@@ -372,9 +358,9 @@ async def test_whatsapp_then_email_is_one_customer_with_one_history(
             assert resp.status == 200, await resp.text()
             customer_id = (await resp.json())["customer_id"]
         assert await deliver(service, "SM" + "d" * 32, SHIPPING, phone="+393337654321") == 200
-        await wait_for(lambda: len(fake.accepted) == 1)
+        await eventually(lambda: len(fake.accepted) == 1)
         await mail.deliver(service, external_id="ann-1", text="Do you ship to Germany?")
-        await wait_for(lambda: len(mail.sent()) == 1, within=20)
+        await eventually(lambda: len(mail.sent()) == 1, timeout=20)
         async with service.db.read() as conn:
             customers = (await conn.execute(select(Customer.id).where(
                 Customer.merged_into.is_(None)))).scalars().all()

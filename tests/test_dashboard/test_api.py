@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 import yaml
 
+from bot.admin.auth import SESSION_COOKIE, make_session, session_valid
 from bot.app import Service
-from bot.dashboard import SESSION_COOKIE, make_session, session_valid
 from tests.conftest import ADMIN_TOKEN, chat
 
 
@@ -38,6 +38,18 @@ async def test_everything_needs_a_sign_in(client: aiohttp.ClientSession) -> None
         assert "sign in" in (await resp.json())["error"]
     login = await client.get("/dashboard/login")
     assert login.status == 200 and 'name="token"' in await login.text()
+
+
+async def test_one_sign_in_for_the_admin_api_and_the_dashboard(
+        client: aiohttp.ClientSession) -> None:
+    """`require_admin` guards both: a dashboard session opens the admin API too, and the
+    token itself in a cookie (of any name) opens nothing."""
+    headers = await session_cookie(client)
+    for path in ("/api/escalations", "/api/queue", "/api/dashboard/stages"):
+        assert (await client.get(path, headers=headers)).status == 200, path
+    for cookie in (f"storedesk_admin={ADMIN_TOKEN}", f"{SESSION_COOKIE}={ADMIN_TOKEN}"):
+        resp = await client.get("/api/escalations", headers={"Cookie": cookie})
+        assert resp.status == 401, cookie
 
 
 async def test_sign_in_gives_a_signed_session_not_the_token(

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.seed import seed_demo
 from bot.app import Service
 from bot.db.engine import Database
-from bot.seed import seed_demo
 from faq.loader import load_faq_dir
 from tests.conftest import ADMIN_TOKEN, ROOT
 

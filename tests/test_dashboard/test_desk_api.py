@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from bot.app import Service
-from bot.desk_actions import SURVEY
+from bot.desk.terms import SURVEY
 from faq.models import FaqEntry
 from tests.conftest import ADMIN_TOKEN, eventually, next_reply, stays, transcript
 

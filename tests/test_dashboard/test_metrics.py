@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
-from bot import metrics_queries as mq
+from bot.admin import queries as mq
 from bot.db.engine import Database
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
-from bot import metrics_queries as mq
-from bot import rollups
+from bot.admin import queries as mq
+from bot.admin import rollups
 from bot.customers import merge_customers
 from bot.db.engine import Database
 from bot.settings import Settings

@@ -1,4 +1,4 @@
-"""`python -m bot seed-demo`: a living history on every channel, language and stage."""
+"""`python bench/seed.py`: a living history on every channel, language and stage."""
 
 from __future__ import annotations
 
@@ -9,22 +9,21 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
-from bot import metrics_queries as mq
-from bot.cli import app
+from bench import seed
+from bot.admin import queries as mq
 from bot.db.engine import Database
 from bot.settings import SAMPLE_FAQ_DIR
 from faq.loader import load_faq_dir
 
 
 @pytest.fixture
-def seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+           capsys: pytest.CaptureFixture[str]) -> str:
     url = f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}"
     monkeypatch.setenv("DATABASE_URL", url)
-    result = CliRunner().invoke(app, ["seed-demo", "--messages", "3000", "--days", "60"])
-    assert result.exit_code == 0, result.output
-    added = re.search(r"added (\d+) messages", result.output)
+    seed.main(["--messages", "3000", "--days", "60"])
+    added = re.search(r"added (\d+) messages", capsys.readouterr().out)
     assert added is not None and 2900 <= int(added.group(1)) <= 3100  # about the number asked
     return url
 
@@ -64,8 +63,7 @@ def test_seed_demo_covers_channels_languages_stages_and_real_faq_ids(seeded: str
 
 
 def test_seeding_twice_adds_rows(seeded: str) -> None:
-    result = CliRunner().invoke(app, ["seed-demo", "--messages", "500", "--seed", "9"])
-    assert result.exit_code == 0, result.output
+    seed.main(["--messages", "500", "--seed", "9"])
 
     async def count() -> int:
         db = Database(seeded)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +12,7 @@ from sqlalchemy import select
 
 from bot.app import Service
 from bot.db.models import Escalation
+from tests.conftest import eventually
 from tests.fakes.slack import FakeSlack, fake_slack, slack_settings
 
 STAFF = "CSTAFF"
@@ -69,20 +69,6 @@ async def start_desk(desk_settings: Callable[..., Any]
         await s.stop()
 
 
-async def wait_for(predicate: Callable[[], Any], limit: float = 10.0,
-                   what: str = "condition") -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while loop.time() < deadline:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not met within {limit} s")
-
-
 async def card_of(service: Service, slack: FakeSlack, channel: str = STAFF,
                   index: int = 0) -> tuple[str, Any]:
     """Wait for the `index`-th escalation card in `channel` and for the service to have
@@ -90,7 +76,7 @@ async def card_of(service: Service, slack: FakeSlack, channel: str = STAFF,
     def cards() -> list[Any]:
         return [c for c in slack.posts(channel) if "thread_ts" not in c.params
                 and c.params.get("blocks")]
-    found = await wait_for(lambda: len(cards()) > index and cards(), what="escalation card")
+    found = await eventually(lambda: len(cards()) > index and cards(), what="escalation card")
     call = found[index]
     ts = str(call.result["ts"])
 
@@ -98,7 +84,7 @@ async def card_of(service: Service, slack: FakeSlack, channel: str = STAFF,
         async with service.db.read() as conn:
             return (await conn.execute(select(Escalation.__table__.c.id).where(
                 Escalation.__table__.c.staff_thread == ts))).first() is not None
-    await wait_for(stored, what="card ts stored")
+    await eventually(stored, what="card ts stored")
     return ts, call
 
 

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from bot.db.models import Conversation, DeskJob, Message
-from bot.desk_actions import SURVEY, THANKS
-from tests.conftest import next_reply, signed, transcript
+from bot.desk.terms import SURVEY, THANKS
+from tests.conftest import eventually, next_reply, signed, transcript
 from tests.fakes.slack import FakeSlack, click, send_event, slash
 from tests.test_desk.conftest import (
     STAFF,
@@ -21,7 +21,6 @@ from tests.test_desk.conftest import (
     card_of,
     escalation,
     updates,
-    wait_for,
 )
 
 HUMAN = "I want to talk to a human please"
@@ -58,7 +57,7 @@ async def reply_with(session: aiohttp.ClientSession, visitor: str, text: str) ->
     async def find() -> dict[str, Any] | None:
         return next((m for m in await transcript(session, visitor)
                      if m["from"] != "you" and m["text"] == text), None)
-    return dict(await wait_for(find, what=f"reply {text!r}"))
+    return dict(await eventually(find, what=f"reply {text!r}"))
 
 
 async def new_reply(session: aiohttp.ClientSession, visitor: str, after: int) -> dict[str, Any]:
@@ -66,7 +65,7 @@ async def new_reply(session: aiohttp.ClientSession, visitor: str, after: int) ->
     async def find() -> dict[str, Any] | None:
         return next((m for m in await transcript(session, visitor)
                      if m["from"] != "you" and m["id"] > after), None)
-    return dict(await wait_for(find, what="a new reply"))
+    return dict(await eventually(find, what="a new reply"))
 
 
 async def last_id(session: aiohttp.ClientSession, visitor: str) -> int:
@@ -103,10 +102,10 @@ async def test_escalation_card_then_thread_reply_reaches_web_chat_customer(
         assert staff["from"] == "staff:USTAFF"
 
         # a reply takes the escalation; the card says by whom, with the waiting time
-        esc = await wait_for(lambda: _taken(service), what="taken")
+        esc = await eventually(lambda: _taken(service), what="taken")
         assert esc.taken_by == "USTAFF" and esc.first_response_at is not None
-        await wait_for(lambda: any("Taken by <@USTAFF>" in t for t in updates(slack, ts)),
-                       what="card update")
+        await eventually(lambda: any("Taken by <@USTAFF>" in t for t in updates(slack, ts)),
+                         what="card update")
         async with service.db.read() as conn:
             row = (await conn.execute(select(Message.author, Message.meta)
                                       .where(Message.author == "staff:USTAFF"))).one()
@@ -167,12 +166,12 @@ async def test_take_silence_mirror_back_to_bot(start_desk: Any, slack: FakeSlack
         esc = await escalation(service)
         assert (esc.status, esc.taken_by) == ("taken", "USTAFF")
         assert await conversation_status(service) == "human"
-        await wait_for(lambda: any("Taken by <@USTAFF>" in t for t in updates(slack, ts)),
-                       what="card shows taken")
+        await eventually(lambda: any("Taken by <@USTAFF>" in t for t in updates(slack, ts)),
+                         what="card shows taken")
 
         # the bot stays silent while a person owns it; the message is mirrored in the thread
         await say(service, SHIPPING, visitor)
-        await wait_for(lambda: any(SHIPPING in str(c.params.get("text"))
+        await eventually(lambda: any(SHIPPING in str(c.params.get("text"))
                                    for c in slack.posts(STAFF, thread=ts)), what="mirror")
         messages = await transcript(session, visitor)
         assert messages[-1]["text"] == SHIPPING and messages[-1]["from"] == "you"
@@ -180,8 +179,8 @@ async def test_take_silence_mirror_back_to_bot(start_desk: Any, slack: FakeSlack
         assert await click(service, "desk_back", str(esc.id), message_ts=ts) == 200
         assert (await escalation(service)).status == "returned"
         assert await conversation_status(service) == "bot"
-        await wait_for(lambda: any("Back to the bot" in t for t in updates(slack, ts)),
-                       what="card shows back to bot")
+        await eventually(lambda: any("Back to the bot" in t for t in updates(slack, ts)),
+                         what="card shows back to bot")
         last_card = slack.calls_to("chat.update", ts=ts)[-1]
         assert action_ids(last_card["blocks"]) == ["desk_reopen"]  # only Reopen once handed back
 
@@ -207,15 +206,15 @@ async def test_resolve_asks_for_rating_and_records_it(start_desk: Any,
         assert await conversation_status(service) == "resolved"
         question = await reply_with(session, visitor, SURVEY["en"])
         assert "1" in question["text"] and "5" in question["text"]
-        await wait_for(lambda: any("Resolved" in t for t in updates(slack, ts)), what="resolved")
+        await eventually(lambda: any("Resolved" in t for t in updates(slack, ts)), what="resolved")
 
         await say(service, "4", visitor)
         await reply_with(session, visitor, THANKS["en"])
         esc = await escalation(service)
         assert esc.csat == 4 and esc.resolved_at is not None
         assert esc.id == 1  # the rating did not open a new escalation
-        await wait_for(lambda: any("satisfaction 4/5" in t for t in updates(slack, ts)),
-                       what="card shows rating")
+        await eventually(lambda: any("satisfaction 4/5" in t for t in updates(slack, ts)),
+                         what="card shows rating")
 
         # after the rating, digits are ordinary messages again (the bot handles them)
         seen = await last_id(session, visitor)
@@ -265,7 +264,7 @@ async def test_inbox_command_lists_takes_assigns_and_resolves(start_desk: Any,
         assert status == 200
         esc = await escalation(service)
         assert (esc.status, esc.taken_by) == ("taken", "U0BOB")
-        await wait_for(lambda: any("assigned this to <@U0BOB>" in str(c.params.get("text"))
+        await eventually(lambda: any("assigned this to <@U0BOB>" in str(c.params.get("text"))
                                    for c in slack.posts(STAFF)), what="assignment note")
 
         status, body = await slash(service, f"resolve {esc.id}")
@@ -324,4 +323,4 @@ async def test_a_desk_button_with_an_id_no_database_holds_is_refused_politely(
         start_desk: Any, slack: FakeSlack, value: str) -> None:
     service, _ = await start_desk()
     assert await click(service, "desk_take", value) == 200
-    await wait_for(lambda: slack.calls_to("chat.postEphemeral"), what="the staff member told")
+    await eventually(lambda: slack.calls_to("chat.postEphemeral"), what="the staff member told")

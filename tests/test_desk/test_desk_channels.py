@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bot.db.models import Message
+from tests.conftest import eventually
 from tests.fakes.email import (
     dovecot_server,
     email_settings,
@@ -16,7 +17,7 @@ from tests.fakes.email import (
 )
 from tests.fakes.slack import CUSTOMER_DM, FakeSlack, click, send_event
 from tests.fakes.telegram import TelegramHarness, fake_telegram, message_update, post_webhook
-from tests.test_desk.conftest import STAFF, blocks_text, card_of, escalation, wait_for
+from tests.test_desk.conftest import STAFF, blocks_text, card_of, escalation
 
 NO_MATCH = "Qwerty zxcvb plonk?"
 
@@ -38,18 +39,18 @@ async def test_telegram_question_without_answer_reaches_staff_and_back(
         assert NO_MATCH in text
         esc = await escalation(service)
         assert esc.reason == "no_match"
-        await wait_for(lambda: len(tg.sent_messages()) == 1, what="escalation notice")
+        await eventually(lambda: len(tg.sent_messages()) == 1, what="escalation notice")
 
         assert await staff_reply(service, ts, "Hello Ann, could you tell us more?",
                                  "1700003000.000001") == 200
-        sent = await wait_for(lambda: [m for m in tg.sent_messages()
+        sent = await eventually(lambda: [m for m in tg.sent_messages()
                                        if m["text"] == "Hello Ann, could you tell us more?"],
-                              what="staff reply on Telegram")
+                                what="staff reply on Telegram")
         assert int(sent[0]["chat_id"]) == 777
 
         # the customer answers: no bot reply, the message shows up in the staff thread
         assert await post_webhook(service, message_update(5002, "Order 42, the blue one")) == 200
-        await wait_for(lambda: any("Order 42, the blue one" in str(c.params.get("text"))
+        await eventually(lambda: any("Order 42, the blue one" in str(c.params.get("text"))
                                    for c in slack.posts(STAFF, thread=ts)), what="mirror")
         assert len(tg.sent_messages()) == 2
 
@@ -60,11 +61,11 @@ async def test_failed_delivery_shows_in_thread_and_can_be_retried(
         service, _ = await start_desk(**TelegramHarness(tg).settings())
         assert await post_webhook(service, message_update(6001, NO_MATCH)) == 200
         ts, _ = await card_of(service, slack)
-        await wait_for(lambda: len(tg.sent_messages()) == 1, what="escalation notice")
+        await eventually(lambda: len(tg.sent_messages()) == 1, what="escalation notice")
         tg.fail_next("permanent")
         assert await staff_reply(service, ts, "Your parcel left today.",
                                  "1700003000.000002") == 200
-        notice = await wait_for(lambda: [c for c in slack.posts(STAFF, thread=ts)
+        notice = await eventually(lambda: [c for c in slack.posts(STAFF, thread=ts)
                                          if "Delivery to the customer failed" in
                                          str(c.params.get("text"))], what="failure notice")
         assert "chat not found" in notice[0].params["text"]
@@ -77,7 +78,7 @@ async def test_failed_delivery_shows_in_thread_and_can_be_retried(
         assert status == "failed"
 
         assert await click(service, "desk_retry", retry["value"], message_ts=ts) == 200
-        await wait_for(lambda: any(m["text"] == "Your parcel left today."
+        await eventually(lambda: any(m["text"] == "Your parcel left today."
                                    for m in tg.sent_messages()), what="retried delivery")
         # clicking Retry again does nothing but tell the clicker
         assert await click(service, "desk_retry", retry["value"], message_ts=ts) == 200
@@ -99,8 +100,8 @@ async def test_send_suggested_answer(start_desk: Any, slack: FakeSlack) -> None:
         best = service.faq.get(esc.candidates[0]["faq_id"])
         expected, _ = best.answer_for("en", "en", {"store_name": "Demo Shop"})
         assert await click(service, "desk_suggest", str(esc.id), message_ts=ts) == 200
-        await wait_for(lambda: any(m["text"] == expected for m in tg.sent_messages()),
-                       what="suggested answer on Telegram")
+        await eventually(lambda: any(m["text"] == expected for m in tg.sent_messages()),
+                         what="suggested answer on Telegram")
         esc = await escalation(service)
         assert esc.status == "taken" and esc.first_response_at is not None
 
@@ -114,7 +115,7 @@ async def test_slack_customer_escalation_is_answered_in_their_dm(
     ts, card = await card_of(service, slack)
     assert "Ann" in blocks_text(card.params["blocks"])
     assert await staff_reply(service, ts, "Hi Ann, Sam from support.", "1700004000.000002") == 200
-    await wait_for(lambda: any(c.params.get("text") == "Hi Ann, Sam from support."
+    await eventually(lambda: any(c.params.get("text") == "Hi Ann, Sam from support."
                                for c in slack.posts(CUSTOMER_DM)), what="reply in the DM")
 
 
@@ -129,10 +130,10 @@ async def test_email_customer_gets_staff_reply_in_the_same_thread(
         await imap_append(server.port, user, raw)
         ts, card = await card_of(service, slack, )
         assert "Email" in blocks_text(card.params["blocks"])
-        await wait_for(lambda: len(sink.messages) == 1, what="escalation notice mail")
+        await eventually(lambda: len(sink.messages) == 1, what="escalation notice mail")
         assert await staff_reply(service, ts, "Dear Ann, we are on it.",
                                  "1700005000.000001") == 200
-        await wait_for(lambda: len(sink.messages) == 2, what="staff mail")
+        await eventually(lambda: len(sink.messages) == 2, what="staff mail")
         mail = sink.messages[-1]
         body = mail.get_body(preferencelist=("plain",))
         assert body is not None and "Dear Ann, we are on it." in body.get_content()
@@ -152,7 +153,7 @@ async def test_attachments_pass_both_ways_as_links_and_metadata(
                   "file_size": 1234}]
         assert await post_webhook(service, message_update(8002, None, photo=photo,
                                                           caption="the damage")) == 200
-        mirror = await wait_for(lambda: [c for c in slack.posts(STAFF, thread=ts)
+        mirror = await eventually(lambda: [c for c in slack.posts(STAFF, thread=ts)
                                          if "📎" in str(c.params.get("text"))], what="mirror")
         assert "the damage" in mirror[0].params["text"]
 
@@ -160,9 +161,9 @@ async def test_attachments_pass_both_ways_as_links_and_metadata(
                   "size": 999, "permalink": "https://fake.slack.test/files/F9"}]
         assert await staff_reply(service, ts, "Print this return label", "1700006000.000001",
                                  subtype="file_share", files=files) == 200
-        sent = await wait_for(lambda: [m for m in tg.sent_messages()
+        sent = await eventually(lambda: [m for m in tg.sent_messages()
                                        if "Print this return label" in m["text"]],
-                              what="staff reply with file")
+                                what="staff reply with file")
         assert "label.pdf: https://fake.slack.test/files/F9" in sent[0]["text"]
         async with service.db.read() as conn:
             attachments = (await conn.execute(select(Message.attachments).where(

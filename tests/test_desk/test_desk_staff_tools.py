@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from bot.app import Service
 from bot.db.models import Conversation, Message
 from faq.loader import lint_faq_file
-from tests.conftest import next_reply, transcript
+from tests.conftest import eventually, next_reply, transcript
 from tests.fakes.slack import FakeSlack, click, message_shortcut, slash
 from tests.fakes.twilio import (
     ACCOUNT_SID,
@@ -35,7 +35,6 @@ from tests.test_desk.conftest import (
     card_of,
     escalation,
     updates,
-    wait_for,
 )
 from tests.test_desk.test_desk import say, staff_reply, webchat
 
@@ -61,12 +60,12 @@ async def test_a_note_stays_in_slack_and_a_reply_reaches_the_customer_in_any_lan
         esc = await escalation(service)
         assert esc.reason == "asked_for_human"
         assert await staff_reply(service, ts, f"note: {NOTE_WORDS[lang]}", ts="7.1") == 200
-        await wait_for(lambda: any("internal note" in str(c.params.get("text"))
+        await eventually(lambda: any("internal note" in str(c.params.get("text"))
                                    for c in slack.posts(STAFF, thread=ts)),
-                       what="the thread says the note stayed internal")
+                         what="the thread says the note stayed internal")
         assert await staff_reply(service, ts, "Ciao / hello / สวัสดี", ts="7.2") == 200
-        await wait_for(lambda: _texts_have(session, visitor, "Ciao / hello / สวัสดี"),
-                       what="the staff reply on the page")
+        await eventually(lambda: _texts_have(session, visitor, "Ciao / hello / สวัสดี"),
+                         what="the staff reply on the page")
         texts = [m["text"] for m in await transcript(session, visitor)]
         assert not any(NOTE_WORDS[lang] in t for t in texts)
         async with service.db.read() as conn:
@@ -90,23 +89,23 @@ async def test_release_puts_it_back_in_the_queue_and_reopen_brings_a_resolved_on
         ts, _ = await card_of(service, slack)
         esc = await escalation(service)
         assert await click(service, "desk_take", str(esc.id), message_ts=ts) == 200
-        await wait_for(lambda: "desk_release" in action_ids(last_card(slack, ts)["blocks"])
-                       if slack.calls_to("chat.update", ts=ts) else False,
-                       what="the taken card offers Release")
+        await eventually(lambda: "desk_release" in action_ids(last_card(slack, ts)["blocks"])
+                         if slack.calls_to("chat.update", ts=ts) else False,
+                         what="the taken card offers Release")
 
         assert await click(service, "desk_release", str(esc.id), message_ts=ts) == 200
-        await wait_for(lambda: _status(escalation(service), "open"), what="released")
-        await wait_for(lambda: "desk_take" in action_ids(last_card(slack, ts)["blocks"]),
-                       what="the released card offers Take again")
+        await eventually(lambda: _status(escalation(service), "open"), what="released")
+        await eventually(lambda: "desk_take" in action_ids(last_card(slack, ts)["blocks"]),
+                         what="the released card offers Take again")
         assert (await escalation(service)).taken_by is None
 
         assert await click(service, "desk_resolve", str(esc.id), message_ts=ts) == 200
-        await wait_for(lambda: "desk_reopen" in action_ids(last_card(slack, ts)["blocks"]),
-                       what="the resolved card offers Reopen")
+        await eventually(lambda: "desk_reopen" in action_ids(last_card(slack, ts)["blocks"]),
+                         what="the resolved card offers Reopen")
         assert await click(service, "desk_reopen", str(esc.id), user="UOTHER",
                            message_ts=ts) == 200
-        reopened = await wait_for(lambda: _status(escalation(service), "taken"),
-                                  what="reopened")
+        reopened = await eventually(lambda: _status(escalation(service), "taken"),
+                                    what="reopened")
         assert reopened.taken_by == "UOTHER" and reopened.resolved_at is None
         async with service.db.read() as conn:
             status = (await conn.execute(select(Conversation.status))).scalar_one()
@@ -114,9 +113,9 @@ async def test_release_puts_it_back_in_the_queue_and_reopen_brings_a_resolved_on
         # the reopened conversation is answered by staff again, not the bot
         before = len(await transcript(session, visitor))
         await say(service, "ancora io", visitor)
-        await wait_for(lambda: any("ancora io" in str(c.params.get("text"))
+        await eventually(lambda: any("ancora io" in str(c.params.get("text"))
                                    for c in slack.posts(STAFF, thread=ts)),
-                       what="the customer's message mirrored into the thread")
+                         what="the customer's message mirrored into the thread")
         assert len(await transcript(session, visitor)) == before + 1  # no bot answer
     finally:
         await session.close()
@@ -141,27 +140,27 @@ async def test_snooze_holds_reminders_until_it_ends_and_the_customer_writing_end
         option = next(o for o in menu["options"] if o["value"].endswith(":1h"))
         assert await click(service, "desk_snooze", "", message_ts=ts, type="static_select",
                            selected_option=option) == 200
-        snoozed = await wait_for(lambda: _snoozed(service), what="snoozed")
+        snoozed = await eventually(lambda: _snoozed(service), what="snoozed")
         assert snoozed.snoozed_until > datetime.now(UTC) + timedelta(minutes=55)
-        await wait_for(lambda: any("snoozed until" in t for t in updates(slack, ts)),
-                       what="the card says snoozed")
+        await eventually(lambda: any("snoozed until" in t for t in updates(slack, ts)),
+                         what="the card says snoozed")
 
         clock.advance(minutes=45)  # past the team's re-post time, but snoozed: no reminder
         assert await service.desk.check_untaken() == 0
         clock.advance(minutes=20)  # the snooze is over: one reminder in the thread
         assert await service.desk.check_untaken() >= 1
-        await wait_for(lambda: any("snooze on" in str(c.params.get("text"))
+        await eventually(lambda: any("snooze on" in str(c.params.get("text"))
                                    for c in slack.posts(STAFF, thread=ts)),
-                       what="snooze-over reminder")
+                         what="snooze-over reminder")
         assert (await escalation(service)).snoozed_until is None
 
         status, _ = await slash(service, f"snooze {esc.id} 2h")
         assert status == 200
-        await wait_for(lambda: _snoozed(service), what="snoozed again by /inbox")
+        await eventually(lambda: _snoozed(service), what="snoozed again by /inbox")
         await say(service, "ยังรออยู่นะคะ", visitor)
-        await wait_for(lambda: any("snooze ended" in str(c.params.get("text"))
+        await eventually(lambda: any("snooze ended" in str(c.params.get("text"))
                                    for c in slack.posts(STAFF, thread=ts)),
-                       what="the customer's message ends the snooze")
+                         what="the customer's message ends the snooze")
         assert (await escalation(service)).snoozed_until is None
     finally:
         await session.close()
@@ -182,15 +181,15 @@ async def test_assign_from_the_card_menu_names_the_teammate(start_desk: Any,
         esc = await escalation(service)
         assert await click(service, "desk_assign", "", message_ts=ts, type="users_select",
                            block_id=f"desk-assign-{esc.id}", selected_user="UANNA") == 200
-        taken = await wait_for(lambda: _status(escalation(service), "taken"), what="assigned")
+        taken = await eventually(lambda: _status(escalation(service), "taken"), what="assigned")
         assert taken.taken_by == "UANNA"
-        await wait_for(lambda: any("assigned this to <@UANNA>" in str(c.params.get("text"))
+        await eventually(lambda: any("assigned this to <@UANNA>" in str(c.params.get("text"))
                                    for c in slack.posts(STAFF, thread=ts)),
-                       what="the thread says who has it")
+                         what="the thread says who has it")
         # a forged block id is refused, not a crash
         assert await click(service, "desk_assign", "", message_ts=ts, type="users_select",
                            block_id="desk-assign-x", selected_user="UANNA") == 200
-        await wait_for(lambda: slack.calls_to("chat.postEphemeral"), what="told why")
+        await eventually(lambda: slack.calls_to("chat.postEphemeral"), what="told why")
     finally:
         await session.close()
 
@@ -206,11 +205,11 @@ async def test_save_as_faq_drafts_an_entry_that_is_linted_and_never_served(
         ts, _ = await card_of(service, slack)
         answer = "Sì: bonifico in CHF o EUR, IBAN nella conferma d'ordine."
         assert await staff_reply(service, ts, answer, ts="9.1") == 200
-        await wait_for(lambda: _texts_have(session, visitor, answer), what="reply delivered")
+        await eventually(lambda: _texts_have(session, visitor, answer), what="reply delivered")
 
         assert await message_shortcut(service, "desk_save_faq", {
             "ts": "9.1", "thread_ts": ts, "user": "USTAFF", "text": answer}) == 200
-        await wait_for(drafts.exists, what="drafts file written")
+        await eventually(drafts.exists, what="drafts file written")
         entries = yaml.safe_load(drafts.read_text(encoding="utf-8"))
         assert len(entries) == 1
         entry = entries[0]
@@ -218,9 +217,9 @@ async def test_save_as_faq_drafts_an_entry_that_is_linted_and_never_served(
         assert entry["questions"] == [question]
         assert entry["answer"] == {"it": answer}
         assert not [p for p in lint_faq_file(drafts) if p.blocks_load and p.level == "error"]
-        await wait_for(lambda: any(entry["id"] in str(c.params.get("text"))
+        await eventually(lambda: any(entry["id"] in str(c.params.get("text"))
                                    for c in slack.posts(STAFF, thread=ts)),
-                       what="the desk says what it drafted")
+                         what="the desk says what it drafted")
         # not served: the same question still goes to a person
         other, visitor2 = await webchat(service, question)
         try:
@@ -231,7 +230,7 @@ async def test_save_as_faq_drafts_an_entry_that_is_linted_and_never_served(
         # the shortcut on the card itself (not a reply) is refused politely
         assert await message_shortcut(service, "desk_save_faq", {
             "ts": ts, "user": "UBOT", "text": "card"}) == 200
-        await wait_for(lambda: slack.calls_to("chat.postEphemeral"), what="told why")
+        await eventually(lambda: slack.calls_to("chat.postEphemeral"), what="told why")
         assert len(yaml.safe_load(drafts.read_text(encoding="utf-8"))) == 1
     finally:
         await session.close()
@@ -255,15 +254,15 @@ async def _held_whatsapp_reply(service: Service, slack: FakeSlack, fake: FakeTwi
         "SM" + "1" * 32, ASK_PERSON["it"], name="Giulia")) == 200
     ts, call = await card_of(service, slack)
     assert "WhatsApp window open" in blocks_text(call.params["blocks"])
-    await wait_for(lambda: len(fake.accepted) == 1, what="the bot's hand-over line")
+    await eventually(lambda: len(fake.accepted) == 1, what="the bot's hand-over line")
     async with service.db.write() as conn:
         await conn.execute(update(Conversation).values(
             last_inbound_at=datetime.now(UTC) - timedelta(hours=30)))
     text = "Ciao Giulia, il rimborso è partito oggi."
     assert await staff_reply(service, ts, text, ts="11.1") == 200
-    await wait_for(lambda: any("Waiting for the customer to reopen" in blocks_text(c["blocks"])
+    await eventually(lambda: any("Waiting for the customer to reopen" in blocks_text(c["blocks"])
                                for c in slack.calls_to("chat.update", ts=ts)),
-                   what="card shows the held text")
+                     what="card shows the held text")
     assert all(m.get("Body") != text for m in fake.accepted)  # never before they write
     async with service.db.read() as conn:
         status = (await conn.execute(select(Message.status).where(Message.text == text))
@@ -272,8 +271,8 @@ async def _held_whatsapp_reply(service: Service, slack: FakeSlack, fake: FakeTwi
 
     assert await twilio_post(service, PUBLIC_URL + INBOUND_PATH, inbound_params(
         "SM" + "2" * 32, "ci sei?", name="Giulia")) == 200
-    await wait_for(lambda: any(m.get("Body") == text for m in fake.accepted),
-                   what="the held text delivered")
-    await wait_for(lambda: "Waiting for the customer to reopen" not in
-                   blocks_text(last_card(slack, ts)["blocks"]), what="card no longer waits")
+    await eventually(lambda: any(m.get("Body") == text for m in fake.accepted),
+                     what="the held text delivered")
+    await eventually(lambda: "Waiting for the customer to reopen" not in
+                     blocks_text(last_card(slack, ts)["blocks"]), what="card no longer waits")
     assert [m.get("Body") for m in fake.accepted].count(text) == 1

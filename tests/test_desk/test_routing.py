@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.routing import DAYS, DEFAULT_ROUTING, RoutingStore, load_routing, parse_routing
+from bot.desk.routing import DAYS, DEFAULT_ROUTING, RoutingStore, load_routing, parse_routing
 from core.errors import ConfigError
-from tests.conftest import next_reply
+from tests.conftest import eventually, next_reply
 from tests.fakes.slack import FakeSlack, send_event
-from tests.test_desk.conftest import STAFF, card_of, escalation, wait_for
+from tests.test_desk.conftest import STAFF, card_of, escalation
 from tests.test_desk.test_desk import HUMAN, reply_with, webchat
 
 RULES = """
@@ -149,8 +149,8 @@ teams:
     session, visitor = await webchat(service, HUMAN)
     try:
         weekday = opens.strftime("%A")
-        notice = await wait_for(lambda: _find(session, visitor, "Our team is away"),
-                                what="out-of-hours notice")
+        notice = await eventually(lambda: _find(session, visitor, "Our team is away"),
+                                  what="out-of-hours notice")
         assert f"from {weekday} 09:00 (UTC time)" in notice
         ts, card = await card_of(service, slack)
         assert "Outside team hours" in str(card.params["blocks"])
@@ -160,9 +160,9 @@ teams:
         assert await service.desk.check_untaken() == 0
         clock.fixed = opens + timedelta(minutes=11)
         assert await service.desk.check_untaken() == 1
-        repost = await wait_for(lambda: [c for c in slack.posts(STAFF, thread=ts)
+        repost = await eventually(lambda: [c for c in slack.posts(STAFF, thread=ts)
                                          if "<!subteam^S0ONCALL>" in str(c.params["text"])],
-                                what="re-post")
+                                  what="re-post")
         assert repost[0].params.get("reply_broadcast") in (True, "true", "1", 1)
         assert (await escalation(service)).reposted_at == clock.fixed
         assert await service.desk.check_untaken() == 0  # once
@@ -183,12 +183,12 @@ async def test_untaken_escalation_is_reposted_after_the_set_time(
         assert await service.desk.check_untaken() == 0
         clock.advance(minutes=2)
         assert await service.desk.check_untaken() == 1
-        await wait_for(lambda: [c for c in slack.posts(STAFF, thread=ts)
+        await eventually(lambda: [c for c in slack.posts(STAFF, thread=ts)
                                 if "nobody has taken escalation #1 for 11 min"
                                 in str(c.params["text"])], what="re-post")
-        await wait_for(lambda: any("re-posted" in str(c["text"])
+        await eventually(lambda: any("re-posted" in str(c["text"])
                                    for c in slack.calls_to("chat.update", ts=ts)),
-                       what="card shows the re-post")
+                         what="card shows the re-post")
         # a taken escalation is never re-posted
         session2, _ = await webchat(service, "I want to talk to a human now")
         await session2.close()
@@ -218,9 +218,9 @@ async def test_waiting_time_on_the_card_is_refreshed(start_desk: Any, slack: Fak
         assert await service.desk.refresh_waiting() == 0  # first seen now
         clock.advance(minutes=6)
         assert await service.desk.refresh_waiting() == 1
-        await wait_for(lambda: any("Waiting for 6 min" in str(c["text"])
+        await eventually(lambda: any("Waiting for 6 min" in str(c["text"])
                                    for c in slack.calls_to("chat.update", ts=ts)),
-                       what="refreshed waiting time")
+                         what="refreshed waiting time")
         assert await service.desk.refresh_waiting() == 0  # not again right away
     finally:
         await session.close()
@@ -257,7 +257,7 @@ handover:
 
 
 def test_card_shows_priority_stage_and_orders() -> None:
-    from bot import desk_cards as cards
+    from bot.desk import cards
 
     data = cards.CardData(
         escalation_id=7, status="open", reason="order_problem", customer="Ann", channel="webchat",

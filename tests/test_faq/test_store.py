@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from core.errors import FaqLoadError
 from faq.store import FaqStore
+from tests.conftest import eventually
 
 from .conftest import SAMPLE_DIR
 
@@ -67,14 +67,6 @@ def test_reload_picks_up_a_new_entry(faq_dir: Path) -> None:
     assert store.matcher.threshold == 0.3
 
 
-async def _wait_for(condition: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.timeout(20)
 async def test_watch_reloads_on_change_and_survives_a_broken_file(faq_dir: Path) -> None:
     store = FaqStore(faq_dir)
@@ -83,10 +75,10 @@ async def test_watch_reloads_on_change_and_survives_a_broken_file(faq_dir: Path)
     try:
         await asyncio.sleep(0.3)  # let the watcher start
         (faq_dir / "extra.yaml").write_text(EXTRA, encoding="utf-8")
-        await _wait_for(lambda: store.get("opening_gift") is not None)
+        await eventually(lambda: store.get("opening_gift") is not None, timeout=5.0)
         assert store.version == 2
         (faq_dir / "extra.yaml").write_text("- id: [\n", encoding="utf-8")
-        await _wait_for(lambda: store.last_error is not None)
+        await eventually(lambda: store.last_error is not None, timeout=5.0)
         assert store.version == 2 and store.get("opening_gift") is not None
     finally:
         stop.set()

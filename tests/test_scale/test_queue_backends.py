@@ -93,7 +93,7 @@ async def _run_split(make_settings: Any, database_url: str, *, workers: int, red
         await _wait_done(web.db, conversations * per)
         await asyncio.sleep(0.5)  # let the outboxes mark replies sent
         await _check_exactly_once_in_order(web.db, visitors, per)
-        handled = [p.workers.handled for p in procs]
+        handled = [p.metrics.handled_total() for p in procs]
         assert sum(handled) == conversations * per
         if redis:
             r = Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)

@@ -4,7 +4,7 @@ A UTC day is *closed* once it ended `CLOSE_MARGIN` ago. `refresh` aggregates clo
 the rollup_* tables and records how far it went (`rollup_state.rolled_until`). The dashboard
 answers a period from the rollups for its whole closed days and from live SQL over the rest
 (a partial first day, today, any day the rollups have not reached), so answers are exact
-whatever the lag. Rows written late (platform timestamps in the past, an import, seed-demo),
+whatever the lag. Rows written late (platform timestamps in the past, an import, bench/seed.py),
 conversations whose stage changed since and customer merges mark their days dirty, and the
 next refresh recomputes those days.
 
@@ -156,7 +156,7 @@ async def rolled_until(conn: AsyncConnection) -> datetime | None:
     """Every day before this is in the rollups and up to date; None: answer live.
 
     Conversations or stage changes that arrived since the last refresh dated inside the
-    rolled-up days (an import, seed-demo) make them stale until the next refresh: lookups on
+    rolled-up days (an import, bench/seed.py) make them stale until the next refresh: lookups on
     the primary keys of the rows added since tell. (Late messages, which platforms do send,
     only make their days live: see `stale_days`.)"""
     row = (await conn.execute(select(STATE.c.rolled_until, STATE.c.seen)

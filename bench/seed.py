@@ -1,4 +1,4 @@
-"""`python -m bot seed-demo`: a realistic synthetic support history, so the dashboard lives at once.
+"""`python bench/seed.py`: a realistic synthetic support history, so the dashboard lives at once.
 
 Customers arrive over the last `days` days on every channel, in en/it/th, and move through the
 lifecycle (awareness -> consideration -> purchase -> retention -> advocacy, some into at_risk).
@@ -9,26 +9,38 @@ find); staff answer escalations with channel- and stage-dependent delays and get
 Rows are generated in memory in chunks and bulk-inserted (executemany; COPY on PostgreSQL), with
 ids assigned here, so a million messages take minutes, not hours. It only adds rows: ids start
 after the current maximum, and nothing existing is touched.
+
+Demo and bench data, not the service's: the runtime package (`bot`) never imports it. It reads
+DATABASE_URL and FAQ_DIR like the service; `bench/dashboard_api.py` and `bench/loop_blocking.py`
+call `seed_demo` directly.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import math
 import random
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import rollups
-from bot.db.engine import Database
-from bot.db.models import (
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bot.admin import rollups  # noqa: E402
+from bot.db.engine import Database  # noqa: E402
+from bot.db.models import (  # noqa: E402
     Conversation,
     Customer,
     Escalation,
@@ -37,9 +49,9 @@ from bot.db.models import (
     Order,
     StageChange,
 )
-from faq.language import detect_language
-from faq.matcher import Matcher
-from faq.models import FaqEntry
+from faq.language import detect_language  # noqa: E402
+from faq.matcher import Matcher  # noqa: E402
+from faq.models import FaqEntry  # noqa: E402
 
 TABLES: dict[str, Table] = {
     t.name: t for t in (getattr(m, "__table__") for m in (  # noqa: B009 - SQLModel typing
@@ -391,3 +403,35 @@ async def seed_demo(db: Database, entries: Sequence[FaqEntry], *, messages: int 
     await rollups.refresh(db, rebuild=True)  # the history is new: roll it all up
     gen.stats.seconds = round(time.perf_counter() - started, 1)
     return gen.stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fill the database (DATABASE_URL) with a "
+                                     "synthetic support history so the dashboard shows data.")
+    parser.add_argument("--messages", type=int, default=20_000,
+                        help="about how many messages to create")
+    parser.add_argument("--days", type=int, default=90, help="days of history, ending now")
+    parser.add_argument("--seed", type=int, default=7,
+                        help="random seed (same seed, same history)")
+    args = parser.parse_args(argv)
+    from bot.settings import load_settings
+    from faq.loader import load_faq_dir
+    settings = load_settings()
+
+    async def run() -> SeedStats:
+        db = Database(settings.database_url)
+        try:
+            await db.upgrade()
+            return await seed_demo(db, load_faq_dir(settings.faq_dir), messages=args.messages,
+                                   days=args.days, seed=args.seed)
+        finally:
+            await db.close()
+
+    stats = asyncio.run(run())
+    print(f"added {stats.messages} messages, {stats.conversations} conversations, "
+          f"{stats.customers} customers, {stats.escalations} escalations, "
+          f"{stats.stage_changes} stage changes, {stats.orders} orders in {stats.seconds} s")
+
+
+if __name__ == "__main__":
+    main()

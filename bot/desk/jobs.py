@@ -20,11 +20,11 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import desk_cards as cards
 from bot.db.engine import Database
 from bot.db.models import Conversation, Customer, DeskJob, Escalation, Message, Order
+from bot.desk import cards
 from bot.queue import backoff, due_rows
-from channels.slack import call_slack
+from channels.slack_api import call_slack
 from core.errors import ChannelError, ChannelPermanentError, ChannelRateLimited
 from faq.models import FaqEntry
 
@@ -97,7 +97,6 @@ class DeskPoster:
         self.faq = faq
         self.now = now
         self.max_attempts = max_attempts
-        self.delivered = 0
 
     async def deliver_due(self) -> int:
         """Deliver pending desk jobs in id order; one escalation's jobs never overtake."""
@@ -128,7 +127,6 @@ class DeskPoster:
                 await conn.execute(update(DeskJob.__table__).where(DJ.id == job.id).values(
                     status="done", done_at=datetime.now(UTC), attempts=job.attempts + 1))
             done += 1
-            self.delivered += 1
         return done
 
     async def _job_failed(self, job: Row[Any], exc: Exception) -> bool:

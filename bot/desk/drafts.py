@@ -23,8 +23,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.models import Message
-from bot.desk_actions import DeskRefused
-from bot.desk_jobs import FaqLookup
+from bot.desk.jobs import FaqLookup
+from bot.desk.terms import DeskRefused
 from faq.loader import lint_faq_file
 
 MS = Message.__table__.c

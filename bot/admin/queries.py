@@ -3,7 +3,7 @@
 Every function takes an open connection and a `Period` and returns plain JSON-ready data.
 The same answers come out of SQLite and PostgreSQL: time buckets are UTC labels built in SQL
 ("2026-11-22" or "2026-11-22 13"). Message counts, FAQ hits, conversations opened and stage
-transitions come from the day rollups (bot/rollups.py) for a period's closed days and from
+transitions come from the day rollups (bot/admin/rollups.py) for a period's closed days and from
 live SQL for the rest, so the cost follows days, not messages; `use_rollups=False` computes
 everything live (the tests check both agree). Escalation figures are read live in one pass
 over the period's escalations (a few numbers each); percentiles are continuous, interpolated
@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Select
 
-from bot import rollups
+from bot.admin import rollups
 from bot.db.models import Conversation, Customer, Escalation, Message, StageChange
 
 CONVERSATION: Table = Conversation.__table__

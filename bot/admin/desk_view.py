@@ -4,7 +4,7 @@ POST /api/dashboard/conversations/{id}/actions  {"action", "staff", "text"?, "fa
 POST /api/dashboard/conversations/{id}/typing   staff are writing: the web chat shows "typing"
 GET  /api/dashboard/waiting                     how many wait now, and the oldest of them
 (`staff_figures` is the dashboard's staff panel: /api/dashboard/staff.)
-Actions go through `bot.desk_actions`, the same code as the Slack desk's buttons and threads,
+Actions go through `bot.desk.actions`, the same code as the Slack desk's buttons and threads,
 so a reply from here reaches the customer on their channel and, when the Slack desk is on,
 shows in the card's thread too. Staff say who they are by name (the dashboard has one admin
 token, not accounts); the name is what the figures and the Slack thread show.
@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from sqlalchemy import func, select
 
+from bot.appkeys import SERVICE
 from bot.db.models import Conversation, Customer, Escalation, Message
-from bot.desk_actions import LIVE, OPEN, DeskRefused
-from bot.desk_jobs import answer_options, customer_name
-from bot.web import SERVICE
+from bot.desk.jobs import answer_options, customer_name
+from bot.desk.terms import LIVE, OPEN, DeskRefused
 from channels.edge import id_param, json_object, read_body
 from core.errors import InputError
 
 if TYPE_CHECKING:
+    from bot.admin.queries import Period
     from bot.app import Service
-    from bot.metrics_queries import Period
 
 ES, CV, CU = Escalation.__table__.c, Conversation.__table__.c, Customer.__table__.c
 MS = Message.__table__.c
@@ -214,7 +214,7 @@ async def staff_figures(conn: Any, period: Period) -> dict[str, Any]:
 
 
 def add_routes(app: web.Application, auth: Any) -> None:
-    """Called from `bot.dashboard.add_routes`, behind the same admin sign-in."""
+    """Called from `bot.admin.dashboard.add_routes`, behind the same admin sign-in."""
     app.router.add_post("/api/dashboard/conversations/{id:\\d+}/actions", auth(api_action))
     app.router.add_post("/api/dashboard/conversations/{id:\\d+}/typing", auth(api_typing))
     app.router.add_get("/api/dashboard/waiting", auth(api_waiting))

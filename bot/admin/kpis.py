@@ -28,8 +28,8 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.admin.queries import STAGES, Period
 from bot.db.models import Conversation, Customer, Escalation, Order, SurveyAnswer
-from bot.metrics_queries import STAGES, Period
 
 CU = Customer.__table__.c
 OR = Order.__table__.c

@@ -21,7 +21,7 @@ import yaml
 from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
-DEFAULT_ROUTING = Path(__file__).resolve().parent / "data" / "routing.yaml"
+DEFAULT_ROUTING = Path(__file__).resolve().parent.parent / "data" / "routing.yaml"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 CONDITIONS = ("language", "stage", "faq_tag", "channel", "reason")

@@ -8,9 +8,9 @@ import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
-from bot import desk_cards as cards
 from bot.app import Service
-from tests.conftest import next_reply, signed, transcript
+from bot.desk import cards
+from tests.conftest import eventually, next_reply, signed, transcript
 from tests.fakes.slack import FakeSlack, click, post_signed
 from tests.test_desk.conftest import (
     STAFF,
@@ -18,7 +18,6 @@ from tests.test_desk.conftest import (
     blocks_text,
     card_of,
     escalation,
-    wait_for,
 )
 from tests.test_desk.test_desk import reply_with, staff_reply, webchat
 
@@ -46,7 +45,7 @@ async def test_the_card_names_the_customer_quotes_each_message_and_offers_no_han
             done = [c for c in slack.calls_to("chat.update", ts=ts)
                     if "Taken by" in str(c.get("text"))]
             return done[-1] if done else None
-        update = await wait_for(taken_card, what="card shows taken")
+        update = await eventually(taken_card, what="card shows taken")
         assert "desk_take" not in action_ids(update["blocks"])  # taken: no Take button
     finally:
         await session.close()
@@ -123,9 +122,9 @@ async def test_the_picker_sends_the_thai_text_to_a_thai_customer(
         sent = await reply_with(session, visitor, entry.answer_for(
             "th", "en", {"store_name": service.settings.store_name})[0])
         assert sent["from"] == "staff:USTAFF"
-        await wait_for(lambda: any("shipping_costs" in str(c.params.get("text"))
+        await eventually(lambda: any("shipping_costs" in str(c.params.get("text"))
                                    for c in slack.posts(STAFF, thread=ts)),
-                       what="the thread says what was sent")
+                         what="the thread says what was sent")
     finally:
         await session.close()
 
@@ -138,7 +137,7 @@ async def test_answer_in_the_thread_sends_the_entry_in_italian_and_refuses_hand_
         await next_reply(session, visitor)
         ts, _ = await card_of(service, slack)
         assert await staff_reply(service, ts, "answer: talk_to_human", ts="5.1") == 200
-        await wait_for(lambda: any("not an FAQ answer" in str(c.params.get("text"))
+        await eventually(lambda: any("not an FAQ answer" in str(c.params.get("text"))
                                    for c in slack.posts(STAFF, thread=ts)), what="refused")
         assert await staff_reply(service, ts, "answer: delivery_time", ts="5.2") == 200
         entry = service.faq.get("delivery_time")

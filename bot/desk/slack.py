@@ -1,9 +1,9 @@
 """The Slack staff desk: escalation cards, replies from threads, handoff, `/inbox`, re-posts.
 
-The staff actions themselves live in `bot.desk_actions` (the dashboard uses the same ones); this
+The staff actions themselves live in `bot.desk.actions` (the dashboard uses the same ones); this
 is their Slack side. Durability: the handler calls the desk inside the message transaction; the
 desk only writes `desk_job` rows there (post the card, mirror a message, update the card).
-`run()` delivers them to Slack afterwards through `bot.desk_jobs.DeskPoster`, in order per
+`run()` delivers them to Slack afterwards through `bot.desk.jobs.DeskPoster`, in order per
 escalation, retrying while Slack is down, so a card is never lost and never blocks the
 customer's reply. Staff actions (buttons, thread replies, `/inbox`, shortcuts) change the
 database in one transaction that also queues the customer message (outbox) and the card update
@@ -21,37 +21,31 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot import desk_cards as cards
 from bot.db.engine import Database
 from bot.db.models import ChannelState, Conversation, Customer, DeskJob, Escalation
-from bot.desk_actions import LIVE, OPEN, RESOLVED, TAKEN, DeskActions, DeskRefused, note_text
-from bot.desk_drafts import DraftsFile
-from bot.desk_jobs import DeskPoster, FaqLookup
-from bot.routing import RoutingStore
+from bot.desk import cards
+from bot.desk.actions import DeskActions
+from bot.desk.drafts import DraftsFile
+from bot.desk.inbox import HELP, SLACK_USER, inbox_command
+from bot.desk.jobs import DeskPoster, FaqLookup
+from bot.desk.routing import RoutingStore
+from bot.desk.terms import LIVE, OPEN, DeskRefused, note_text
 from bot.settings import Settings
-from channels.base import Channel, with_links
+from channels.base import with_links
 from channels.edge import id_param
-from channels.slack import (
-    Profiles,
-    SlackChannel,
-    call_slack,
-    files_of,
-    is_human_message,
-)
+from channels.slack import SlackChannel
+from channels.slack_api import Profiles, call_slack, files_of, is_human_message
 from core.errors import ChannelError, InputError
 
 log = logging.getLogger(__name__)
 ES, CV, CU = Escalation.__table__.c, Conversation.__table__.c, Customer.__table__.c
 DJ = DeskJob.__table__.c
-_USER = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
-HELP = ("`/inbox` lists waiting conversations and today's counts. "
-        "`/inbox take 12`, `/inbox release 12`, `/inbox resolve 12`, `/inbox back 12` (back to "
-        "the bot), `/inbox reopen 12`, `/inbox snooze 12 2h`, `/inbox assign 12 @user`.")
 SAVE_AS_FAQ = "desk_save_faq"
 
 
@@ -86,23 +80,24 @@ class Desk(DeskActions):
         self._refreshed: dict[int, datetime] = {}
 
     @classmethod
-    def from_service(cls, settings: Settings, db: Database, channels: Mapping[str, Channel],
+    def from_service(cls, settings: Settings, db: Database, slack: SlackChannel,
                      faq: FaqLookup | None, *,
                      clock: Callable[[], datetime] | None = None) -> Desk | None:
-        """The desk when Slack is configured with a staff channel, else None."""
-        slack = channels.get("slack")
-        if not isinstance(slack, SlackChannel) or not settings.slack_staff_channel:
+        """The desk on the Slack channel's app when a staff channel is set, else None; the
+        composition root then hands it to the channel (`SlackChannel.add_desk`)."""
+        if not settings.slack_staff_channel:
             return None
-        desk = cls(db, slack.client, RoutingStore(settings.desk_routing_file),
+        return cls(db, slack.client, RoutingStore(settings.desk_routing_file),
                    default_channel=settings.slack_staff_channel, faq=faq,
                    profiles=slack.profiles, store_name=settings.store_name,
                    default_language=settings.default_language,
                    drafts=DraftsFile(settings.faq_drafts_file), clock=clock)
-        slack.desk = desk
-        slack.app.action(re.compile(r"^desk_"))(desk._on_action)
-        slack.app.command("/inbox")(desk._on_command)
-        slack.app.shortcut(SAVE_AS_FAQ)(desk._on_save_as_faq)
-        return desk
+
+    def listen(self, app: AsyncApp) -> None:
+        """Register the desk's buttons, `/inbox` and the save-as-FAQ shortcut on the app."""
+        app.action(re.compile(r"^desk_"))(self._on_action)
+        app.command("/inbox")(self._on_command)
+        app.shortcut(SAVE_AS_FAQ)(self._on_save_as_faq)
 
     def staff_channel(self) -> str | None:
         return self.default_channel
@@ -193,7 +188,7 @@ class Desk(DeskActions):
         if kind == cards.ACTIONS["assign"]:
             esc = str(action.get("block_id", "")).removeprefix("desk-assign-")
             to = str(action.get("selected_user") or "")
-            if not _USER.match(f"<@{to}>"):
+            if not SLACK_USER.match(f"<@{to}>"):
                 raise DeskRefused("Pick a person to assign it to.")
             return await self.assign(conn, id_param(esc, "block_id"), to, user)
         ids = [id_param(v, "value") for v in value.split(":")]
@@ -221,32 +216,8 @@ class Desk(DeskActions):
                                           str(command.get("user_id") or "")))
 
     async def command(self, text: str, user: str) -> str:
-        """`/inbox [list | take N | release N | resolve N | back N | reopen N | snooze N 2h |
-        assign N @user | help]`."""
-        parts = text.split()
-        if not parts or parts[0] in ("list", "ls"):
-            return await self.summary()
-        verb, args = parts[0].lower(), parts[1:]
-        try:
-            esc_id = int(args[0].lstrip("#")) if args else None
-        except ValueError:
-            esc_id = None
-        verbs = ("take", "release", "resolve", "back", "reopen", "snooze", "assign")
-        if esc_id is None or verb not in verbs:
-            return HELP
-        try:
-            async with self.db.write() as conn:
-                if verb == "assign":
-                    m = _USER.match(args[1]) if len(args) == 2 else None
-                    if m is None:
-                        return "Usage: `/inbox assign 12 @user` (pick the user from the list)."
-                    reply = await self.assign(conn, esc_id, m.group(1), user)
-                else:
-                    reply = await self.do(conn, verb, esc_id, user, " ".join(args[1:]))
-        except DeskRefused as exc:
-            return str(exc)
-        self.changed()
-        return reply
+        """`/inbox ...` (bot/desk/inbox.py)."""
+        return await inbox_command(self, text, user)
 
     async def _on_save_as_faq(self, ack: Callable[..., Awaitable[Any]],
                               body: dict[str, Any]) -> None:
@@ -278,35 +249,6 @@ class Desk(DeskActions):
         async with self.db.write() as conn:
             await self._job(conn, "post", e.id, {"text": said})
         self.wake()
-
-    async def summary(self) -> str:
-        now = self.clock()
-        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        async with self.db.read() as conn:
-            rows = (await conn.execute(
-                select(ES.id, ES.status, ES.reason, ES.created_at, ES.taken_by, CV.channel,
-                       CV.language, CU.display_name)
-                .join(Conversation.__table__, CV.id == ES.conversation_id)
-                .join(Customer.__table__, CU.id == CV.customer_id)
-                .where(ES.status.in_((OPEN, TAKEN))).order_by(ES.id).limit(25))).all()
-            counts = {k: int((await conn.execute(select(func.count()).select_from(
-                Escalation.__table__).where(cond))).scalar_one()) for k, cond in (
-                ("new", ES.created_at >= day),
-                ("resolved", (ES.resolved_at >= day) & (ES.status == RESOLVED)),
-                ("answered", ES.first_response_at >= day))}
-            csat = (await conn.execute(select(func.avg(ES.csat)).where(
-                ES.resolved_at >= day, ES.csat.is_not(None)))).scalar()
-        lines = [f"*Waiting or in progress* ({len(rows)}):" if rows else "Nobody is waiting. 🎉"]
-        for r in rows:
-            state = f"with {cards.mention(r.taken_by)}" if r.status == TAKEN else \
-                f"waiting {cards.minutes((now - r.created_at).total_seconds())}"
-            lines.append(f"• *#{r.id}* {cards.escape(r.display_name or 'customer')} "
-                         f"({cards.CHANNEL_NAMES.get(r.channel, r.channel)}, {r.language or '?'})"
-                         f" · {cards.REASONS.get(r.reason, r.reason)} · {state}")
-        lines.append(f"*Today:* {counts['new']} escalated · {counts['answered']} answered · "
-                     f"{counts['resolved']} resolved"
-                     + (f" · satisfaction {float(csat):.1f}/5" if csat is not None else ""))
-        return "\n".join(lines)
 
     # --- delivery loop ---------------------------------------------------------------------
 
