@@ -37,13 +37,13 @@ from bot.desk.terms import (
     OPEN,
     RESOLVED,
     RETURNED,
-    SURVEY,
     TAKEN,
     DeskRefused,
     answerable,
     parse_duration,
 )
 from channels.base import Attachment
+from core.phrases import text_for
 from faq.models import FaqEntry
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,8 @@ class DeskActions(DeskHooks):
                                    updated_at=now))
         if survey:
             lang = e.language or self.default_language
-            await self._to_customer(conn, e.conversation_id, SURVEY.get(lang, SURVEY["en"]),
+            question = text_for("csat_question", lang, self.default_language)
+            await self._to_customer(conn, e.conversation_id, question,
                                     lang, "bot", {"survey_for": esc_id})
         await self._job(conn, "post", esc_id, {"text": f"✅ {cards.mention(user)} resolved this."})
         await self._job(conn, "update", esc_id)

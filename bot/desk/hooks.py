@@ -22,19 +22,18 @@ from bot.db.models import (
 )
 from bot.desk import cards
 from bot.desk.jobs import FaqLookup, queue_job
-from bot.desk.routing import DAY_NAMES, RoutingStore
+from bot.desk.routing import RoutingStore
 from bot.desk.terms import (
     CU,
     CV,
     ES,
     LIVE,
     MS,
-    THANKS,
 )
 from bot.pipeline.rules import PendingSurvey
 from bot.replies import OutgoingReply, queue_replies
 from channels.base import Attachment, Channel, OutboundMessage
-from core.phrases import text_for
+from core.phrases import text_for, weekday_name
 
 if TYPE_CHECKING:
     from bot.worker import OutcomeListener
@@ -178,9 +177,9 @@ class DeskHooks:
         if not self.staffed or team.is_open(now):
             return None
         opens = team.next_open(now).astimezone(team.tz)
-        names = DAY_NAMES.get(lang, DAY_NAMES["en"])
+        when = f"{weekday_name(opens.weekday(), lang, self.default_language)} {opens:%H:%M}"
         return text_for("in_queue_opens", lang, self.default_language).format(
-            when=f"{names[opens.weekday()]} {opens:%H:%M}", tz=team.tz.key)
+            when=when, tz=team.tz.key)
 
     async def pending_survey(self, conn: AsyncConnection, *, identity_id: int,
                              rating: int) -> PendingSurvey | None:
@@ -206,8 +205,9 @@ class DeskHooks:
         lang = survey.language or self.default_language
         await conn.execute(update(Escalation.__table__).where(ES.id == survey.escalation_id)
                            .values(csat=survey.rating))
-        await self._to_customer(conn, survey.conversation_id, THANKS.get(lang, THANKS["en"]),
-                                lang, "bot", {"csat_for": survey.escalation_id})
+        thanks = text_for("csat_thanks", lang, self.default_language)
+        await self._to_customer(conn, survey.conversation_id, thanks, lang, "bot",
+                                {"csat_for": survey.escalation_id})
         await self._job(conn, "post", survey.escalation_id,
                         {"text": f"⭐ The customer rated this {survey.rating}/5."})
         await self._job(conn, "update", survey.escalation_id)

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from core.errors import ConfigError
+from core.phrases import text_for, weekday_name
 
 log = logging.getLogger(__name__)
 DEFAULT_ROUTING = Path(__file__).resolve().parent.parent / "data" / "routing.yaml"
@@ -30,19 +31,6 @@ AMOUNTS = ("spend_min", "orders_min")
 _AMOUNT_FACTS = {"spend_min": "total_spent", "orders_min": "orders_count"}
 #: what a rule may set besides the team
 OUTCOMES = ("priority", "repost_after_minutes")
-
-DAY_NAMES = {
-    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
-    "it": ("lunedì", "martedì", "mercoledì", "giovedì", "venerdì", "sabato", "domenica"),
-    "th": ("วันจันทร์", "วันอังคาร", "วันพุธ", "วันพฤหัสบดี", "วันศุกร์", "วันเสาร์", "วันอาทิตย์"),
-}
-OUT_OF_HOURS = {
-    "en": "Our team is away right now. A person will answer you from {when} ({tz} time).",
-    "it": "Il nostro team al momento non è disponibile. Una persona ti risponderà da {when} "
-          "(ora di {tz}).",
-    "th": "ขณะนี้อยู่นอกเวลาทำการของทีมงาน เจ้าหน้าที่จะตอบกลับคุณตั้งแต่ {when} (เวลา {tz})",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Team:
@@ -78,9 +66,8 @@ class Team:
 
     def out_of_hours_text(self, now: datetime, lang: str) -> str:
         opens = self.next_open(now).astimezone(self.tz)
-        names = DAY_NAMES.get(lang, DAY_NAMES["en"])
-        when = f"{names[opens.weekday()]} {opens:%H:%M}"
-        return OUT_OF_HOURS.get(lang, OUT_OF_HOURS["en"]).format(when=when, tz=self.tz.key)
+        when = f"{weekday_name(opens.weekday(), lang)} {opens:%H:%M}"
+        return text_for("out_of_hours", lang).format(when=when, tz=self.tz.key)
 
 
 @dataclass(frozen=True, slots=True)

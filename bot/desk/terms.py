@@ -25,16 +25,6 @@ MS, OB = Message.__table__.c, OutboxItem.__table__.c
 OPEN, TAKEN, RESOLVED, RETURNED = "open", "taken", "resolved", "returned"
 LIVE = (OPEN, TAKEN)
 NOTE_MARKERS = ("note:", "!note", "/note")
-SURVEY = {
-    "en": "Your request has been resolved. How happy are you with our help? Reply with a number "
-          "from 1 (not at all) to 5 (very).",
-    "it": "La tua richiesta è stata risolta. Quanto sei soddisfatto del nostro aiuto? Rispondi "
-          "con un numero da 1 (per niente) a 5 (molto).",
-    "th": "คำขอของคุณได้รับการแก้ไขแล้ว คุณพึงพอใจกับการช่วยเหลือของเรามากแค่ไหน "
-          "ตอบกลับด้วยตัวเลข 1 (ไม่พอใจ) ถึง 5 (พอใจมาก)",
-}
-THANKS = {"en": "Thank you for your feedback!", "it": "Grazie per il tuo feedback!",
-          "th": "ขอบคุณสำหรับความคิดเห็นของคุณค่ะ"}
 MAX_SNOOZE = timedelta(days=30)
 _DURATION = re.compile(r"^(\d{1,5})\s*(m|min|h|d)$", re.IGNORECASE)
 

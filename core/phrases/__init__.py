@@ -21,6 +21,14 @@ def text_for(key: str, lang: str, default_lang: str = "en") -> str:
     raise KeyError(f"no phrase {key!r}")
 
 
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def weekday_name(day: int, lang: str, default_lang: str = "en") -> str:
+    """The name of `datetime.weekday()` day `day` (0 = Monday)."""
+    return text_for(WEEKDAYS[day], lang, default_lang)
+
+
 def variants(key: str) -> dict[str, str]:
     """The phrase in every language that has it."""
     return {lang: phrases[key] for lang, phrases in BY_LANGUAGE.items() if key in phrases}

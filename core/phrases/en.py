@@ -57,4 +57,18 @@ PHRASES: dict[str, str] = {
     ),
     "still_here": "Yes, I'm here! What can I do for you?",
     "name_fallback": "there",
+    # the desk: after a person resolved, and when the team is away
+    "csat_question": (
+        "Your request has been resolved. How happy are you with our help? Reply with a number "
+        "from 1 (not at all) to 5 (very)."
+    ),
+    "csat_thanks": "Thank you for your feedback!",
+    "out_of_hours": "Our team is away right now. A person will answer you from {when} ({tz} time).",
+    "monday": "Monday",
+    "tuesday": "Tuesday",
+    "wednesday": "Wednesday",
+    "thursday": "Thursday",
+    "friday": "Friday",
+    "saturday": "Saturday",
+    "sunday": "Sunday",
 }

@@ -58,4 +58,21 @@ PHRASES: dict[str, str] = {
     ),
     "still_here": "Sì, ci sono! Cosa posso fare per te?",
     "name_fallback": "cliente",
+    # the desk: after a person resolved, and when the team is away
+    "csat_question": (
+        "La tua richiesta è stata risolta. Quanto sei soddisfatto del nostro aiuto? Rispondi con "
+        "un numero da 1 (per niente) a 5 (molto)."
+    ),
+    "csat_thanks": "Grazie per il tuo feedback!",
+    "out_of_hours": (
+        "Il nostro team al momento non è disponibile. Una persona ti risponderà da {when} (ora di "
+        "{tz})."
+    ),
+    "monday": "lunedì",
+    "tuesday": "martedì",
+    "wednesday": "mercoledì",
+    "thursday": "giovedì",
+    "friday": "venerdì",
+    "saturday": "sabato",
+    "sunday": "domenica",
 }

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from bot.app import Service
-from bot.desk.terms import SURVEY
+from core.phrases import text_for
 from faq.models import FaqEntry
 from tests.conftest import ADMIN_TOKEN, eventually, next_reply, stays, transcript
 
@@ -99,7 +99,8 @@ async def test_a_waiting_customer_is_answered_from_the_dashboard_in_their_langua
         await eventually(lambda: _has(session, visitor, text), what="FAQ text on the page")
 
         await act(service, conv, action="resolve", staff="Anna")
-        await eventually(lambda: _has(session, visitor, SURVEY[lang]), what="survey")
+        question = text_for("csat_question", lang)
+        await eventually(lambda: _has(session, visitor, question), what="survey")
         texts = [m["text"] for m in await transcript(session, visitor)]
         assert not any("refund pending" in t for t in texts)  # the note never reaches them
         assert (await get(service, "/api/dashboard/waiting"))["waiting"] == 0

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.db.models import Conversation, DeskJob, Message
-from bot.desk.terms import SURVEY, THANKS
+from core.phrases import text_for
 from tests.conftest import eventually, next_reply, signed, transcript
 from tests.fakes.slack import FakeSlack, click, send_event, slash
 from tests.test_desk.conftest import (
@@ -204,12 +204,12 @@ async def test_resolve_asks_for_rating_and_records_it(start_desk: Any,
         assert await click(service, "desk_resolve", str(esc.id), message_ts=ts) == 200
         assert (await escalation(service)).status == "resolved"
         assert await conversation_status(service) == "resolved"
-        question = await reply_with(session, visitor, SURVEY["en"])
+        question = await reply_with(session, visitor, text_for("csat_question", "en"))
         assert "1" in question["text"] and "5" in question["text"]
         await eventually(lambda: any("Resolved" in t for t in updates(slack, ts)), what="resolved")
 
         await say(service, "4", visitor)
-        await reply_with(session, visitor, THANKS["en"])
+        await reply_with(session, visitor, text_for("csat_thanks", "en"))
         esc = await escalation(service)
         assert esc.csat == 4 and esc.resolved_at is not None
         assert esc.id == 1  # the rating did not open a new escalation
