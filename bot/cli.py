@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -137,12 +138,22 @@ def queue(
     requeue_dead: Annotated[bool, typer.Option("--requeue-dead",
                                                help="Give dead-lettered messages another round")
                             ] = False,
+    requeue_failed: Annotated[str | None, typer.Option(
+        "--requeue-failed", metavar="QUEUE",
+        help="Give the failed jobs of a queue another round: outbox (replies) or desk "
+             "(Slack posts), e.g. after fixing a token")] = None,
 ) -> None:
-    """Queue depth, age, Redis stream state and the latest dead letters (JSON)."""
+    """Queue depth, age, Redis stream state, the latest dead letters, and the jobs of every
+    queue by state (JSON)."""
     settings = _settings()
+    from bot import jobs
     from bot.db.engine import Database
     from bot.queue import Inbox
     from bot.redis_queue import RedisInbox
+
+    if requeue_failed is not None and requeue_failed not in jobs.REQUEUABLE:
+        raise InputError(f"--requeue-failed must be one of {', '.join(jobs.REQUEUABLE)}, "
+                         f"not {requeue_failed!r}")
 
     async def main() -> dict[str, Any]:
         db = Database(settings.database_url)
@@ -151,9 +162,19 @@ def queue(
         try:
             await db.upgrade()
             requeued = await inbox.requeue_dead() if requeue_dead else None
+            failed_again = None
+            if requeue_failed is not None:
+                async with db.write() as conn:
+                    failed_again = await jobs.requeue_failed(conn, requeue_failed,
+                                                             datetime.now(UTC))
             stats = await inbox.stats()
+            async with db.read() as conn:
+                stats["queues"] = {name: await table.counts(conn)
+                                   for name, table in jobs.QUEUES.items()}
             if requeued is not None:
                 stats["requeued"] = requeued
+            if failed_again is not None:
+                stats["requeued_failed"] = {requeue_failed: failed_again}
             return stats
         finally:
             await inbox.close()

@@ -24,7 +24,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot import deliveries
 from bot.db.engine import Database
 from bot.db.models import Conversation, Message, OutboxItem
-from bot.queue import backoff
+from bot.jobs import OUTBOX
 from bot.worker import sleep_or_stop, wait_event_or_stop
 from channels.base import Attachment, Channel, OutboundMessage, SendResult
 from core.errors import (
@@ -261,14 +261,14 @@ class OutboxSender:
         attempts = job.attempts + 1 if counts else job.attempts
         if attempts >= self.max_attempts:
             return self._fail(job, f"gave up after {attempts} attempts: {error}")
-        wait = delay if delay is not None else backoff(attempts)
+        retry = OUTBOX.retry(attempts, error, datetime.now(UTC), delay=delay,
+                             max_attempts=self.max_attempts)
         log.warning("outbox %d via %s: attempt %d failed, retrying in %.1f s: %s",
-                    job.outbox_id, job.message.channel, attempts, wait, error)
+                    job.outbox_id, job.message.channel, attempts, retry.wait, error)
 
         async def apply(conn: AsyncConnection) -> None:
-            await conn.execute(update(OutboxItem.__table__).where(OB.id == job.outbox_id).values(
-                attempts=attempts, last_error=error[:2000],
-                next_attempt_at=datetime.now(UTC) + timedelta(seconds=wait)))
+            await conn.execute(update(OutboxItem.__table__).where(OB.id == job.outbox_id)
+                               .values(retry.values))
             await conn.execute(update(Message.__table__).where(MS.id == job.message.message_id)
                                .values(error=error[:2000]))
         return apply
@@ -276,10 +276,12 @@ class OutboxSender:
     def _fail(self, job: _Job, error: str) -> Apply:
         log.error("outbox %d via %s failed for good: %s", job.outbox_id, job.message.channel,
                   error)
+        retry = OUTBOX.retry(job.attempts + 1, error, datetime.now(UTC), permanent=True,
+                             max_attempts=self.max_attempts)
 
         async def apply(conn: AsyncConnection) -> None:
-            await conn.execute(update(OutboxItem.__table__).where(OB.id == job.outbox_id).values(
-                status="failed", attempts=job.attempts + 1, last_error=error[:2000]))
+            await conn.execute(update(OutboxItem.__table__).where(OB.id == job.outbox_id)
+                               .values(retry.values))
             await conn.execute(update(Message.__table__).where(MS.id == job.message.message_id)
                                .values(status="failed", error=error[:2000]))
             for hook in self.on_failed:

@@ -38,6 +38,7 @@ from bot.db.models import (
     PlaybookJob,
     WebchatVisitor,
 )
+from bot.jobs import PLAYBOOK_STEPS
 from bot.order_context import _facts, variables_for
 from bot.playbook_jobs import (
     PlaybookSource,
@@ -49,7 +50,6 @@ from bot.playbook_jobs import (
 )
 from bot.playbook_rules import Due, Target, Verdict, judge
 from bot.playbooks import Step
-from bot.queue import backoff
 from bot.replies import OutgoingReply, queue_replies
 from core.clock import Clock
 from core.phrases import text_for
@@ -188,12 +188,12 @@ class PlaybookRunner:
         async with self.db.write() as conn:
             attempts = (await conn.execute(select(PJ.attempts).where(PJ.id == job_id))
                         ).scalar() or 0
-            attempts += 1
-            values: dict[str, Any] = {"attempts": attempts, "reason": error[:300]}
-            if attempts >= MAX_ATTEMPTS:
-                values.update(state="skipped", done_at=self.clock())
-            else:
-                values["due_at"] = self.clock() + timedelta(seconds=backoff(attempts))
+            now = self.clock()
+            retry = PLAYBOOK_STEPS.retry(attempts + 1, error[:300], now,
+                                         max_attempts=MAX_ATTEMPTS)
+            values = dict(retry.values)
+            if retry.gave_up:
+                values["done_at"] = now
             await conn.execute(update(PlaybookJob.__table__).where(
                 PJ.id == job_id, PJ.state == "scheduled").values(values))
 

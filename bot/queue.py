@@ -18,10 +18,9 @@ import asyncio
 import dataclasses
 import logging
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from operator import attrgetter
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -42,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db.engine import Database
 from bot.db.models import InboxItem
+from bot.jobs import INBOX, due_rows
 from channels.base import Attachment, InboundMessage
 from channels.edge import clean_message
 from core.errors import QueueError
@@ -56,11 +56,6 @@ _TRY_LOCK = text("SELECT k FROM unnest(:keys) AS k "
 
 def shard_of(conversation_key: str) -> int:
     return zlib.crc32(conversation_key.encode()) % SHARDS
-
-
-def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0) -> float:
-    """Exponential backoff: 1, 2, 4 ... seconds, capped."""
-    return float(min(cap, base * (2 ** max(0, attempt - 1))))
 
 
 _MESSAGE_FIELDS = tuple(f.name for f in dataclasses.fields(InboundMessage))
@@ -80,20 +75,6 @@ def decode_message(data: dict[str, Any]) -> InboundMessage:
     fields["timestamp"] = datetime.fromisoformat(fields["timestamp"])
     fields["attachments"] = tuple(Attachment(**a) for a in fields.get("attachments") or ())
     return InboundMessage(**fields)
-
-
-def due_rows(rows: Iterable[Any], now: datetime, blocked: set[Any],
-             key: Callable[[Any], Any] = attrgetter("conversation_key")) -> Iterator[Any]:
-    """Rows that may be handled now, in id order. Once a row of a key (a conversation, an
-    escalation) waits for a retry, or the caller adds the key to `blocked` while iterating,
-    that key's later rows wait too."""
-    for row in rows:
-        if key(row) in blocked:
-            continue
-        if row.next_attempt_at is not None and row.next_attempt_at > now:
-            blocked.add(key(row))
-            continue
-        yield row
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,17 +226,13 @@ class Inbox:
 
     async def retry_later(self, item: QueuedItem, error: str) -> bool:
         """Record a failed attempt. Returns True if the message was parked as dead."""
-        attempts = item.attempts + 1
-        dead = attempts >= self.max_attempts
+        retry = INBOX.retry(item.attempts + 1, error, datetime.now(UTC),
+                            max_attempts=self.max_attempts)
         t = InboxItem.__table__.c
-        values: dict[str, Any] = {"attempts": attempts, "last_error": error[:2000]}
-        if dead:
-            values["status"] = "dead"
-        else:
-            values["next_attempt_at"] = datetime.now(UTC) + timedelta(seconds=backoff(attempts))
         async with self.db.write() as conn:
-            await conn.execute(update(InboxItem.__table__).where(t.id == item.id).values(values))
-        return dead
+            await conn.execute(update(InboxItem.__table__).where(t.id == item.id)
+                               .values(retry.values))
+        return retry.gave_up
 
     async def park(self, item_id: int, error: str) -> None:
         t = InboxItem.__table__.c
@@ -324,15 +301,10 @@ class Inbox:
 
     async def requeue_dead(self, item_ids: Sequence[int] | None = None) -> int:
         """Give dead-lettered messages another round (admin action)."""
-        t = InboxItem.__table__.c
-        stmt = update(InboxItem.__table__).where(t.status == "dead")
-        if item_ids is not None:
-            stmt = stmt.where(t.id.in_(list(item_ids)))
         async with self.db.write() as conn:
-            result = await conn.execute(stmt.values(status="pending", attempts=0,
-                                                    next_attempt_at=datetime.now(UTC)))
+            count = await INBOX.requeue(conn, datetime.now(UTC), item_ids)
         self.wakeup.set()
-        return int(result.rowcount or 0)
+        return count
 
     async def stats(self) -> dict[str, Any]:
         t = InboxItem.__table__.c

@@ -4,6 +4,7 @@ GET    /api/escalations?status=open|taken|resolved|returned|all
 GET    /api/conversations/{id}
 POST   /api/customers/{id}/orders, POST /api/orders (keyed by email or phone)
 GET    /api/queue, POST /api/queue/requeue-dead
+POST   /api/queue/requeue-failed?queue=outbox|desk
 GET    /api/faq
 GET    /api/customers/{id}/export, DELETE /api/customers/{id}
 Every route is behind `require_admin` (bot/admin/auth.py).
@@ -14,12 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import func, select
 
+from bot import jobs
 from bot.admin.auth import require_admin
 from bot.appkeys import SERVICE
 from bot.customers import OrderIn, find_or_create_by_contact
-from bot.db.models import OutboxItem
 from bot.orders import push_orders
 from bot.privacy import erase_customer, export_customer
 from bot.reports import conversation_detail, list_escalations
@@ -35,6 +35,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/orders", require_admin(post_orders))
     app.router.add_get("/api/queue", require_admin(get_queue))
     app.router.add_post("/api/queue/requeue-dead", require_admin(post_requeue_dead))
+    app.router.add_post("/api/queue/requeue-failed", require_admin(post_requeue_failed))
     app.router.add_get("/api/faq", require_admin(get_faq))
     app.router.add_get("/api/customers/{id:\\d+}/export", require_admin(get_customer_export))
     app.router.add_delete("/api/customers/{id:\\d+}", require_admin(delete_customer))
@@ -98,18 +99,30 @@ async def post_orders(request: web.Request) -> web.Response:
 
 
 async def get_queue(request: web.Request) -> web.Response:
+    """The inbox (with its age and Redis state) and every other queue's jobs by state."""
     service = request.app[SERVICE]
     inbox = await service.inbox.stats()
-    t = OutboxItem.__table__.c
     async with service.db.read() as conn:
-        outbox = {str(r[0]): int(r[1]) for r in (await conn.execute(
-            select(t.status, func.count()).group_by(t.status))).all()}
-    return web.json_response({"inbox": inbox, "outbox": outbox})
+        counts = {name: await table.counts(conn) for name, table in jobs.QUEUES.items()
+                  if name != "inbox"}
+    return web.json_response({"inbox": inbox, **counts})
 
 
 async def post_requeue_dead(request: web.Request) -> web.Response:
     count = await request.app[SERVICE].inbox.requeue_dead()
     return web.json_response({"requeued": count})
+
+
+async def post_requeue_failed(request: web.Request) -> web.Response:
+    """?queue=outbox|desk: the failed jobs of that queue get another round."""
+    queue = request.query.get("queue", "")
+    if queue not in jobs.REQUEUABLE:
+        raise InputError(f"queue must be one of {', '.join(jobs.REQUEUABLE)}")
+    service = request.app[SERVICE]
+    async with service.db.write() as conn:
+        count = await jobs.requeue_failed(conn, queue, service.clock())
+    service.outbox.wake()
+    return web.json_response({"queue": queue, "requeued": count})
 
 
 async def get_faq(request: web.Request) -> web.Response:

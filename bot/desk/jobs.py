@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.db.engine import Database
 from bot.db.models import Conversation, Customer, DeskJob, Escalation, Message, Order
 from bot.desk import cards
-from bot.queue import backoff, due_rows
+from bot.jobs import DESK_JOBS, due_rows
 from channels.slack_api import call_slack
 from core.errors import ChannelError, ChannelPermanentError, ChannelRateLimited
 from faq.models import FaqEntry
@@ -125,7 +125,7 @@ class DeskPoster:
                     await conn.execute(update(Escalation.__table__)
                                        .where(ES.id == job.escalation_id).values(extra))
                 await conn.execute(update(DeskJob.__table__).where(DJ.id == job.id).values(
-                    status="done", done_at=datetime.now(UTC), attempts=job.attempts + 1))
+                    DESK_JOBS.finished(job.attempts + 1, datetime.now(UTC))))
             done += 1
         return done
 
@@ -133,19 +133,19 @@ class DeskPoster:
         """Schedule a retry, or give up; True if the job is finished (given up)."""
         attempts = job.attempts + 1
         code = getattr(exc, "code", None)
-        give_up = attempts >= self.max_attempts or (
-            isinstance(exc, ChannelPermanentError) and code not in _CONFIG_ERRORS)
-        wait = exc.retry_after if isinstance(exc, ChannelRateLimited) else backoff(attempts)
-        then = "; giving up" if give_up else f", retry in {wait:.0f} s"
-        log.log(logging.ERROR if give_up else logging.WARNING,
+        retry = DESK_JOBS.retry(
+            attempts, f"{type(exc).__name__}: {exc}", datetime.now(UTC),
+            max_attempts=self.max_attempts,
+            delay=exc.retry_after if isinstance(exc, ChannelRateLimited) else None,
+            permanent=isinstance(exc, ChannelPermanentError) and code not in _CONFIG_ERRORS)
+        then = "; giving up" if retry.gave_up else f", retry in {retry.wait:.0f} s"
+        log.log(logging.ERROR if retry.gave_up else logging.WARNING,
                 "desk job %d (%s, escalation %d) attempt %d failed%s: %s", job.id, job.kind,
                 job.escalation_id, attempts, then, exc)
         async with self.db.write() as conn:
-            await conn.execute(update(DeskJob.__table__).where(DJ.id == job.id).values(
-                attempts=attempts, last_error=f"{type(exc).__name__}: {exc}"[:2000],
-                status="failed" if give_up else "pending",
-                next_attempt_at=datetime.now(UTC) + timedelta(seconds=wait)))
-        return give_up
+            await conn.execute(update(DeskJob.__table__).where(DJ.id == job.id)
+                               .values(retry.values))
+        return retry.gave_up
 
     async def _perform(self, job: Row[Any]) -> dict[str, Any] | None:
         """One Slack call for one job; returns escalation columns to store (the card ts)."""

@@ -3,6 +3,7 @@ traceback (LOG_LEVEL=DEBUG shows it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -80,3 +81,16 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'nowhere' / 'storedesk.db'}"
     done = run("escalations", DATABASE_URL=url, LOG_LEVEL="DEBUG")
     assert done.returncode != 0 and "OperationalError" in done.stderr
+
+
+def test_queue_reports_every_queue_and_refuses_an_unknown_one_to_requeue(
+        tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    done = run("queue", "--requeue-failed", "outbox", DATABASE_URL=url)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert set(report["queues"]) == {"inbox", "outbox", "desk", "playbooks"}
+    assert report["queues"]["outbox"] == {"pending": 0, "sent": 0, "failed": 0}
+    assert report["requeued_failed"] == {"outbox": 0}
+    assert one_line_error(run("queue", "--requeue-failed", "playbooks", DATABASE_URL=url)) \
+        == "error: --requeue-failed must be one of outbox, desk, not 'playbooks'"

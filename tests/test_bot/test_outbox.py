@@ -26,7 +26,7 @@ from bot.app import Service
 from bot.db.engine import Database
 from bot.db.models import Conversation, Customer, Identity, Message, OutboxItem
 from bot.replies import OutgoingReply, queue_replies
-from tests.conftest import ROOT, eventually, free_port, stays
+from tests.conftest import ADMIN_TOKEN, ROOT, eventually, free_port, stays
 from tests.fakes.telegram import SECRET, TOKEN, FakeTelegram, fake_telegram
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -204,3 +204,32 @@ async def test_flood_control_uses_up_no_attempt(
     await eventually(lambda: _is(statuses(service.db), Counter(sent=1)), timeout=20,
                      what="delivered after the flood control")
     assert len(fake.sent_messages()) == 1
+
+
+async def test_an_admin_requeues_a_reply_that_failed_for_good_once_the_cause_is_fixed(
+        start: Callable[..., Awaitable[Service]], fake: FakeTelegram) -> None:
+    """The bot was blocked (a permanent error): the reply is failed, and stays so. Once the
+    customer unblocks it, the admin's requeue sends it, once."""
+    service = await start()
+    fake.fail_next("blocked")
+    await queue_answers(service.db, range(21, 22))
+    service.outbox.wake()
+    await eventually(lambda: _is(statuses(service.db), Counter(failed=1)), what="failed")
+    await stays(lambda: _is(statuses(service.db), Counter(failed=1)), window=0.3,
+                what="a permanent error is not retried by itself")
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{service.port}") as http:
+        async with http.get("/api/queue", headers=headers) as resp:
+            assert (await resp.json())["outbox"] == {"pending": 0, "sent": 0, "failed": 1}
+        async with http.post("/api/queue/requeue-failed", params={"queue": "inbox"},
+                             headers=headers) as resp:
+            assert resp.status == 400  # the inbox's dead letters have their own action
+        async with http.post("/api/queue/requeue-failed", params={"queue": "outbox"},
+                             headers=headers) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"queue": "outbox", "requeued": 1}
+    await eventually(lambda: _is(statuses(service.db), Counter(sent=1)), what="sent")
+    await stays(lambda: len(fake.sent_messages()) == 1, window=0.3, what="sent once")
+    async with service.db.read() as conn:
+        assert (await conn.execute(select(Message.error).where(
+            Message.direction == "out"))).scalar() is None
