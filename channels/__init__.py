@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bot.settings import Settings
     from channels.base import Channel
+    from channels.settings import ChannelSettings
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelSpec:
     path: str  # "module:Class"
-    configured: Callable[[Settings], bool]
+    configured: Callable[[ChannelSettings], bool]
 
     def load(self) -> type[Channel]:
         module, _, cls = self.path.partition(":")

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from bot.db.engine import Database
-    from bot.settings import Settings
+    from channels.settings import ChannelSettings
 
 
 OnStatus = Callable[[str, str, str | None, str | None], Awaitable[None]]
@@ -43,7 +43,7 @@ class ChannelContext:
     """What a channel may use to build itself: settings, the queue, the database, the
     service's clock, and where delivery reports go."""
 
-    settings: Settings
+    settings: ChannelSettings
     intake: Intake
     db: Database
     clock: Clock = system_clock

@@ -28,7 +28,6 @@ from typing import Any
 import aioimaplib
 import aiosmtplib
 
-from bot.settings import Settings
 from channels.base import (
     Channel,
     ChannelContext,
@@ -45,6 +44,7 @@ from channels.email_parse import (
     reply_subject,
 )
 from channels.email_playbook import playbook_mail
+from channels.settings import ChannelSettings
 from core.errors import (
     ChannelAuthError,
     ChannelError,
@@ -65,7 +65,7 @@ _FETCH_SIZE = re.compile(rb"UID (\d+).*RFC822\.SIZE (\d+)|RFC822\.SIZE (\d+).*UI
 class EmailChannel(Channel):
     name = "email"
 
-    def __init__(self, intake: Intake, store: ChannelStore, settings: Settings) -> None:
+    def __init__(self, intake: Intake, store: ChannelStore, settings: ChannelSettings) -> None:
         super().__init__(intake)
         self.store = store
         self.s = settings

@@ -32,7 +32,6 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.settings import Settings
 from channels.base import (
     Channel,
     ChannelContext,
@@ -42,6 +41,7 @@ from channels.base import (
     SendResult,
 )
 from channels.edge import decode_utf8, form_fields, json_object, read_body
+from channels.settings import ChannelSettings
 from channels.slack_api import Profiles, call_slack, files_of, is_human_message
 from core.errors import (
     ConfigError,
@@ -65,7 +65,7 @@ class StaffDesk(Protocol):
                                event_id: str | None) -> None: ...
 
 
-def build_app(settings: Settings) -> AsyncApp:
+def build_app(settings: ChannelSettings) -> AsyncApp:
     """The shared bolt app; its client talks to SLACK_API_BASE (a local fake in tests)."""
     if settings.slack_bot_token is None:
         raise ConfigError("SLACK_BOT_TOKEN is required for Slack")
