@@ -27,6 +27,8 @@ import aiohttp
 
 POLL_WAIT = 25
 REPLY_TIMEOUT = 60.0
+#: (seconds to the reply, message number, seconds after the start it was posted, polls)
+TRACE: list[tuple[float, int, float, int]] = []
 
 
 async def converse_all(port: int, texts: list[tuple[str, str]], rate: float, *,
@@ -64,15 +66,18 @@ async def _converse(client: aiohttp.ClientSession, visitor: str, items: list[tup
                 if resp.status != 202:
                     raise SystemExit(f"post failed: {resp.status} {await resp.text()}")
             mine = False
+            polls = 0
             deadline = posted + REPLY_TIMEOUT
             while time.perf_counter() < deadline:
                 batch = await (_next_events(inbox) if sse else _poll(client, visitor, cursor))
+                polls += 1
                 for m in batch:
                     cursor = max(cursor, int(m["id"]))
                     if m["from"] == "you":
                         mine = True
                     elif mine:
                         seen.append(time.perf_counter() - posted)
+                        TRACE.append((seen[-1], n, posted - start, polls))
                         break
                 else:
                     continue
