@@ -58,7 +58,7 @@ class Service:
         business hours, the stage schedule, store webhooks); tests pass their own."""
         self.settings = settings
         self.clock = clock
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, background_checkpoints=True)
         self.inbox: Inbox = Inbox(self.db, max_attempts=settings.max_attempts)
         self.redis_inbox: RedisInbox | None = None
         self.wakeups: RedisWakeups | None = None
@@ -148,6 +148,7 @@ class Service:
         """`http`: webhooks, web chat and API; `workers`: queue workers, outbox and pollers."""
         await self.db.upgrade()
         await self.db.optimize()
+        self._spawn(self.db.checkpoints(self.stop_event), "wal-checkpoints")
         if self.settings.redis_url:
             try:
                 await self.inbox.ping()
