@@ -104,10 +104,15 @@ async def _next_events(inbox: asyncio.Queue[dict[str, Any]]) -> list[dict[str, A
 async def _events(client: aiohttp.ClientSession, visitor: str,
                   inbox: asyncio.Queue[dict[str, Any]]) -> None:
     async with client.get("/api/webchat/events", params={"visitor_id": visitor}) as resp:
+        kind = "message"
         async for raw in resp.content:
             line = raw.decode().strip()
-            if line.startswith("data: "):
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind == "message":  # not "typing" news
                 inbox.put_nowait(json.loads(line[6:]))
+            elif not line:  # the end of one event
+                kind = "message"
 
 
 def prefill(path: Path, messages: int, *, per_conversation: int = 10) -> None:
