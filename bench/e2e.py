@@ -11,6 +11,7 @@ server-side figures read from the database (accepted -> reply committed):
     python bench/e2e.py --client sse           # the page's event stream instead of long-poll
     python bench/e2e.py --prefill 1000000      # after a million earlier messages (SQLite)
     python bench/e2e.py --client none --rate 0 # posts only, as fast as the client can
+    python bench/e2e.py --split 2              # `web` + 2 `worker` processes, PostgreSQL + Redis
 
 The traffic looks like a shop's: each conversation asks a few different questions of the
 sample FAQ in English, Italian or Thai (phrasings of its entries, lightly reworded), and one
@@ -43,7 +44,7 @@ from sqlalchemy import func, select
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.e2e_client import converse_all, prefill  # noqa: E402
+from bench.e2e_client import TRACE, converse_all, prefill  # noqa: E402
 from bot.db.engine import Database  # noqa: E402
 from bot.db.models import InboxItem, Message  # noqa: E402
 
@@ -210,12 +211,25 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
+    parser.add_argument("--split", type=int, default=0, metavar="N",
+                        help="`python -m bot web` + N `python -m bot worker` processes on a "
+                        "fresh PostgreSQL database and Redis Streams (BENCH_PG, BENCH_REDIS)")
     args = parser.parse_args()
+    if args.split:
+        from bench.scale import REDIS, pg_database
+
+        async with pg_database() as url:
+            await run(args, url, redis=f"{REDIS}")
+        return
+    await run(args, args.database_url, redis=None)
+
+
+async def run(args: argparse.Namespace, database_url: str | None, *, redis: str | None) -> None:
     args.conversations = args.conversations or max(
         1, args.messages // (5 if args.client == "none" else 10))
 
     tmp = Path(tempfile.mkdtemp(prefix="storedesk-bench-"))
-    url = args.database_url or f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+    url = database_url or f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
     if args.prefill:
         if not url.startswith("sqlite"):
             raise SystemExit("--prefill writes SQLite files only")
@@ -229,11 +243,20 @@ async def main() -> None:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url, "PORT": str(port), "WORKERS": str(args.workers),
            "WEBCHAT_RATE_PER_MINUTE": "100000000", "LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen([sys.executable, "-m", "bot", "serve"], cwd=ROOT, env=env)
+    if redis:
+        env.update(REDIS_URL=redis, REDIS_PREFIX=f"bench{os.getpid()}")
+        schema = Database(url)
+        await schema.upgrade()
+        await schema.close()
+    servers = [subprocess.Popen([sys.executable, "-m", "bot", "web" if redis else "serve"],
+                                cwd=ROOT, env=env)]
+    servers += [subprocess.Popen([sys.executable, "-m", "bot", "worker"], cwd=ROOT,
+                                 env={**env, "PORT": "0"}) for _ in range(args.split)]
     db = Database(url)
     try:
         await wait_port(port)
-        cpu_before = cpu_seconds(server.pid)
+        await asyncio.sleep(2 if redis else 0)  # the workers start too
+        cpu_before = sum(cpu_seconds(s.pid) for s in servers)
         client_before = time.process_time()
         seen: list[float] = []
         if args.client == "none":
@@ -245,15 +268,18 @@ async def main() -> None:
                 sse=args.client == "sse")
         client_cpu = time.process_time() - client_before
         await wait_drained(db, args.messages, timeout=600)
-        cpu_used = cpu_seconds(server.pid) - cpu_before
+        cpu_used = sum(cpu_seconds(s.pid) for s in servers) - cpu_before
         lat, span, decisions = await latencies(db)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        for server in servers:
+            server.send_signal(signal.SIGTERM)
+        for server in servers:
+            server.wait(timeout=30)
         await db.close()
     backend = "SQLite" if url.startswith("sqlite") else "PostgreSQL"
+    shape = (f"web + {args.split} worker processes (Redis Streams)" if redis else "1 process")
     history = f", {args.prefill} earlier messages" if args.prefill else ""
-    print(f"\nend-to-end on {backend}, 1 process, {args.workers} worker tasks, "
+    print(f"\nend-to-end on {backend}, {shape}, {args.workers} worker tasks each, "
           f"{args.messages} messages over {args.conversations} conversations{history}, "
           f"offered rate {args.rate or 'unlimited'}/s, client {args.client}")
     accepted = args.messages / post_time
@@ -263,6 +289,9 @@ async def main() -> None:
         print(f"  on the page p50  {statistics.median(seen) * 1000:8.1f} ms")
         print(f"  on the page p99  {pct(seen, 0.99) * 1000:8.1f} ms")
         print(f"  on the page max  {max(seen) * 1000:8.1f} ms")
+        print("  slowest          " + ", ".join(
+            f"#{n} posted at {at:.1f} s: {took * 1000:.0f} ms, {polls} polls"
+            for took, n, at, polls in sorted(TRACE, reverse=True)[:4]))
         print("  server side:")
     else:
         print(f"  posted in        {post_time:8.2f} s  ({accepted:8.0f} msg/s accepted)")
@@ -278,4 +307,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:  # the load generator shares the two cores: the cheaper loop when installed
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None  # type: ignore[assignment]
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())

@@ -27,6 +27,8 @@ import aiohttp
 
 POLL_WAIT = 25
 REPLY_TIMEOUT = 60.0
+#: (seconds to the reply, message number, seconds after the start it was posted, polls)
+TRACE: list[tuple[float, int, float, int]] = []
 
 
 async def converse_all(port: int, texts: list[tuple[str, str]], rate: float, *,
@@ -64,15 +66,18 @@ async def _converse(client: aiohttp.ClientSession, visitor: str, items: list[tup
                 if resp.status != 202:
                     raise SystemExit(f"post failed: {resp.status} {await resp.text()}")
             mine = False
+            polls = 0
             deadline = posted + REPLY_TIMEOUT
             while time.perf_counter() < deadline:
                 batch = await (_next_events(inbox) if sse else _poll(client, visitor, cursor))
+                polls += 1
                 for m in batch:
                     cursor = max(cursor, int(m["id"]))
                     if m["from"] == "you":
                         mine = True
                     elif mine:
                         seen.append(time.perf_counter() - posted)
+                        TRACE.append((seen[-1], n, posted - start, polls))
                         break
                 else:
                     continue
@@ -99,10 +104,15 @@ async def _next_events(inbox: asyncio.Queue[dict[str, Any]]) -> list[dict[str, A
 async def _events(client: aiohttp.ClientSession, visitor: str,
                   inbox: asyncio.Queue[dict[str, Any]]) -> None:
     async with client.get("/api/webchat/events", params={"visitor_id": visitor}) as resp:
+        kind = "message"
         async for raw in resp.content:
             line = raw.decode().strip()
-            if line.startswith("data: "):
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind == "message":  # not "typing" news
                 inbox.put_nowait(json.loads(line[6:]))
+            elif not line:  # the end of one event
+                kind = "message"
 
 
 def prefill(path: Path, messages: int, *, per_conversation: int = 10) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -60,7 +61,7 @@ class Service:
         business hours, the stage schedule, store webhooks); tests pass their own."""
         self.settings = settings
         self.clock = clock
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, background_checkpoints=True)
         self.inbox: Inbox = Inbox(self.db, max_attempts=settings.max_attempts)
         self.redis_inbox: RedisInbox | None = None
         self.wakeups: RedisWakeups | None = None
@@ -159,6 +160,7 @@ class Service:
         """`http`: webhooks, web chat and API; `workers`: queue workers, outbox and pollers."""
         await self.db.upgrade()
         await self.db.optimize()
+        self._spawn(self.db.checkpoints(self.stop_event), "wal-checkpoints")
         if self.settings.redis_url:
             try:
                 await self.inbox.ping()
@@ -188,7 +190,8 @@ class Service:
                 header_timeout=self.settings.http_header_timeout,
                 max_connections=self.settings.http_max_connections)
             self._spawn(self.connections.run(self.stop_event), "connection-guard")
-            site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+            site = web.TCPSite(self._runner, self.settings.host, self.settings.port,
+                               backlog=self.settings.http_backlog)
             await site.start()
             server = site._server
             sockets = getattr(server, "sockets", None) or []
@@ -380,11 +383,18 @@ class Service:
         await self.db.close()
         log.info("storedesk stopped")
 
-    async def run_forever(self, *, http: bool = True, workers: bool = True) -> None:
+    async def run_forever(self, *, http: bool = True, workers: bool = True,
+                          freeze: bool = False) -> None:
         """Start, serve until asked to stop, stop; a start that fails half-way (a port in
-        use) stops what it had started, so no task is cut inside a transaction."""
+        use) stops what it had started, so no task is cut inside a transaction. `freeze`
+        (a service process, not a test): what exists after the start (modules, FAQ index,
+        rules) is moved out of the garbage collector's sight, so its collections only walk
+        what requests create."""
         try:
             await self.start(http=http, workers=workers)
+            if freeze:
+                gc.collect()
+                gc.freeze()
             await self.stop_event.wait()
         finally:
             await self.stop()

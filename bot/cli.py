@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -56,6 +57,19 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (`pip install storedesk[fast]`): the same
+    asyncio API, with sockets, timers and callbacks in C; else asyncio's own."""
+    if os.environ.get("STOREDESK_LOOP", "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def _run(settings: Settings, *, http: bool, workers: bool) -> None:
     from bot.app import Service
 
@@ -67,10 +81,11 @@ def _run(settings: Settings, *, http: bool, workers: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, service.stop_event.set)
-        await service.run_forever(http=http, workers=workers)
+        await service.run_forever(http=http, workers=workers, freeze=True)
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(main())
     except OSError as exc:
         message = _explain(exc)
         raise _fail(message or f"cannot start: {exc}") from None

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
         "by then is closed (idle sockets cannot use up the open files)")
     http_keepalive_timeout: float = Field(
         15.0, gt=0, le=3600, description="Idle keep-alive connections are closed after this")
+    http_backlog: int = Field(
+        4096, ge=16, le=65535, description="Connections the kernel queues before the service "
+        "accepts them (capped by net.core.somaxconn); a burst of new web chat pages beyond it "
+        "waits a second for a SYN retry")
     http_max_connections: int = Field(
         2000, ge=10, description="Above this many open connections, the silent ones are "
         "closed first")

@@ -231,7 +231,10 @@ class WebChatChannel(Channel):
         transcript when these directly follow its end, else forget it; wake the readers."""
         self._typing.pop(address, None)
         tail = self._tails.get(address)
-        if tail is not None and messages and after is not None and after == tail.last:
+        # `after` None: the messages open a new conversation; what we know of the visitor's
+        # others is still all there is, so they follow it (when their ids do)
+        if tail is not None and messages and (
+                after == tail.last if after is not None else messages[0].id > tail.last):
             tail.extend(_shown(m) for m in messages)
             self._tails.move_to_end(address)
             self._wake(address, keep_tail=True)

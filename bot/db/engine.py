@@ -7,6 +7,10 @@ tried again after asynchronous pauses (bot/db/inline_sqlite.py), so the event lo
 in SQLite. Reads that scan (the dashboard) go through `analytics()`: on SQLite a second engine
 whose statements run on a thread, so a long aggregate does not hold up webhooks either.
 PostgreSQL needs none of this: one engine, no lock.
+
+WAL checkpoints: SQLite copies the write-ahead log back into the database file (with an fsync)
+inside whichever commit crosses 1,000 pages, which on inline connections is the event loop.
+A service runs them on a thread instead (`checkpoints`): its connections never checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +45,16 @@ def alembic_config(url: str) -> Config:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
+
+
+#: seconds between the background WAL checkpoints of a service (`Database.checkpoints`)
+CHECKPOINT_EVERY = 1.0
+
+
+def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.close()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -77,7 +92,10 @@ def _sqlite_begin(conn: Connection) -> None:
 class Database:
     """Owns the engine. Use `write()` for anything that changes rows, `read()` otherwise."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False,
+                 background_checkpoints: bool = False) -> None:
+        """`background_checkpoints`: this database's owner runs `checkpoints()` (a service);
+        its connections then leave WAL checkpoints to that thread."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         # JSON columns (queue payloads, message and conversation meta) are read and written
@@ -89,11 +107,20 @@ class Database:
             path = make_url(url).database
             if path and path != ":memory:":
                 kwargs["async_creator"] = inline_creator(path)
+                # Opening a SQLite connection reads the whole schema on its first statement:
+                # keep enough of them that a busy moment never opens and closes extra ones.
+                kwargs.update(pool_size=32, max_overflow=32)
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        path = make_url(url).database if self.is_sqlite else None
+        #: the file a background thread checkpoints (None: SQLite's own automatic ones)
+        self._checkpoint_path = path if background_checkpoints and path and \
+            path != ":memory:" else None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            if self._checkpoint_path is not None:
+                event.listen(self.engine.sync_engine, "connect", _no_autocheckpoint)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         self._analytics: AsyncEngine | None = None
@@ -180,6 +207,31 @@ class Database:
             await conn.exec_driver_sql("PRAGMA analysis_limit=400")
             await conn.exec_driver_sql("PRAGMA optimize=0x10002")
 
+    async def checkpoints(self, stop: asyncio.Event, *, every: float = CHECKPOINT_EVERY) -> None:
+        """Until `stop`: copy the WAL back into the database file on a thread, so no commit
+        on the event loop does it (PASSIVE: readers and the writer are never waited for).
+        Nothing to do on PostgreSQL or without `background_checkpoints`."""
+        path = self._checkpoint_path
+        if path is None:
+            return
+        conn: sqlite3.Connection | None = None
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=every)
+                try:
+                    conn = await asyncio.to_thread(_checkpoint, path, conn)
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed (%s); trying again", exc)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                conn.close()
+            with contextlib.suppress(sqlite3.Error):  # the last one, before the service stops
+                (await asyncio.to_thread(_checkpoint, path, None)).close()
+
     async def current_revision(self) -> str | None:
         async with self.engine.connect() as conn:
             try:
@@ -192,6 +244,15 @@ class Database:
         if self._analytics is not None:
             await self._analytics.dispose()
         await self.engine.dispose()
+
+
+def _checkpoint(path: str, conn: sqlite3.Connection | None) -> sqlite3.Connection:
+    """One PASSIVE checkpoint of the WAL of `path` (on a thread); returns the connection to use
+    next time."""
+    if conn is None:
+        conn = sqlite3.connect(path, timeout=5, check_same_thread=False)
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    return conn
 
 
 def explain_connect_error(exc: BaseException, url: str) -> str | None:

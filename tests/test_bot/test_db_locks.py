@@ -46,3 +46,36 @@ async def test_a_held_write_lock_delays_the_message_but_not_the_service(
         return any(m["from"] != "you" for m in await transcript(client, visitor))
 
     await eventually(answered, what="the delayed message answered")
+
+
+
+async def test_the_services_commits_leave_wal_checkpoints_to_a_thread(tmp_path: Path) -> None:
+    """A commit on the event loop never copies the WAL back into the database file (with an
+    fsync); the service's checkpoint thread does, so the WAL does not keep growing."""
+    from sqlalchemy import text
+
+    from bot.db.engine import Database
+
+    path = tmp_path / "wal.db"
+    db = Database(f"sqlite+aiosqlite:///{path}", background_checkpoints=True)
+    stop = asyncio.Event()
+    checkpoints: asyncio.Task[None] | None = None
+    try:
+        await db.upgrade()
+        empty = path.stat().st_size
+        for n in range(300):  # ~6 MB: well over the 1,000 pages SQLite checkpoints at
+            async with db.write() as conn:
+                await conn.execute(text("INSERT INTO channel_state (key, value, updated_at) "
+                                        "VALUES (:k, :v, '2026-01-01')"),
+                                   {"k": f"k{n}", "v": "x" * 20_000})
+        # all of it is still in the WAL: no commit copied it back
+        assert Path(f"{path}-wal").stat().st_size > 5_000_000
+        assert path.stat().st_size == empty
+        checkpoints = asyncio.create_task(db.checkpoints(stop, every=0.05))
+        await eventually(lambda: path.stat().st_size > 5_000_000, timeout=10,
+                         what="the WAL copied back into the database file by the thread")
+    finally:
+        stop.set()
+        if checkpoints is not None:
+            await checkpoints
+        await db.close()
