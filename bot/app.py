@@ -83,7 +83,7 @@ class Service:
         self.lifecycle = LifecycleStore(settings.lifecycle_rules)
         self.stage_schedule = StageSchedule(self.db, self.lifecycle, clock,
                                             interval=settings.lifecycle_schedule_seconds)
-        ctx = ChannelContext(settings=settings, intake=self.inbox, db=self.db, clock=clock,
+        ctx = ChannelContext(settings=settings, intake=self.inbox, clock=clock,
                              deliveries=DeliveryLog(self.db),
                              store=DatabaseChannelStore(self.db))
         self.channels: dict[str, Channel] = {}

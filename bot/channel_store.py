@@ -6,16 +6,28 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.db.engine import Database
-from bot.db.models import ChannelState, Conversation, Message
+from bot.db.models import ChannelState, Conversation, Message, WebchatVisitor
 from core.messages import OutboundMessage
+from core.stores import MissedReply, TranscriptRow, VisitorContact
 
 ST = ChannelState.__table__.c
 MS = Message.__table__.c
 CV = Conversation.__table__.c
+WV = WebchatVisitor.__table__.c
+_CONVERSATIONS = select(CV.id, CV.stage, CV.status).where(
+    CV.channel == bindparam("channel"), CV.address == bindparam("address"))
+_NEW_MESSAGES = (
+    select(MS.id, MS.conversation_id, MS.direction, MS.author, MS.text, MS.created_at,
+           MS.status, MS.language, MS.attachments)
+    .where(MS.conversation_id.in_(bindparam("conversations", expanding=True)),
+           MS.id > bindparam("after"), MS.direction.in_(("in", "out")))  # never staff notes
+    .order_by(MS.id))
+_SEEN = (update(WebchatVisitor.__table__).where(WV.visitor == bindparam("v"))
+         .values(seen_at=bindparam("at")))
 
 
 class DatabaseChannelStore:
@@ -56,3 +68,65 @@ class DatabaseChannelStore:
                 select(MS.id).join(Conversation.__table__, CV.id == MS.conversation_id).where(
                     CV.channel == channel, CV.address == address, MS.direction == "out",
                     MS.author == "bot", MS.sent_at >= since))).scalars()}
+
+    async def transcript(self, channel: str, address: str, after: int,
+                         limit: int) -> list[TranscriptRow]:
+        async with self.db.read() as conn:
+            convs = {r.id: r for r in (await conn.execute(_CONVERSATIONS, {
+                "channel": channel, "address": address})).all()}
+            if not convs:
+                return []
+            rows = (await conn.execute(_NEW_MESSAGES.limit(limit), {
+                "conversations": sorted(convs), "after": after})).all()
+        return [TranscriptRow(r.id, r.conversation_id, r.direction, r.author, r.text,
+                              r.created_at, r.status, r.language, r.attachments or (),
+                              convs[r.conversation_id].stage,
+                              convs[r.conversation_id].status) for r in rows]
+
+    async def visitor(self, visitor: str) -> VisitorContact | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(WV.customer_ref, WV.name, WV.email, WV.phone,
+                                             WV.verified, WV.page)
+                                      .where(WV.visitor == visitor))).first()
+        return None if row is None else VisitorContact(
+            row.customer_ref, row.name, row.email, row.phone, bool(row.verified), row.page)
+
+    async def save_visitor(self, visitor: str, contact: VisitorContact, *, new: bool,
+                           now: datetime) -> None:
+        values = {"customer_ref": contact.customer_ref, "name": contact.name,
+                  "email": contact.email, "phone": contact.phone,
+                  "verified": contact.verified, "page": contact.page, "updated_at": now}
+        async with self.db.write() as conn:
+            if new:
+                await conn.execute(insert(WebchatVisitor.__table__).values(
+                    visitor=visitor, seen_at=now, emailed_through=0, **values))
+            else:
+                await conn.execute(update(WebchatVisitor.__table__)
+                                   .where(WV.visitor == visitor).values(values))
+
+    async def visitors_seen(self, seen: Mapping[str, datetime]) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(_SEEN, [{"v": v, "at": seen[v]} for v in sorted(seen)])
+
+    async def missed_replies(self, channel: str, *, before: datetime,
+                             since: datetime) -> list[MissedReply]:
+        stmt = (select(WV.visitor, WV.email, WV.page, MS.id, MS.text, MS.language)
+                .select_from(WebchatVisitor.__table__)
+                .join(Conversation.__table__, (CV.channel == channel)
+                      & (CV.address == WV.visitor))
+                .join(Message.__table__, MS.conversation_id == CV.id)
+                .where(WV.email.is_not(None), MS.direction == "out",
+                       MS.author.like("staff:%"), MS.id > WV.emailed_through,
+                       MS.status.in_(("sent", "delivered")), MS.created_at <= before,
+                       MS.created_at >= since,
+                       WV.seen_at.is_(None) | (WV.seen_at < MS.created_at))
+                .order_by(WV.visitor, MS.id).limit(1000))
+        async with self.db.read() as conn:
+            return [MissedReply(r.visitor, r.email, r.page, r.id, r.text, r.language)
+                    for r in (await conn.execute(stmt)).all()]
+
+    async def emailed_through(self, visitor: str, message_id: int) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(update(WebchatVisitor.__table__)
+                               .where(WV.visitor == visitor)
+                               .values(emailed_through=message_id))

@@ -31,7 +31,6 @@ from core.stores import ChannelStore
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from bot.db.engine import Database
     from channels.settings import ChannelSettings
 
 
@@ -40,12 +39,11 @@ OnStatus = Callable[[str, str, str | None, str | None], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class ChannelContext:
-    """What a channel may use to build itself: settings, the queue, the database, the
-    service's clock, and where delivery reports go."""
+    """What a channel may use to build itself: its settings, the queue, the service's clock,
+    where delivery reports go, and the narrow store it may keep state in (no database)."""
 
     settings: ChannelSettings
     intake: Intake
-    db: Database
     clock: Clock = system_clock
     deliveries: Deliveries | None = None
     store: ChannelStore | None = None

@@ -38,11 +38,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from sqlalchemy import bindparam, insert, select, update
 
-from bot.db.engine import Database
-from bot.db.models import Conversation, Message, WebchatVisitor
-from bot.desk.routing import Team
 from channels.base import (
     Attachment,
     Channel,
@@ -57,14 +53,13 @@ from channels.edge import MAX_ID, has_bad_characters, json_object, read_body
 from core.clock import Clock, system_clock
 from core.contacts import normalise_email, normalise_phone
 from core.errors import ConfigError, InputError, QueueError, RateLimited
+from core.hours import OpeningHours
 from core.ratelimit import RateLimiter
+from core.stores import ChannelStore, MissedReply, VisitorContact
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "bot" / "static"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-MS = Message.__table__.c
-CV = Conversation.__table__.c
-WV = WebchatVisitor.__table__.c
 #: what a visitor may send, known by its first bytes (never by the client's content type)
 FILE_TYPES = (  # (magic, offset of a second magic or -1, extension, MIME type, kind)
     (b"\xff\xd8\xff", None, "jpg", "image/jpeg", "image"),
@@ -98,26 +93,17 @@ TRANSCRIPT_LIMIT = 200
 #: visitors whose transcript end is kept in memory, and messages kept per visitor
 TAIL_VISITORS = 20_000
 TAIL_MESSAGES = 20
-_CONVERSATIONS = select(CV.id, CV.stage, CV.status).where(
-    CV.channel == bindparam("channel"), CV.address == bindparam("address"))
-_NEW_MESSAGES = (
-    select(MS.id, MS.conversation_id, MS.direction, MS.author, MS.text, MS.created_at,
-           MS.status, MS.language, MS.attachments)
-    .where(MS.conversation_id.in_(bindparam("conversations", expanding=True)),
-           MS.id > bindparam("after"), MS.direction.in_(("in", "out")))  # never staff notes
-    .order_by(MS.id).limit(TRANSCRIPT_LIMIT))
-
-
 class WebChatChannel(Channel):
     name = "webchat"
     delivers_by_storing = True
     vouches_for_contacts = False
 
-    def __init__(self, intake: Intake, db: Database, *, max_text: int, per_minute: int,
+    def __init__(self, intake: Intake, store: ChannelStore, *, max_text: int, per_minute: int,
                  staffed: bool = False, origins: frozenset[str] = frozenset(),
                  store_name: str = "", identity_secret: bytes | None = None,
                  files_dir: Path | None = None, upload_max: int = 5 * 1024 * 1024,
-                 public_url: str = "", hours: Team | None = None, reply_minutes: int = 10,
+                 public_url: str = "", hours: OpeningHours | None = None,
+                 reply_minutes: int = 10,
                  email_after: timedelta = timedelta(minutes=10),
                  clock: Clock = system_clock) -> None:
         super().__init__(intake)
@@ -143,7 +129,7 @@ class WebChatChannel(Channel):
         #: the store's page origins that may embed the widget (CORS, frame-ancestors)
         self.origins = origins
         self.store_name = store_name
-        self.db = db
+        self.store = store
         #: a person can pick escalations up, so the page may say one will reply
         self.staffed = staffed
         self.max_text = max_text
@@ -165,8 +151,10 @@ class WebChatChannel(Channel):
         if files.exists() and not files.is_dir():
             raise ConfigError(f"WEBCHAT_UPLOAD_DIR: {files} is not a directory")
         secret = s.webchat_identity_secret
-        hours = Team("store", tz=ZoneInfo(s.store_timezone), hours=s.opening_hours)
-        return cls(ctx.intake, ctx.db, max_text=s.max_text_chars,
+        hours = OpeningHours(ZoneInfo(s.store_timezone), s.opening_hours)
+        if ctx.store is None:
+            raise ConfigError("the web chat needs the core's channel store")
+        return cls(ctx.intake, ctx.store, max_text=s.max_text_chars,
                    per_minute=s.webchat_rate_per_minute, staffed=s.desk_configured,
                    origins=s.webchat_origins, store_name=s.store_name,
                    identity_secret=secret.get_secret_value().encode() if secret else None,
@@ -282,10 +270,7 @@ class WebChatChannel(Channel):
         seen.update(dict.fromkeys(self._listeners, now))
         if not seen:
             return
-        stmt = (update(WebchatVisitor.__table__).where(WV.visitor == bindparam("v"))
-                .values(seen_at=bindparam("at")))
-        async with self.db.write() as conn:
-            await conn.execute(stmt, [{"v": v, "at": seen[v]} for v in sorted(seen)])
+        await self.store.visitors_seen(seen)
 
     async def poll(self, stop: asyncio.Event) -> None:
         """In one process: email staff replies to visitors who left an address and have not
@@ -323,29 +308,15 @@ class WebChatChannel(Channel):
             body = "\n\n".join(r.text for r in replies) + "\n\n" + texts["link"].format(
                 store=self.store_name, link=link) + "\n"
             await self.mailer(first.email, texts["subject"].format(store=self.store_name), body)
-            async with self.db.write() as conn:
-                await conn.execute(update(WebchatVisitor.__table__)
-                                   .where(WV.visitor == visitor)
-                                   .values(emailed_through=max(r.id for r in replies)))
+            await self.store.emailed_through(visitor, max(r.message_id for r in replies))
             log.info("webchat: %d staff repl%s emailed to a visitor who left", len(replies),
                      "y" if len(replies) == 1 else "ies")
             sent += 1
         return sent
 
-    async def _missed(self, cutoff: datetime) -> Sequence[Any]:
-        stmt = (select(WV.visitor, WV.email, WV.page, MS.id, MS.text, MS.language)
-                .select_from(WebchatVisitor.__table__)
-                .join(Conversation.__table__, (CV.channel == self.name)
-                      & (CV.address == WV.visitor))
-                .join(Message.__table__, MS.conversation_id == CV.id)
-                .where(WV.email.is_not(None), MS.direction == "out",
-                       MS.author.like("staff:%"), MS.id > WV.emailed_through,
-                       MS.status.in_(("sent", "delivered")), MS.created_at <= cutoff,
-                       MS.created_at >= cutoff - timedelta(days=7),
-                       WV.seen_at.is_(None) | (WV.seen_at < MS.created_at))
-                .order_by(WV.visitor, MS.id).limit(1000))
-        async with self.db.read() as conn:
-            return (await conn.execute(stmt)).all()
+    async def _missed(self, cutoff: datetime) -> Sequence[MissedReply]:
+        return await self.store.missed_replies(self.name, before=cutoff,
+                                               since=cutoff - timedelta(days=7))
 
     # --- HTTP handlers ---------------------------------------------------------------------
 
@@ -467,10 +438,7 @@ class WebChatChannel(Channel):
         details, and a visitor signed as one customer is not re-linked to another."""
         known = self._contacts.get(visitor)
         if known is None:
-            async with self.db.read() as conn:
-                row = (await conn.execute(select(WV.customer_ref, WV.name, WV.email, WV.phone,
-                                                 WV.verified, WV.page)
-                                          .where(WV.visitor == visitor))).first()
+            row = await self.store.visitor(visitor)
             known = _Contact(row.customer_ref, row.name, row.email, row.phone, row.verified,
                              row.page, stored=True) if row is not None else _Contact()
         merged = known.merge(claim)
@@ -479,17 +447,9 @@ class WebChatChannel(Channel):
                         "not linked")
         worth_keeping = merged.email or merged.phone or merged.name or merged.customer_ref
         if worth_keeping and (merged != known or not known.stored):
-            now = self.clock()
-            values = {"customer_ref": merged.customer_ref, "name": merged.name,
-                      "email": merged.email, "phone": merged.phone,
-                      "verified": merged.verified, "page": merged.page, "updated_at": now}
-            async with self.db.write() as conn:
-                if known.stored:
-                    await conn.execute(update(WebchatVisitor.__table__)
-                                       .where(WV.visitor == visitor).values(values))
-                else:
-                    await conn.execute(insert(WebchatVisitor.__table__).values(
-                        visitor=visitor, seen_at=now, emailed_through=0, **values))
+            await self.store.save_visitor(visitor, VisitorContact(
+                merged.customer_ref, merged.name, merged.email, merged.phone, merged.verified,
+                merged.page), new=not known.stored, now=self.clock())
             merged.stored = True
         self._contacts[visitor] = merged
         self._contacts.move_to_end(visitor)
@@ -675,13 +635,7 @@ class WebChatChannel(Channel):
         has a smaller id than the customer's next message, so showing that message first
         would leave the reply behind the cursor, never shown.
         """
-        async with self.db.read() as conn:
-            convs = {r.id: r for r in (await conn.execute(_CONVERSATIONS, {
-                "channel": self.name, "address": visitor})).all()}
-            if not convs:
-                return [], True
-            rows = (await conn.execute(_NEW_MESSAGES, {
-                "conversations": sorted(convs), "after": after})).all()
+        rows = await self.store.transcript(self.name, visitor, after, TRANSCRIPT_LIMIT)
         out = []
         complete = len(rows) < TRANSCRIPT_LIMIT  # True: `out` is everything there is now
         for r in rows:
@@ -690,10 +644,9 @@ class WebChatChannel(Channel):
                 break
             if r.direction == "out" and r.status not in ("sent", "delivered"):
                 continue
-            conv = convs[r.conversation_id]
             out.append(_shown(StoredMessage(r.id, r.direction, r.author, r.text, r.created_at,
-                                            r.language, conv.stage, conv.status,
-                                            tuple(r.attachments or ()))))
+                                            r.language, r.stage, r.conversation_status,
+                                            tuple(r.attachments))))
         return out, complete
 
 

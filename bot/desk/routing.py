@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from core.errors import ConfigError
+from core.hours import OpeningHours
 from core.phrases import text_for, weekday_name
 
 log = logging.getLogger(__name__)
@@ -44,25 +45,16 @@ class Team:
     hours: Mapping[int, tuple[tuple[time, time], ...]] | None = None
     repost_after: timedelta = timedelta(minutes=15)
 
+    @property
+    def opening(self) -> OpeningHours:
+        return OpeningHours(self.tz, self.hours)
+
     def is_open(self, now: datetime) -> bool:
-        return self.next_open(now) <= now
+        return self.opening.is_open(now)
 
     def next_open(self, now: datetime) -> datetime:
         """`now` if the team is at work, else the start of its next opening window (UTC)."""
-        if self.hours is None:
-            return now
-        local = now.astimezone(self.tz)
-        for offset in range(8):
-            day = local.date() + timedelta(days=offset)
-            for start, end in self.hours.get(day.weekday(), ()):
-                opens = datetime.combine(day, start, self.tz)
-                closes = (datetime.combine(day + timedelta(days=1), time(0), self.tz)
-                          if end == time(0) else datetime.combine(day, end, self.tz))
-                if opens <= local < closes:
-                    return now
-                if opens > local:
-                    return opens.astimezone(UTC)
-        return now  # no hours at all in a week: treat as always open rather than never
+        return self.opening.next_open(now)
 
     def out_of_hours_text(self, now: datetime, lang: str) -> str:
         opens = self.next_open(now).astimezone(self.tz)

@@ -185,7 +185,7 @@ class _NoIntake:
 async def test_send_errors_are_translated(make_settings: Any, slack: FakeSlack, kind: str,
                                           error: type[Exception], code: str | None) -> None:
     settings = make_settings(**slack_settings(slack))
-    channel = SlackChannel.from_context(ChannelContext(settings, _NoIntake(), None))  # type: ignore[arg-type]
+    channel = SlackChannel.from_context(ChannelContext(settings, _NoIntake()))  # type: ignore[arg-type]
     assert channel is not None
     msg = OutboundMessage(channel="slack", address="C1", text="hi", message_id=1,
                           conversation_id=1, thread="1.0")
