@@ -29,7 +29,7 @@ import secrets
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,8 @@ class WebChatChannel(Channel):
         #: sends a plain mail (the email channel's SMTP); None = no continuity by email
         self.mailer: Callable[[str, str, str], Awaitable[None]] | None = None
         self._typing: dict[str, float] = {}
-        self._contacts: OrderedDict[str, _Contact] = OrderedDict()
+        #: visitor -> what we know of them, and whether the database has it
+        self._contacts: OrderedDict[str, tuple[VisitorContact, bool]] = OrderedDict()
         #: visitors seen connected since the last write of `seen_at`, and when
         self._seen: dict[str, datetime] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -392,13 +393,13 @@ class WebChatChannel(Channel):
             if not allowed:
                 raise RateLimited("too many messages, slow down", retry_after=wait)
 
-    def _claim(self, body: dict[str, Any], request: web.Request) -> _Claim:
+    def _claim(self, body: dict[str, Any], request: web.Request) -> VisitorContact:
         """Who the visitor says they are: the store's signed customer, or typed details."""
         name, email = _text_field(body.get("name"), 200), _text_field(body.get("email"), 320)
         page = self._page(body.get("page"), request)
         customer = body.get("customer")
         if customer is None:
-            return _Claim(name=name, email=normalise_email(email), page=page)
+            return VisitorContact(name=name, email=normalise_email(email), page=page)
         if not isinstance(customer, dict):
             raise InputError("'customer' must be an object {id, name?, email?, phone?}")
         ref = customer.get("id")
@@ -420,9 +421,9 @@ class WebChatChannel(Channel):
             if not verified:
                 log.warning("webchat: an identity whose hash does not match was kept as "
                             "contact info, not linked (from %s)", request.remote or "?")
-        return _Claim(name=c_name or name, email=c_email or normalise_email(email),
-                      phone=c_phone, customer_ref=ref if verified else None,
-                      verified=verified, page=page)
+        return VisitorContact(name=c_name or name, email=c_email or normalise_email(email),
+                              phone=c_phone, customer_ref=ref if verified else None,
+                              verified=verified, page=page)
 
     def _page(self, value: Any, request: web.Request) -> str | None:
         """The page the visitor writes from, if it is the store's (the email links to it)."""
@@ -433,25 +434,22 @@ class WebChatChannel(Channel):
             return value
         return None
 
-    async def _remember(self, visitor: str, claim: _Claim) -> _Contact:
-        """Keep what the visitor told us; a signed identity is never replaced by typed
-        details, and a visitor signed as one customer is not re-linked to another."""
-        known = self._contacts.get(visitor)
-        if known is None:
+    async def _remember(self, visitor: str, claim: VisitorContact) -> VisitorContact:
+        """Keep what the visitor told us (see `_merge`)."""
+        cached = self._contacts.get(visitor)
+        if cached is None:
             row = await self.store.visitor(visitor)
-            known = _Contact(row.customer_ref, row.name, row.email, row.phone, row.verified,
-                             row.page, stored=True) if row is not None else _Contact()
-        merged = known.merge(claim)
+            cached = (row, True) if row is not None else (VisitorContact(), False)
+        known, stored = cached
+        merged = _merge(known, claim)
         if claim.verified and known.customer_ref not in (None, claim.customer_ref):
             log.warning("webchat: a visitor signed as one customer sent another's identity; "
                         "not linked")
         worth_keeping = merged.email or merged.phone or merged.name or merged.customer_ref
-        if worth_keeping and (merged != known or not known.stored):
-            await self.store.save_visitor(visitor, VisitorContact(
-                merged.customer_ref, merged.name, merged.email, merged.phone, merged.verified,
-                merged.page), new=not known.stored, now=self.clock())
-            merged.stored = True
-        self._contacts[visitor] = merged
+        if worth_keeping and (merged != known or not stored):
+            await self.store.save_visitor(visitor, merged, new=not stored, now=self.clock())
+            stored = True
+        self._contacts[visitor] = (merged, stored)
         self._contacts.move_to_end(visitor)
         while len(self._contacts) > CONTACT_CACHE:
             self._contacts.popitem(last=False)
@@ -734,48 +732,18 @@ def _ids(visitor: Any, client_id: Any) -> tuple[str, str]:
     return visitor, client_id
 
 
-@dataclass(frozen=True, slots=True)
-class _Claim:
-    """Contact details from one message; `verified` when the store signed `customer_ref`."""
-
-    name: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    customer_ref: str | None = None
-    verified: bool = False
-    page: str | None = None
-
-
-@dataclass(slots=True)
-class _Contact:
-    """A visitor's row in webchat_visitor, as far as this process knows it."""
-
-    customer_ref: str | None = None
-    name: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    verified: bool = False
-    page: str | None = None
-    stored: bool = False
-
-    def merge(self, claim: _Claim) -> _Contact:
-        page = claim.page or self.page
-        if claim.verified and self.customer_ref in (None, claim.customer_ref):
-            return _Contact(claim.customer_ref, claim.name or self.name,
-                            claim.email or self.email, claim.phone or self.phone, True, page,
-                            self.stored)
-        if self.verified:  # typed details never replace what the store signed
-            return _Contact(self.customer_ref, self.name, self.email, self.phone, True, page,
-                            self.stored)
-        return _Contact(None, claim.name or self.name, claim.email or self.email,
-                        claim.phone or self.phone, False, page, self.stored)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _Contact):
-            return NotImplemented
-        return (self.customer_ref, self.name, self.email, self.phone, self.verified,
-                self.page) == (other.customer_ref, other.name, other.email, other.phone,
-                               other.verified, other.page)
+def _merge(known: VisitorContact, claim: VisitorContact) -> VisitorContact:
+    """What we know of a visitor after this message's details: a signed identity is never
+    replaced by typed details, and a visitor signed as one customer is not re-linked."""
+    page = claim.page or known.page
+    if claim.verified and known.customer_ref in (None, claim.customer_ref):
+        return VisitorContact(claim.customer_ref, claim.name or known.name,
+                              claim.email or known.email, claim.phone or known.phone, True,
+                              page)
+    if known.verified:  # typed details never replace what the store signed
+        return replace(known, page=page)
+    return VisitorContact(None, claim.name or known.name, claim.email or known.email,
+                          claim.phone or known.phone, False, page)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
