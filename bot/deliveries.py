@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, tuple_, update
+from sqlalchemy import delete, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -108,11 +108,6 @@ async def purge_parked(conn: AsyncConnection, *, now: datetime | None = None) ->
     done = await conn.execute(delete(DeliveryReportRow.__table__).where(
         DR.received_at < before))
     return int(done.rowcount or 0)
-
-
-async def parked_count(conn: AsyncConnection) -> int:
-    return int((await conn.execute(select(func.count()).select_from(
-        DeliveryReportRow.__table__))).scalar() or 0)
 
 
 async def _park(conn: AsyncConnection, report: DeliveryReport) -> None:

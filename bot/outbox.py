@@ -259,10 +259,10 @@ class OutboxSender:
         """Try again later; `counts=False` (flood control) neither uses up an attempt nor
         lengthens the backoff of later failures."""
         attempts = job.attempts + 1 if counts else job.attempts
-        if attempts >= self.max_attempts:
-            return self._fail(job, f"gave up after {attempts} attempts: {error}")
         retry = OUTBOX.retry(attempts, error, datetime.now(UTC), delay=delay,
                              max_attempts=self.max_attempts)
+        if retry.gave_up:  # the message row and the failure hooks too
+            return self._fail(job, f"gave up after {attempts} attempts: {error}")
         log.warning("outbox %d via %s: attempt %d failed, retrying in %.1f s: %s",
                     job.outbox_id, job.message.channel, attempts, retry.wait, error)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from bot.surveys import SCALES
 from core.errors import PlaybookError
 from faq.models import STAGES
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 ORDER_EVENTS = ("created", "paid", "fulfilled", "delivered", "cancelled")
 TRIGGERS = ("stage_entered", "order", "checkout_abandoned", "bot_answered", "csat", "nps",
             "no_order_for", "points_expiring")
-ASKS = ("csat", "nps")
+ASKS = tuple(SCALES)  # the rating questions a step may ask (bot/surveys.py)
 KINDS = ("transactional", "marketing")
 STOPS = ("replied", "ordered", "opted_out", "staff_owns")
 CHANNELS = ("telegram", "slack", "whatsapp", "email", "webchat")

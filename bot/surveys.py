@@ -22,7 +22,6 @@ from bot.db.models import Conversation, SurveyAnswer, SurveyQuestion
 
 SQ, SA, CV = SurveyQuestion.__table__.c, SurveyAnswer.__table__.c, Conversation.__table__.c
 
-KINDS = ("csat", "nps")
 SCALES = {"csat": (1, 5), "nps": (0, 10)}
 #: one question of a kind per customer this often: a rating after every answer is spam
 COOLDOWN = {"csat": timedelta(days=7), "nps": timedelta(days=90)}
@@ -122,7 +121,3 @@ async def answers_since(conn: AsyncConnection, after_id: int, limit: int
                                .limit(limit))).all()
     return [(int(r.id), int(r.customer_id), r.conversation_id, r.kind, int(r.score))
             for r in rows]
-
-
-async def newest_answer_id(conn: AsyncConnection) -> int:
-    return int((await conn.execute(select(func.max(SA.id)))).scalar() or 0)
