@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,15 +19,23 @@ from tests.fakes.slack import FakeSlack, fake_slack, slack_settings
 STAFF = "CSTAFF"
 
 
+#: When every desk test's service starts: a Wednesday morning, whatever today is.
+DESK_START = datetime(2026, 3, 4, 10, 0, tzinfo=UTC)
+
+
 class Clock:
-    """The desk's clock: real time shifted by what the test says."""
+    """The service's clock in desk tests: it starts at `DESK_START` and runs at real speed (the
+    desk's own timers keep working), shifted by what the test says or pinned to `fixed`."""
 
     def __init__(self) -> None:
         self.offset = timedelta()
         self.fixed: datetime | None = None
+        self._started = time.monotonic()
 
     def __call__(self) -> datetime:
-        return self.fixed if self.fixed is not None else datetime.now(UTC) + self.offset
+        if self.fixed is not None:
+            return self.fixed
+        return DESK_START + timedelta(seconds=time.monotonic() - self._started) + self.offset
 
     def advance(self, **delta: float) -> None:
         self.offset += timedelta(**delta)
@@ -56,10 +65,9 @@ async def start_desk(desk_settings: Callable[..., Any]
     services: list[Service] = []
 
     async def start(routing: str | None = None, **extra: Any) -> tuple[Service, Clock]:
-        service = Service(desk_settings(routing, **extra))
         clock = Clock()
+        service = Service(desk_settings(routing, **extra), clock=clock)
         assert service.desk is not None
-        service.desk.clock = clock
         await service.start()
         services.append(service)
         return service, clock

@@ -88,7 +88,9 @@ teams:
     await service.start()
     session, visitor = await webchat(service, "Can you recommend a dentist in Milan?")
     try:
-        await next_reply(session, visitor)
+        await next_reply(session, visitor)  # the hand-over line, then the English away notice
+        await eventually(lambda: _has_text_part(session, visitor, "Our team is away"),
+                         what="the away notice for the first message")
         seen = await last_id(session, visitor)
         await say(service, "c'è qualcuno?", visitor)
         notice = await new_reply(session, visitor, seen)
@@ -97,6 +99,10 @@ teams:
     finally:
         await session.close()
         await service.stop()
+
+
+async def _has_text_part(session: Any, visitor: str, part: str) -> bool:
+    return any(part in m["text"] for m in await transcript(session, visitor))
 
 
 async def _has_text(session: Any, visitor: str, text: str) -> bool:

@@ -141,7 +141,7 @@ async def test_snooze_holds_reminders_until_it_ends_and_the_customer_writing_end
         assert await click(service, "desk_snooze", "", message_ts=ts, type="static_select",
                            selected_option=option) == 200
         snoozed = await eventually(lambda: _snoozed(service), what="snoozed")
-        assert snoozed.snoozed_until > datetime.now(UTC) + timedelta(minutes=55)
+        assert snoozed.snoozed_until > clock() + timedelta(minutes=55)
         await eventually(lambda: any("snoozed until" in t for t in updates(slack, ts)),
                          what="the card says snoozed")
 

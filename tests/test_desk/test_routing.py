@@ -17,7 +17,7 @@ from bot.desk.routing import DAYS, DEFAULT_ROUTING, RoutingStore, load_routing, 
 from core.errors import ConfigError
 from tests.conftest import eventually, next_reply
 from tests.fakes.slack import FakeSlack, send_event
-from tests.test_desk.conftest import STAFF, card_of, escalation
+from tests.test_desk.conftest import DESK_START, STAFF, card_of, escalation
 from tests.test_desk.test_desk import HUMAN, reply_with, webchat
 
 RULES = """
@@ -137,7 +137,7 @@ def _closed_until_day_after_tomorrow(now: datetime) -> tuple[str, datetime]:
 
 async def test_out_of_hours_customer_is_told_and_repost_waits_for_opening(
         start_desk: Any, slack: FakeSlack) -> None:
-    day, opens = _closed_until_day_after_tomorrow(datetime.now(UTC))
+    day, opens = _closed_until_day_after_tomorrow(DESK_START)
     rules = f"""
 teams:
   support:
