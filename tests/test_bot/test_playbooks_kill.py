@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -77,6 +78,10 @@ async def test_sigkill_while_steps_are_scheduled_loses_and_repeats_nothing(
             await cluster.wait_ready()
             await eventually(lambda: _count(fake.accepted, "First check on 1001"),
                              timeout=30, what="the first step after a restart")
+            # the first step committed as sent (a kill between the platform's accept and
+            # that commit would send it again: at-least-once at the platform's edge)
+            await eventually(lambda: _sent(tmp_path / "shop.db", "First check on 1001"),
+                             what="the first step recorded as sent")
             await _kill(cluster, "second")  # the second step still to come
 
             cluster.start("third", "serve")
@@ -92,6 +97,12 @@ async def test_sigkill_while_steps_are_scheduled_loses_and_repeats_nothing(
     assert "Traceback" not in logs, logs[-3000:]
     for contact in (order("delivered")["customer"]["email"], PHONE):
         assert contact not in logs  # contact details stay out of the logs
+
+
+def _sent(db: Path, text: str) -> bool:
+    with sqlite3.connect(db) as conn:
+        return bool(conn.execute("SELECT count(*) FROM message WHERE text = ? AND status = 'sent'",
+                                 (text,)).fetchone()[0] == 1)
 
 
 async def _kill(cluster: Cluster, name: str) -> None:
