@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.db.engine import Database
 from bot.db.models import ChannelState, Conversation, Message, WebchatVisitor
+from core.batching import GroupRead
 from core.messages import OutboundMessage
 from core.stores import MissedReply, TranscriptRow, VisitorContact
 
@@ -18,8 +20,10 @@ ST = ChannelState.__table__.c
 MS = Message.__table__.c
 CV = Conversation.__table__.c
 WV = WebchatVisitor.__table__.c
-_CONVERSATIONS = select(CV.id, CV.stage, CV.status).where(
-    CV.channel == bindparam("channel"), CV.address == bindparam("address"))
+_CONVERSATIONS = select(CV.address, CV.id, CV.stage, CV.status).where(
+    CV.channel == bindparam("channel"), CV.address.in_(bindparam("addresses", expanding=True)))
+_VISITORS = select(WV.visitor, WV.customer_ref, WV.name, WV.email, WV.phone, WV.verified,
+                   WV.page).where(WV.visitor.in_(bindparam("visitors", expanding=True)))
 _NEW_MESSAGES = (
     select(MS.id, MS.conversation_id, MS.direction, MS.author, MS.text, MS.created_at,
            MS.status, MS.language, MS.attachments)
@@ -31,8 +35,12 @@ _SEEN = (update(WebchatVisitor.__table__).where(WV.visitor == bindparam("v"))
 
 
 class DatabaseChannelStore:
+    """Lookups by address made at the same moment (a burst of new visitors) share one read."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._visitors: GroupRead[str, VisitorContact] = GroupRead(self._read_visitors)
+        self._conversations: dict[str, GroupRead[str, list[Any]]] = {}
 
     async def get_state(self, key: str) -> dict[str, Any] | None:
         async with self.db.read() as conn:
@@ -71,11 +79,14 @@ class DatabaseChannelStore:
 
     async def transcript(self, channel: str, address: str, after: int,
                          limit: int) -> list[TranscriptRow]:
+        reads = self._conversations.get(channel)
+        if reads is None:
+            reads = self._conversations[channel] = GroupRead(
+                lambda addresses: self._read_conversations(channel, addresses))
+        convs = {r.id: r for r in await reads.get(address) or ()}
+        if not convs:
+            return []
         async with self.db.read() as conn:
-            convs = {r.id: r for r in (await conn.execute(_CONVERSATIONS, {
-                "channel": channel, "address": address})).all()}
-            if not convs:
-                return []
             rows = (await conn.execute(_NEW_MESSAGES.limit(limit), {
                 "conversations": sorted(convs), "after": after})).all()
         return [TranscriptRow(r.id, r.conversation_id, r.direction, r.author, r.text,
@@ -83,13 +94,23 @@ class DatabaseChannelStore:
                               convs[r.conversation_id].stage,
                               convs[r.conversation_id].status) for r in rows]
 
-    async def visitor(self, visitor: str) -> VisitorContact | None:
+    async def _read_conversations(self, channel: str, addresses: Sequence[str]
+                                  ) -> dict[str, list[Any]]:
+        by_address: dict[str, list[Any]] = defaultdict(list)
         async with self.db.read() as conn:
-            row = (await conn.execute(select(WV.customer_ref, WV.name, WV.email, WV.phone,
-                                             WV.verified, WV.page)
-                                      .where(WV.visitor == visitor))).first()
-        return None if row is None else VisitorContact(
-            row.customer_ref, row.name, row.email, row.phone, bool(row.verified), row.page)
+            for r in (await conn.execute(_CONVERSATIONS, {"channel": channel,
+                                                          "addresses": addresses})).all():
+                by_address[r.address].append(r)
+        return by_address
+
+    async def visitor(self, visitor: str) -> VisitorContact | None:
+        return await self._visitors.get(visitor)
+
+    async def _read_visitors(self, visitors: Sequence[str]) -> dict[str, VisitorContact]:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(_VISITORS, {"visitors": visitors})).all()
+        return {r.visitor: VisitorContact(r.customer_ref, r.name, r.email, r.phone,
+                                          bool(r.verified), r.page) for r in rows}
 
     async def save_visitor(self, visitor: str, contact: VisitorContact, *, new: bool,
                            now: datetime) -> None:
