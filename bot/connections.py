@@ -23,13 +23,10 @@ Handler = Any  # aiohttp.web_protocol.RequestHandler (no public type)
 SERVED: web.AppKey[set[Any]] = web.AppKey("served")
 
 
-@web.middleware
-async def note_request(request: web.Request, handler: Any) -> web.StreamResponse:
+def note_request(request: web.Request) -> None:
     """Mark the connection as one that sent a request (so the guard leaves it alone)."""
     if request.protocol is not None:
         request.app[SERVED].add(request.protocol)
-    response: web.StreamResponse = await handler(request)
-    return response
 
 
 class ConnectionGuard:

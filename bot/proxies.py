@@ -45,23 +45,22 @@ def client_address(remote: str | None, forwarded_for: str, networks: Sequence[Ne
     return address
 
 
-def forwarded_middleware(networks: Sequence[Network]) -> Any:
-    @web.middleware
-    async def forwarded(request: web.Request, handler: Any) -> web.StreamResponse:
-        if networks and _trusted(request.remote, networks):
-            changes: dict[str, Any] = {}
-            forwarded_for = request.headers.get("X-Forwarded-For", "")
-            if forwarded_for:
-                changes["remote"] = client_address(request.remote, forwarded_for, networks)
-            proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-            if proto in ("http", "https"):
-                changes["scheme"] = proto
-            host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
-            if host and all(c.isalnum() or c in ".-:[]" for c in host):
-                changes["host"] = host
-            if changes:
-                request = request.clone(**changes)
-                request[FORWARDED] = "scheme" in changes or "host" in changes
-        response: web.StreamResponse = await handler(request)
-        return response
-    return forwarded
+def forwarded(request: web.Request, networks: Sequence[Network]) -> web.Request:
+    """The request as the client sent it to our proxy, when it came through one we trust."""
+    if not networks or not _trusted(request.remote, networks):
+        return request
+    changes: dict[str, Any] = {}
+    forwarded_for = request.headers.get("X-Forwarded-For", "")
+    if forwarded_for:
+        changes["remote"] = client_address(request.remote, forwarded_for, networks)
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    if proto in ("http", "https"):
+        changes["scheme"] = proto
+    host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    if host and all(c.isalnum() or c in ".-:[]" for c in host):
+        changes["host"] = host
+    if not changes:
+        return request
+    request = request.clone(**changes)
+    request[FORWARDED] = "scheme" in changes or "host" in changes
+    return request

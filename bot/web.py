@@ -8,8 +8,8 @@ Channels add their own routes (webhooks, the web chat); the admin API and the da
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -22,19 +22,28 @@ from bot.connections import SERVED, note_request
 from bot.metrics import metrics_view
 from bot.openapi import openapi_view
 from bot.playbook_web import add_routes as add_playbook_routes
-from bot.proxies import forwarded_middleware
+from bot.proxies import Network, forwarded
 from bot.store_webhooks import StoreWebhooks
 from core.errors import InputError, QueueError, RateLimited
 
 if TYPE_CHECKING:
     from bot.app import Service
 
-__all__ = ["SERVICE", "build_http_app", "errors_middleware", "healthz", "readyz"]
+__all__ = ["SERVICE", "build_http_app", "edge_middleware", "healthz", "readyz"]
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
+def edge_middleware(networks: Sequence[Network]) -> Any:
+    """What every request goes through, in one layer: its connection marked as one that
+    sent a request, the client's own address behind a trusted proxy, and the error tree."""
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        note_request(request)
+        return await errors_middleware(forwarded(request, networks), handler)
+    return edge
+
+
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every refusal is a 4xx with a clear JSON message and one log line; nothing crashes."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
@@ -73,8 +82,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 def build_http_app(service: Service) -> web.Application:
-    proxies = forwarded_middleware(service.settings.trusted_networks)
-    app = web.Application(middlewares=[note_request, proxies, errors_middleware],
+    app = web.Application(middlewares=[edge_middleware(service.settings.trusted_networks)],
                           client_max_size=service.settings.max_body_bytes)
     app[SERVICE] = service
     app[SERVED] = set()
