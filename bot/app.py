@@ -18,19 +18,20 @@ from aiohttp import web
 from bot.channel_store import DatabaseChannelStore
 from bot.connections import SERVED, ConnectionGuard, raise_open_files_limit
 from bot.db.engine import Database
-from bot.deliveries import DeliveryLog, purge_parked
+from bot.deliveries import DeliveryLog
 from bot.desk.actions import DeskActions
 from bot.desk.routing import RoutingStore
 from bot.desk.slack import Desk
+from bot.housekeeping import Housekeeping
 from bot.leader import make_leader
 from bot.lifecycle import LifecycleStore
 from bot.lifecycle_schedule import StageSchedule
 from bot.metrics import Metrics, metrics_view
 from bot.outbox import OutboxSender
 from bot.pipeline import Outcome, Pipeline, PipelineConfig, RuleConfig
+from bot.pipeline.offload import UnderstandingOffload
 from bot.playbook_runner import PlaybookRunner, RunnerConfig
 from bot.playbooks import PlaybookStore
-from bot.privacy import purge_message_bodies
 from bot.queue import Inbox, QueuedItem
 from bot.settings import Settings
 from bot.web import build_http_app
@@ -108,6 +109,10 @@ class Service:
                 self.db, RoutingStore(settings.desk_routing_file), faq=self.faq,
                 store_name=settings.store_name, default_language=settings.default_language,
                 staffed=settings.desk_configured, clock=self.clock)
+        #: FAQ matching in a helper process (not with the neural model: one copy of it)
+        self.offload = (UnderstandingOffload(self.faq, processes=settings.match_processes)
+                        if settings.match_processes and not settings.faq_semantic_model
+                        else None)
         self.pipeline = Pipeline(self.faq, self.lifecycle, PipelineConfig(
             RuleConfig(store_name=settings.store_name,
                        default_language=settings.default_language,
@@ -119,7 +124,7 @@ class Service:
                                   if channel.threads_are_conversations),
             unverified=frozenset(name for name, channel in self.channels.items()
                                  if not channel.vouches_for_contacts)),
-            desk=self.desk_actions, clock=self.clock)
+            desk=self.desk_actions, clock=self.clock, offload=self.offload)
         self.outbox = OutboxSender(self.db, self.metrics.instrument(self.channels),
                                    concurrency=settings.send_concurrency,
                                    max_attempts=settings.send_max_attempts,
@@ -222,12 +227,17 @@ class Service:
         if self.redis_inbox is not None:
             self._spawn(self.leader.run("inbox-sweeper", self.stop_event,
                                         self.redis_inbox.sweep), "inbox-sweeper")
+        if self.offload is not None:
+            self.offload.start()
         self._spawn(self.workers.run(self.stop_event), "workers")
         # One sender at a time across processes, so a reply is never sent twice.
         self._spawn(self.leader.run("outbox", self.stop_event, self.outbox.run), "outbox")
         if self.desk is not None:
             self._spawn(self.leader.run("desk", self.stop_event, self.desk.run), "desk")
-        self._spawn(self.leader.run("housekeeping", self.stop_event, self._housekeeping),
+        chores = Housekeeping(self.db, self.inbox, self.clock,
+                              keep=timedelta(hours=self.settings.inbox_keep_hours),
+                              retention_days=self.settings.message_retention_days)
+        self._spawn(self.leader.run("housekeeping", self.stop_event, chores.run),
                     "housekeeping")
         # time rules (no order for N days): one process at a time, catching up at once
         self._spawn(self.leader.run("lifecycle-schedule", self.stop_event,
@@ -237,36 +247,6 @@ class Service:
         self._spawn(self.playbooks.watch(self.stop_event), "playbooks-watch")
         self._spawn(self.faq.watch(self.stop_event), "faq-watch")
         self._spawn(self.lifecycle.watch(self.stop_event), "rules-watch")
-
-    async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """Hourly, in one process: forget handled inbox rows once no platform redelivers
-        them any more (the dedup window), blank message bodies past the retention period,
-        drop delivery reports whose send was never recorded, and refresh SQLite's planner
-        statistics."""
-        keep = timedelta(hours=self.settings.inbox_keep_hours)
-        retention = self.settings.message_retention_days
-        while not stop.is_set():
-            try:
-                purged = await self.inbox.purge_done(before=self.clock() - keep)
-                if purged:
-                    log.info("housekeeping: %d handled inbox rows older than %s removed",
-                             purged, keep)
-                if retention is not None:
-                    blanked = await purge_message_bodies(
-                        self.db, before=self.clock() - timedelta(days=retention))
-                    if blanked:
-                        log.info("housekeeping: %d message bodies older than %d days blanked",
-                                 blanked, retention)
-                async with self.db.write() as conn:
-                    dropped = await purge_parked(conn, now=self.clock())
-                if dropped:
-                    log.info("housekeeping: %d delivery reports for sends never recorded "
-                             "dropped", dropped)
-                await self.db.optimize()
-            except Exception:
-                log.exception("housekeeping failed; retrying in an hour")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=3600)
 
     def _replies_stored(self, item: QueuedItem, outcome: Outcome) -> None:
         """Wake web chat readers: the customer's message and its replies are in the
@@ -376,6 +356,8 @@ class Service:
         for channel in self.channels.values():
             with contextlib.suppress(Exception):
                 await channel.stop()
+        if self.offload is not None:
+            await self.offload.stop()
         with contextlib.suppress(Exception):
             await self.inbox.close()
         with contextlib.suppress(Exception):

@@ -9,6 +9,7 @@ up in logs or reprs.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from datetime import time
 from functools import cached_property
@@ -79,6 +80,11 @@ class Settings(BaseSettings):
     # --- queue ----------------------------------------------------------------------------
     workers: int = Field(2, ge=1, le=64, description="Worker tasks taking inbound messages")
     queue_batch: int = Field(64, ge=1, le=1000)
+    match_processes: int = Field(
+        default_factory=lambda: 1 if (os.cpu_count() or 1) > 1 else 0, ge=0, le=16,
+        description="Helper processes that do the FAQ matching of inbound messages, so it "
+                    "runs on another core than the web side (0: in the service process; the "
+                    "neural FAQ model always matches in-process)")
     max_attempts: int = Field(5, ge=1, le=100,
                               description="Tries before a message is dead-lettered")
     inbox_keep_hours: float = Field(

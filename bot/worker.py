@@ -91,7 +91,8 @@ class WorkerPool:
     async def _handle_batch(self, items: list[QueuedItem]) -> list[tuple[QueuedItem, Outcome]]:
         # FAQ matching is pure CPU: done before the write lock, so accepting new messages
         # (which needs that lock on SQLite) never waits for it.
-        seen = {item.id: self.pipeline.understand(item.message) for item in items}
+        understood = await self.pipeline.understand_all([item.message for item in items])
+        seen = {item.id: u for item, u in zip(items, understood, strict=True)}
         async with self.db.write() as conn:
             items = await self.inbox.lock(conn, items)
             outcomes = await self.pipeline.handle(

@@ -127,6 +127,9 @@ def make_settings(tmp_path: Path, request: pytest.FixtureRequest):
             "host": "127.0.0.1", "port": 0, "admin_token": ADMIN_TOKEN,
             "public_url": "http://127.0.0.1:8080", "store_name": "Demo Shop",
             "webchat_identity_secret": IDENTITY_SECRET,
+            # each start would spawn a matching helper: tests/test_bot/test_pipeline_offload.py
+            # runs it, the rest match in-process
+            "match_processes": 0,
         }
         values.update(overrides)
         return load_settings(_env_file=None, **values)

@@ -24,6 +24,7 @@ from bot.lifecycle import LifecycleRules, StageSignal
 from bot.order_context import OrderContext, named_numbers, order_context
 from bot.pipeline import rules
 from bot.pipeline.load import Loaded, Sender, SurveySource, load, pick_conversation
+from bot.pipeline.offload import UnderstandingOffload
 from bot.pipeline.rules import ConversationState, Decision, RuleConfig, Turn
 from bot.pipeline.understand import Understanding, understand
 from bot.pipeline.write import DeskHook, Plan, Planned, StageMove, waiting_status, write
@@ -88,8 +89,10 @@ class PipelineConfig:
 
 class Pipeline:
     def __init__(self, faq: FaqSource, lifecycle: RulesSource, config: PipelineConfig, *,
-                 desk: Desk | None = None, clock: Clock | None = None) -> None:
+                 desk: Desk | None = None, clock: Clock | None = None,
+                 offload: UnderstandingOffload | None = None) -> None:
         self.faq = faq
+        self.offload = offload
         self.lifecycle = lifecycle
         self.desk = desk
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
@@ -118,6 +121,14 @@ class Pipeline:
         """Pure CPU, before the transaction: callers run it first so the write lock is not
         held while matching."""
         return understand(msg, self._match)
+
+    async def understand_all(self, messages: Sequence[InboundMessage]) -> list[Understanding]:
+        """`understand` for each, in the helper process when there is one."""
+        if self.offload is not None:
+            found = await self.offload.understand_many(messages)
+            if found is not None:
+                return found
+        return [self.understand(m) for m in messages]
 
     async def handle(self, conn: AsyncConnection, messages: Sequence[InboundMessage],
                      seen: Sequence[Understanding] | None = None) -> list[Outcome]:
