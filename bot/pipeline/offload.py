@@ -17,6 +17,9 @@ import concurrent.futures
 import hashlib
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -68,7 +71,8 @@ class UnderstandingOffload:
         self._shutdown()
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_child_start, initargs=(str(self.faq.path), self.faq.threshold))
+            initializer=_child_start,
+            initargs=(str(self.faq.path), self.faq.threshold, os.getpid()))
         self._pool = pool
         try:
             ready = await asyncio.get_running_loop().run_in_executor(pool, _child_fingerprint)
@@ -122,12 +126,22 @@ class UnderstandingOffload:
 # --- the child process ---------------------------------------------------------------------
 
 _CHILD: dict[str, Any] = {}
+#: how often the helper checks that the service that started it is still there
+PARENT_CHECK_SECONDS = 0.5
 
 
-def _child_start(path: str, threshold: float) -> None:
+def _child_start(path: str, threshold: float, parent: int) -> None:
+    threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
     faq = FaqStore(Path(path), threshold=threshold)
     _CHILD["faq"] = faq
     _CHILD["fingerprint"] = fingerprint(faq.entries, faq.threshold)
+
+
+def _exit_with(parent: int) -> None:
+    """A service killed outright (SIGKILL, OOM) leaves no helper behind."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(0)
 
 
 def _child_fingerprint() -> str:

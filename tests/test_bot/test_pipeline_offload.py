@@ -3,21 +3,27 @@ and a helper that dies is replaced without a message going unanswered."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bot.app import Service
 from bot.pipeline.offload import UnderstandingOffload
 from bot.pipeline.understand import understand
 from channels.base import InboundMessage
 from faq.store import FaqStore
-from tests.conftest import ROOT, chat, eventually
+from tests.conftest import ROOT, chat, eventually, free_port
+
+sys.path.insert(0, str(ROOT))
+from bench.scale import Cluster, base_env
 
 TEXTS = [
     "How much is shipping?", "hi, what are the delivery costs", "Quanto costa la spedizione?",
@@ -121,3 +127,36 @@ async def test_the_service_answers_through_its_helper(make_settings: Any) -> Non
         assert service.offload.offloaded >= len(TEXTS) + 1
     finally:
         await service.stop()
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux /proc")
+async def test_a_service_killed_outright_leaves_no_helper_behind(tmp_path: Path) -> None:
+    port = free_port()
+    cluster = Cluster(base_env(f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}", port,
+                               MATCH_PROCESSES="1"), port, logs=tmp_path)
+    try:
+        proc = cluster.start("serve", "serve")
+        await cluster.wait_ready()
+        helpers = await eventually(lambda: _children(proc.pid), timeout=30,
+                                   what="the matching helper started")
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait, 10)
+        await eventually(lambda: not any(_running(p) for p in helpers), timeout=10,
+                         what="the helper gone with its service")
+    finally:
+        cluster.stop()
