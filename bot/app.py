@@ -227,8 +227,8 @@ class Service:
         if self.redis_inbox is not None:
             self._spawn(self.leader.run("inbox-sweeper", self.stop_event,
                                         self.redis_inbox.sweep), "inbox-sweeper")
-        if self.offload is not None:
-            self.offload.start()
+        if self.offload is not None and not await self.offload.started(within=15):
+            log.warning("FAQ matching runs in the service process until its helper is up")
         self._spawn(self.workers.run(self.stop_event), "workers")
         # One sender at a time across processes, so a reply is never sent twice.
         self._spawn(self.leader.run("outbox", self.stop_event, self.outbox.run), "outbox")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import multiprocessing
@@ -66,6 +67,15 @@ class UnderstandingOffload:
         """Start the child in the background; messages are understood here until it is up."""
         if self._starting is None or self._starting.done():
             self._starting = asyncio.get_running_loop().create_task(self._start())
+
+    async def started(self, *, within: float) -> bool:
+        """Wait for the child to be up, at most `within` seconds (a service opening its doors
+        then handles its first burst at full speed); False if it is not up by then."""
+        self.start()
+        assert self._starting is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._starting), timeout=within)
+        return self._ready_for is not None
 
     async def _start(self) -> None:
         self._shutdown()
