@@ -424,18 +424,27 @@ class RedisWakeups:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
         self.channel = f"{prefix}:wake"
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queued: list[str] = []
+        self._sender: asyncio.Task[None] | None = None
 
     def publish_soon(self, topic: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._publish(topic))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Publish in the background, after what was published before (one sender, so the
+        others receive a process's wake-ups in the order of its commits); what queues up
+        meanwhile goes out together, in one round trip."""
+        self._queued.append(topic)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._publish())
 
-    async def _publish(self, topic: str) -> None:
-        try:
-            await self.redis.publish(self.channel, topic)
-        except Exception as exc:  # noqa: BLE001 - best effort
-            log.debug("wake-up not published: %s", type(exc).__name__)
+    async def _publish(self) -> None:
+        while self._queued:
+            topics, self._queued = self._queued, []
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for topic in topics:
+                        pipe.publish(self.channel, topic)
+                    await pipe.execute()
+            except Exception as exc:  # noqa: BLE001 - best effort
+                log.debug("%d wake-ups not published: %s", len(topics), type(exc).__name__)
 
     async def listen(self, stop: asyncio.Event, handlers: Mapping[str, Callable[[str], None]]
                      ) -> None:

@@ -12,16 +12,17 @@ import uuid
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from bot.app import Service
 from bot.db.engine import Database
 from bot.db.models import Conversation, InboxItem, Message
 from bot.redis_queue import GROUP, RedisInbox
 from channels.base import InboundMessage
-from tests.conftest import eventually
+from tests.conftest import eventually, stays
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 QUESTION = "How much does shipping cost?"
@@ -303,5 +304,121 @@ async def test_a_reply_committed_by_a_worker_process_wakes_the_web_processs_long
         # Woken by the commit, not by the poll running out (30 s) or a re-read (never here).
         assert waited < 15, waited
     finally:
+        await worker.stop()
+        await web.stop()
+
+
+def _transcript_reads(service: Service) -> list[str]:
+    """The statements of `service` that read web chat messages (its transcript query)."""
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM message" in statement:
+            seen.append(statement)
+
+    event.listen(service.db.engine.sync_engine, "before_cursor_execute", count)
+    return seen
+
+
+async def _poll(client: aiohttp.ClientSession, visitor: str, after: int,
+                wait: int = 30) -> list[dict[str, Any]]:
+    async with client.get("/api/webchat/messages", params={
+            "visitor_id": visitor, "after": after, "wait": wait}) as resp:
+        assert resp.status == 200
+        return list((await resp.json())["messages"])
+
+
+async def _conversation(db: Database, visitor: str) -> list[tuple[int, str, str]]:
+    async with db.read() as conn:
+        rows = (await conn.execute(
+            select(Message.id, Message.direction, Message.text)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Conversation.address == visitor).order_by(Message.id))).all()
+    return [(r.id, r.direction, r.text) for r in rows]
+
+
+async def test_replies_committed_by_a_worker_process_reach_the_page_without_a_read(
+        make_settings: Any, pg_database_url: str, redis_prefix: str) -> None:
+    """The worker's wake-up carries what it committed: the web process shows the next
+    replies from what it knows, without reading the transcript again; each visitor sees
+    exactly their own conversation, as stored."""
+    extra: dict[str, Any] = {"redis_url": "redis://127.0.0.1:6379/0",
+                             "redis_prefix": redis_prefix, "repeat_window_minutes": 1e-6}
+    web = Service(make_settings(database_url=pg_database_url, **extra))
+    worker = Service(make_settings(database_url=pg_database_url, **extra))
+    await web.start(http=True, workers=False)
+    await worker.start(http=False, workers=True)
+    web.channels["webchat"].recheck = 3600.0  # type: ignore[attr-defined]
+    reads = _transcript_reads(web)
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{web.port}") as client:
+            visitors = [f"visitor-{uuid.uuid4().hex[:16]}" for _ in range(3)]
+            pages: dict[str, list[dict[str, Any]]] = {v: [] for v in visitors}
+
+            async def exchange(visitor: str, seq: int) -> None:
+                await _post(client, visitor, seq)
+                after = pages[visitor][-1]["id"] if pages[visitor] else 0
+                got: list[dict[str, Any]] = []
+                while not any(m["from"] != "you" for m in got):
+                    got += await _poll(client, visitor, got[-1]["id"] if got else after)
+                pages[visitor] += got
+
+            await asyncio.gather(*(exchange(v, 0) for v in visitors))
+            first = len(reads)
+            for seq in range(1, 4):
+                await asyncio.gather(*(exchange(v, seq) for v in visitors))
+            assert len(reads) == first, reads[first:]
+        for visitor in visitors:
+            stored = await _conversation(web.db, visitor)
+            assert [(m["id"], "in" if m["from"] == "you" else "out", m["text"])
+                    for m in pages[visitor]] == stored
+            assert [d for _, d, _ in stored] == ["in", "out"] * 4
+    finally:
+        await worker.stop()
+        await web.stop()
+
+
+async def test_a_wake_up_that_does_not_follow_what_the_web_process_knows_makes_it_read(
+        make_settings: Any, pg_database_url: str, redis_prefix: str) -> None:
+    """A wake-up whose messages do not start where the visitor's known transcript ends (a
+    late or reordered one, or one that says nothing usable) is not shown: the web process
+    forgets what it knew and reads what is really stored."""
+    extra: dict[str, Any] = {"redis_url": "redis://127.0.0.1:6379/0",
+                             "redis_prefix": redis_prefix}
+    web = Service(make_settings(database_url=pg_database_url, **extra))
+    worker = Service(make_settings(database_url=pg_database_url, **extra))
+    await web.start(http=True, workers=False)
+    await worker.start(http=False, workers=True)
+    web.channels["webchat"].recheck = 3600.0  # type: ignore[attr-defined]
+    reads = _transcript_reads(web)
+    r = Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{web.port}") as client:
+            visitor = f"visitor-{uuid.uuid4().hex[:16]}"
+            await _post(client, visitor, 0)
+            shown = await _poll(client, visitor, 0)
+            while len(shown) < 2:
+                shown += await _poll(client, visitor, shown[-1]["id"])
+            last = shown[-1]["id"]
+            assert await _poll(client, visitor, last, wait=0) == []
+            before = len(reads)
+            at = "2026-03-04T10:30:00+00:00"
+            gap = [f"webchat/{visitor}", last + 1,
+                   [[last + 3, "out", "bot", "not stored anywhere", at, "en", "new", "open",
+                     []]]]
+            undecodable = [f"webchat/{visitor}", last, [["x"]]]
+            for part in (gap, undecodable):
+                waiting = asyncio.create_task(_poll(client, visitor, last))
+                n = len(reads)
+                await r.publish(f"{redis_prefix}:wake", "stored " + orjson.dumps([part]).decode())
+                # woken (or asked after the wake-up): it reads, finds nothing new, waits on
+                await eventually(lambda n=n: len(reads) > n, what="a transcript read")
+                await stays(lambda w=waiting: not w.done(), window=0.3, what="the poll waits")
+                waiting.cancel()
+                assert await _poll(client, visitor, last, wait=0) == []
+            assert len(reads) > before  # what is new was read from the database
+            assert await _poll(client, visitor, 0, wait=0) == shown  # what is stored, only
+    finally:
+        await r.aclose()
         await worker.stop()
         await web.stop()
