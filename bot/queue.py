@@ -273,8 +273,10 @@ class Inbox:
             fresh.append(QueuedItem(row.id, row.attempts, row.conversation_key, message))
         return fresh
 
-    async def settle(self, items: Sequence[QueuedItem]) -> None:
-        """Called after a batch committed (or failed): the Redis backend acknowledges here."""
+    async def settle(self, items: Sequence[QueuedItem], done: Sequence[QueuedItem] = ()
+                     ) -> None:
+        """Called after a batch committed (or failed) with what it claimed and what of it
+        was committed as handled: the Redis backend acknowledges here."""
 
     async def ping(self) -> None:
         """Raise if the queue backend is unreachable (the database is checked separately)."""

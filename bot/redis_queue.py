@@ -204,27 +204,21 @@ class RedisInbox(Inbox):
         for key in keys:
             if key not in handed:
                 self._claiming.pop(key, None)
-            if key not in seen and len(rows) < limit:  # nothing pending: done elsewhere
-                await self._forget(key, before[key])
+        if len(rows) < limit:  # nothing pending for the others: done elsewhere
+            await self._forget_many({key: before[key] for key in keys if key not in seen})
         return items
 
-    async def _forget(self, key: str, entries: dict[str, str]) -> None:
-        """Acknowledge `entries` of `key` and stop holding them (newer ones stay held)."""
-        await self._ack(entries)
-        held = self._held.get(key, {})
-        for entry in entries:
-            held.pop(entry, None)
-        if not held:
-            self._held.pop(key, None)
-            self._retry_at.pop(key, None)
-
-    async def settle(self, items: Sequence[QueuedItem]) -> None:
-        """After the batch: acknowledge entries whose rows are no longer pending."""
+    async def settle(self, items: Sequence[QueuedItem], done: Sequence[QueuedItem] = ()
+                     ) -> None:
+        """After the batch: acknowledge entries whose rows are no longer pending. An entry
+        announcing a row of `done` (committed as handled) needs no look: only the others'
+        rows are read."""
         keys = sorted({i.conversation_key for i in items})
         if not keys:
             return
         try:
-            await self._settle(keys)
+            await self._settle(keys, {f"{i.message.channel}\x1f{i.message.external_id}"
+                                      for i in done})
         except Exception as exc:  # noqa: BLE001 - never kill the worker loop: the entries stay held, retried
             log.warning("could not acknowledge queue entries (%s); retrying later",
                         type(exc).__name__)
@@ -234,19 +228,35 @@ class RedisInbox(Inbox):
             for key in keys:
                 self._claiming.pop(key, None)
 
-    async def _settle(self, keys: list[str]) -> None:
+    async def _settle(self, keys: list[str], handled: set[str]) -> None:
         before = {key: dict(self._held.get(key, {})) for key in keys}  # as in `_load`
-        async with self.db.read() as conn:
-            pending = {(r.conversation_key, f"{r.channel}\x1f{r.external_id}")
-                       for r in (await conn.execute(
-                           select(T.conversation_key, T.channel, T.external_id)
-                           .where(T.status == "pending", T.conversation_key.in_(keys))))}
+        unsure = [key for key in keys if any(ref not in handled for ref in before[key].values())]
+        pending: set[tuple[str, str]] = set()
+        if unsure:
+            async with self.db.read() as conn:
+                pending = {(r.conversation_key, f"{r.channel}\x1f{r.external_id}")
+                           for r in (await conn.execute(
+                               select(T.conversation_key, T.channel, T.external_id)
+                               .where(T.status == "pending", T.conversation_key.in_(unsure))))}
+        done = {key: {e: ref for e, ref in before[key].items()
+                      if ref in handled or (key, ref) not in pending} for key in keys}
+        await self._forget_many(done)
+        now = time.monotonic()
         for key in keys:
-            done = {e: ref for e, ref in before[key].items() if (key, ref) not in pending}
-            await self._forget(key, done)
-            now = time.monotonic()
             if key in self._held and self._retry_at.get(key, 0.0) <= now:
                 self._retry_at[key] = now + CONTENDED_RETRY
+
+    async def _forget_many(self, entries: dict[str, dict[str, str]]) -> None:
+        """Acknowledge these entries of each key (in one round trip) and stop holding them
+        (newer ones stay held)."""
+        await self._ack({e: ref for held in entries.values() for e, ref in held.items()})
+        for key, done in entries.items():
+            held = self._held.get(key, {})
+            for entry in done:
+                held.pop(entry, None)
+            if not held:
+                self._held.pop(key, None)
+                self._retry_at.pop(key, None)
 
     async def _ack(self, entries: dict[str, str]) -> None:
         if not entries:
