@@ -20,6 +20,7 @@ from sqlalchemy import event, func, select
 from bot.app import Service
 from bot.db.engine import Database
 from bot.db.models import Conversation, InboxItem, Message
+from bot.queue import Inbox
 from bot.redis_queue import GROUP, RedisInbox
 from channels.base import InboundMessage
 from tests.conftest import eventually, stays
@@ -459,3 +460,32 @@ async def test_a_wake_up_that_does_not_follow_what_the_web_process_knows_makes_i
         await r.aclose()
         await worker.stop()
         await web.stop()
+
+
+async def test_a_conversation_another_worker_holds_is_left_to_it_the_others_are_taken(
+        pg_database_url: str) -> None:
+    """Two worker processes claimed the same conversations: each message is handled by one
+    transaction only, and a worker never waits for the other's conversation."""
+    db = Database(pg_database_url)
+    await db.upgrade()
+    inbox = Inbox(db)
+    other = Database(pg_database_url)  # another process: its own connections
+    try:
+        for i, key in enumerate(["alice", "bob", "alice", "carol"]):
+            assert await inbox.put(_msg(i, key))
+        items = await inbox.claim(0, 1, 10)
+        assert len(items) == 4
+        async with other.write() as first:
+            mine = await inbox.lock(first, [i for i in items
+                                            if i.message.address == "alice"])
+            assert [i.message.external_id for i in mine] == ["alice:0", "alice:2"]
+            async with db.write() as second:
+                theirs = await inbox.lock(second, items)
+                assert [i.message.external_id for i in theirs] == ["bob:1", "carol:3"]
+                await inbox.complete_many(second, [i.id for i in theirs])
+            await inbox.complete_many(first, [i.id for i in mine])
+        async with db.write() as again:  # all handled: nothing is handed out twice
+            assert await inbox.lock(again, items) == []
+    finally:
+        await other.close()
+        await db.close()
