@@ -152,11 +152,16 @@ class Inbox:
                     if not fut.done():
                         fut.set_exception(QueueError(f"queue unavailable: {exc}"))
                 continue
+            await self._committed([msg for (msg, _), new in zip(batch, inserted, strict=True)
+                                   if new])
             for (_, fut), new in zip(batch, inserted, strict=True):
                 if not fut.done():
                     fut.set_result(new)
             if any(inserted):
                 self.wakeup.set()
+
+    async def _committed(self, messages: list[InboundMessage]) -> None:
+        """After a group commit, before its `put`s return: these messages are new."""
 
     async def _insert(self, batch: Sequence[tuple[InboundMessage, Any]]) -> list[bool]:
         """Insert the batch in one statement, skipping (channel, external id) already queued;

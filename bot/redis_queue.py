@@ -2,9 +2,10 @@
 
 The database row stays the source of truth: `put` commits the inbox row first (group commit,
 dedup on `(channel, external_id)`), then adds a stream entry `{k: conversation key, c: channel,
-x: external id}`. The stream only distributes work; an entry means "conversation k has a
-pending message". Extra entries are harmless, so a crash between commit and XADD is repaired
-by the sweeper (one elected process re-announces conversations with old pending rows).
+x: external id}` per message, those of one commit in one round trip. The stream only
+distributes work; an entry means "conversation k has a pending message". Extra entries are
+harmless, so a crash between commit and XADD is repaired by the sweeper (one elected process
+re-announces conversations with old pending rows).
 
 Consumers: one group; each process is one consumer. A worker reads entries, loads the pending
 rows of their conversations, and handles them in one transaction, which on PostgreSQL first
@@ -93,16 +94,20 @@ class RedisInbox(Inbox):
 
     # --- producing ------------------------------------------------------------------------
 
-    async def put(self, message: InboundMessage) -> bool:
-        new = await super().put(message)
-        if new:
-            try:
-                await self._announce(message.conversation_key, message.channel,
-                                     message.external_id)
-            except Exception as exc:  # noqa: BLE001 - the row is committed; the sweeper repairs
-                log.warning("queued %s but could not announce it on Redis (%s); the sweeper "
-                            "will", message.conversation_key, type(exc).__name__)
-        return new
+    async def _committed(self, messages: list[InboundMessage]) -> None:
+        """Announce what a group commit queued, in one round trip."""
+        if not messages:
+            return
+        try:
+            await self._ensure_group()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for m in messages:
+                    pipe.xadd(self.stream, {"k": m.conversation_key, "c": m.channel,
+                                            "x": m.external_id})
+                await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - the rows are committed; the sweeper repairs
+            log.warning("queued %d messages but could not announce them on Redis (%s); the "
+                        "sweeper will", len(messages), type(exc).__name__)
 
     async def _announce(self, key: str, channel: str, external_id: str) -> None:
         await self._ensure_group()
