@@ -21,7 +21,7 @@ from bot.app import Service
 from bot.db.engine import Database
 from bot.db.models import Conversation, InboxItem, Message
 from bot.queue import Inbox
-from bot.redis_queue import GROUP, RedisInbox
+from bot.redis_queue import GROUP, RedisInbox, RedisWakeups
 from channels.base import InboundMessage
 from tests.conftest import eventually, stays
 
@@ -489,3 +489,31 @@ async def test_a_conversation_another_worker_holds_is_left_to_it_the_others_are_
     finally:
         await other.close()
         await db.close()
+
+
+async def test_a_processs_wake_ups_arrive_in_the_order_they_were_published(
+        redis_url: str, redis_prefix: str) -> None:
+    """What a process commits one after the other reaches the others in that order (a
+    reordered pair would cost the web process a transcript read)."""
+    publisher, listener = Redis.from_url(redis_url), Redis.from_url(redis_url,
+                                                                    decode_responses=True)
+    wakeups = RedisWakeups(publisher, redis_prefix)
+    got: list[str] = []
+    stop = asyncio.Event()
+    listening = asyncio.create_task(RedisWakeups(listener, redis_prefix).listen(
+        stop, {"n": got.append}))
+    try:
+        async def subscribed() -> bool:
+            return bool((await publisher.pubsub_numsub(f"{redis_prefix}:wake"))[0][1])
+        await eventually(subscribed, what="the listener subscribed")
+        for i in range(300):
+            wakeups.publish_soon(f"n {i}")
+            if i % 7 == 0:
+                await asyncio.sleep(0)  # let some go out while more are queued
+        await eventually(lambda: len(got) == 300, what="all wake-ups received")
+        assert got == [str(i) for i in range(300)]
+    finally:
+        stop.set()
+        await listening
+        await publisher.aclose()
+        await listener.aclose()
