@@ -33,8 +33,7 @@ from bot.playbooks import PlaybookStore
 from bot.privacy import purge_message_bodies
 from bot.queue import Inbox, QueuedItem
 from bot.settings import Settings
-from bot.wakeups import StoredLog
-from bot.wakeups import decode as decode_stored
+from bot.wakeups import StoredLog, extend_transcripts, wake_readers
 from bot.web import build_http_app
 from bot.worker import WorkerPool
 from channels import CHANNELS
@@ -178,8 +177,8 @@ class Service:
             if workers:
                 handlers["outbox"] = lambda _arg: self.outbox.wake()
             if http:
-                handlers["stored"] = self._stored_elsewhere
-                handlers["replies"] = self._wake_readers
+                handlers["stored"] = functools.partial(extend_transcripts, self.channels)
+                handlers["replies"] = functools.partial(wake_readers, self.channels)
                 handlers["typing"] = self._show_typing
             self._spawn(self.wakeups.listen(self.stop_event, handlers), "wakeups")
         if http:
@@ -303,24 +302,6 @@ class Service:
             self.wakeups.publish_soon("outbox")
             for argument in self._stored_for.take():
                 self.wakeups.publish_soon("stored " + argument)
-
-    def _stored_elsewhere(self, argument: str) -> None:
-        """Another process committed these messages (bot/wakeups.py): the channel extends
-        what it knows of each transcript, or forgets it and reads when it cannot."""
-        for target, after, messages in decode_stored(argument):
-            name, _, address = target.partition("/")
-            channel = self.channels.get(name)
-            if channel is not None and address:
-                channel.replies_stored(address, messages or (), after=after)
-
-    def _wake_readers(self, targets: str) -> None:
-        """Another process stored replies for these "channel/address" pairs (what a process
-        of an earlier version publishes)."""
-        for target in targets.split():
-            name, _, address = target.partition("/")
-            channel = self.channels.get(name)
-            if channel is not None and address:
-                channel.replies_stored(address)
 
     def typing(self, channel: str, address: str) -> None:
         """Staff are writing to this customer: their chat shows it, in whichever process

@@ -19,12 +19,13 @@ never a message.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
+from channels.base import Channel
 from core.messages import StoredMessage
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,26 @@ def _encode_target(target: str, segments: list[Segment] | None) -> bytes:
 def _fields(m: StoredMessage) -> list[Any]:
     return [m.id, m.direction, m.author, m.text, m.created_at.isoformat(), m.language,
             m.stage, m.conversation_status, list(m.attachments)]
+
+
+def extend_transcripts(channels: Mapping[str, Channel], argument: str) -> None:
+    """A "stored" wake-up from another process: each channel extends what it knows of the
+    visitor's transcript, or forgets it and reads when it cannot."""
+    for target, after, messages in decode(argument):
+        name, _, address = target.partition("/")
+        channel = channels.get(name)
+        if channel is not None and address:
+            channel.replies_stored(address, messages or (), after=after)
+
+
+def wake_readers(channels: Mapping[str, Channel], targets: str) -> None:
+    """A "replies" wake-up (what a process of an earlier version publishes): something was
+    stored for these "channel/address" pairs, read it."""
+    for target in targets.split():
+        name, _, address = target.partition("/")
+        channel = channels.get(name)
+        if channel is not None and address:
+            channel.replies_stored(address)
 
 
 def decode(argument: str) -> Iterator[tuple[str, int | None, tuple[StoredMessage, ...] | None]]:
