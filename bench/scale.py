@@ -3,11 +3,17 @@ processes on PostgreSQL + Redis, next to `python -m bot serve` on SQLite (one pr
 
     python bench/scale.py                      # sqlite, pg+redis with 1 and 2 workers
     python bench/scale.py --messages 5000 --conversations 200 --modes pg2
+    python bench/scale.py --drain --modes pg1,pg2  # queue first, then time the workers alone
 
 Messages are posted through the web chat API (each conversation in order, all conversations
 at once). Throughput = messages / (first post .. last reply sent); latency = reply sent_at -
 inbound created_at per message, from the database. Needs PostgreSQL on 127.0.0.1:5432 (user
 postgres) and Redis on 127.0.0.1:6379.
+
+`--drain`: every message is queued before any worker runs, then the workers start; throughput
+= handled rows / (first .. last `inbox.done_at`). Nothing else runs meanwhile (no load
+generator, an idle web process), so it is the workers' capacity: what a second worker adds
+when the client is not competing for the same cores.
 """
 
 from __future__ import annotations
@@ -195,8 +201,33 @@ def _secs(value: Any) -> float:
     return float(value.timestamp())
 
 
+async def drained(database_url: str, expected: int, within: float) -> dict[str, Any]:
+    """Wait until `expected` inbox rows are handled; their handling rate."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(database_url)
+    deadline = time.monotonic() + within
+    try:
+        while True:
+            async with engine.connect() as conn:
+                done, first, last = (await conn.execute(text(
+                    "SELECT count(*), min(done_at), max(done_at) FROM inbox "
+                    "WHERE status = 'done'"))).one()
+            if done >= expected:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {done} of {expected} messages handled")
+            await asyncio.sleep(0.5)
+    finally:
+        await engine.dispose()
+    took = _secs(last) - _secs(first)
+    return {"messages": done, "seconds": round(took, 2),
+            "msg_per_s": round(done / max(took, 1e-9), 1), "p50_s": "-", "p99_s": "-"}
+
+
 async def run_mode(mode: str, messages: int, conversations: int, workers_per_proc: int,
-                   logs: Path) -> dict[str, Any]:
+                   logs: Path, *, drain: bool = False) -> dict[str, Any]:
     per = max(1, messages // conversations)
     port = free_port()
     async with contextlib.AsyncExitStack() as stack:
@@ -215,13 +246,18 @@ async def run_mode(mode: str, messages: int, conversations: int, workers_per_pro
             await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bot", "db", "upgrade"],
                                     cwd=ROOT, env=env, check=True, capture_output=True)
             cluster.start("web", "web")
-            for i in range(n):
+            for i in range(0 if drain else n):
                 cluster.start(f"worker{i + 1}", "worker")
         try:
             await cluster.wait_ready()
             await asyncio.sleep(1.0)  # workers connect
             await post_all(port, conversations, per)
-            result = await wait_answered(url, per * conversations, within=600)
+            if drain:
+                for i in range(int(mode[2:])):
+                    cluster.start(f"worker{i + 1}", "worker")
+                result = await drained(url, per * conversations, within=600)
+            else:
+                result = await wait_answered(url, per * conversations, within=600)
         finally:
             cluster.stop()
     return {"mode": mode, **result}
@@ -234,12 +270,14 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers-per-process", type=int, default=4)
     parser.add_argument("--modes", default="sqlite,pg1,pg2")
     parser.add_argument("--logs", type=Path, default=Path("/tmp/storedesk-bench"))
+    parser.add_argument("--drain", action="store_true",
+                        help="queue everything first, then time the workers alone (pg modes)")
     args = parser.parse_args(argv)
     args.logs.mkdir(parents=True, exist_ok=True)
     print(f"{'mode':<8} {'messages':>8} {'seconds':>8} {'msg/s':>8} {'p50 s':>8} {'p99 s':>8}")
     for mode in args.modes.split(","):
         r = await run_mode(mode, args.messages, args.conversations, args.workers_per_process,
-                           args.logs)
+                           args.logs, drain=args.drain)
         print(f"{r['mode']:<8} {r['messages']:>8} {r['seconds']:>8} {r['msg_per_s']:>8} "
               f"{r['p50_s']:>8} {r['p99_s']:>8}", flush=True)
 

@@ -34,6 +34,7 @@ from bot.playbook_runner import PlaybookRunner, RunnerConfig
 from bot.playbooks import PlaybookStore
 from bot.queue import Inbox, QueuedItem
 from bot.settings import Settings
+from bot.wakeups import StoredLog, extend_transcripts, wake_readers
 from bot.web import build_http_app
 from bot.worker import WorkerPool
 from channels import CHANNELS
@@ -154,7 +155,8 @@ class Service:
         if self.desk_actions is not None:
             self.desk_actions.attach(self.outbox, self.workers, self.channels)
         self.http = build_http_app(self)
-        self._stored_for: set[str] = set()
+        #: what this process committed for web chat visitors, for the next wake-up
+        self._stored_for = StoredLog()
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
@@ -180,7 +182,8 @@ class Service:
             if workers:
                 handlers["outbox"] = lambda _arg: self.outbox.wake()
             if http:
-                handlers["replies"] = self._wake_readers
+                handlers["stored"] = functools.partial(extend_transcripts, self.channels)
+                handlers["replies"] = functools.partial(wake_readers, self.channels)
                 handlers["typing"] = self._show_typing
             self._spawn(self.wakeups.listen(self.stop_event, handlers), "wakeups")
         if http:
@@ -259,7 +262,8 @@ class Service:
         if outcome.reply_ids:
             self.metrics.sends.labels(item.message.channel, "ok").inc(len(outcome.reply_ids))
         if self.wakeups is not None:  # the reader may wait in another process
-            self._stored_for.add(f"{item.message.channel}/{item.message.address}")
+            self._stored_for.add(f"{item.message.channel}/{item.message.address}",
+                                 outcome.stored, outcome.stored_after)
 
     def _playbook_queued(self, stored: list[tuple[str, str]]) -> None:
         """Playbook messages were committed: the outbox sends them (in this process or, with
@@ -276,17 +280,8 @@ class Service:
         self.outbox.wake()
         if self.wakeups is not None:
             self.wakeups.publish_soon("outbox")
-            if self._stored_for:
-                stored, self._stored_for = self._stored_for, set()
-                self.wakeups.publish_soon("replies " + " ".join(sorted(stored)))
-
-    def _wake_readers(self, targets: str) -> None:
-        """Another process stored replies for these "channel/address" pairs."""
-        for target in targets.split():
-            name, _, address = target.partition("/")
-            channel = self.channels.get(name)
-            if channel is not None and address:
-                channel.replies_stored(address)
+            for argument in self._stored_for.take():
+                self.wakeups.publish_soon("stored " + argument)
 
     def typing(self, channel: str, address: str) -> None:
         """Staff are writing to this customer: their chat shows it, in whichever process

@@ -48,10 +48,19 @@ from core.errors import QueueError
 
 log = logging.getLogger(__name__)
 SHARDS = 1024
-# One transaction-scoped advisory lock per conversation (class 0x5D35 = "storedesk").
-_TRY_LOCK = text("SELECT k FROM unnest(:keys) AS k "
-                 "WHERE pg_try_advisory_xact_lock(23861, hashtext(k))").bindparams(
-    bindparam("keys", type_=postgresql.ARRAY(String)))
+# One transaction-scoped advisory lock per conversation (class 0x5D35 = "storedesk"), then
+# the pending rows of the conversations it got, in one round trip: a row comes back only if
+# its conversation's lock was taken (the CTE is evaluated once per key).
+_LOCK_AND_READ = text(
+    "WITH locked AS MATERIALIZED (SELECT k FROM unnest(:keys) AS k "
+    "WHERE pg_try_advisory_xact_lock(23861, hashtext(k))) "
+    "SELECT id, attempts, conversation_key, payload, next_attempt_at FROM inbox "
+    "WHERE status = 'pending' AND conversation_key IN (SELECT k FROM locked) "
+    "ORDER BY id LIMIT :limit").bindparams(
+    bindparam("keys", type_=postgresql.ARRAY(String))).columns(
+    InboxItem.__table__.c.id, InboxItem.__table__.c.attempts,
+    InboxItem.__table__.c.conversation_key, InboxItem.__table__.c.payload,
+    InboxItem.__table__.c.next_attempt_at)
 
 
 def shard_of(conversation_key: str) -> int:
@@ -143,11 +152,16 @@ class Inbox:
                     if not fut.done():
                         fut.set_exception(QueueError(f"queue unavailable: {exc}"))
                 continue
+            await self._committed([msg for (msg, _), new in zip(batch, inserted, strict=True)
+                                   if new])
             for (_, fut), new in zip(batch, inserted, strict=True):
                 if not fut.done():
                     fut.set_result(new)
             if any(inserted):
                 self.wakeup.set()
+
+    async def _committed(self, messages: list[InboundMessage]) -> None:
+        """After a group commit, before its `put`s return: these messages are new."""
 
     async def _insert(self, batch: Sequence[tuple[InboundMessage, Any]]) -> list[bool]:
         """Insert the batch in one statement, skipping (channel, external id) already queued;
@@ -253,14 +267,8 @@ class Inbox:
         if conn.dialect.name != "postgresql" or not items:
             return items
         keys = sorted({i.conversation_key for i in items})
-        locked = [r[0] for r in (await conn.execute(_TRY_LOCK, {"keys": keys})).all()]
-        if not locked:
-            return []
-        t = InboxItem.__table__.c
-        rows = (await conn.execute(
-            select(t.id, t.attempts, t.conversation_key, t.payload, t.next_attempt_at)
-            .where(t.status == "pending", t.conversation_key.in_(locked))
-            .order_by(t.id).limit(len(items)))).all()  # one batch, as claimed
+        rows = (await conn.execute(_LOCK_AND_READ, {
+            "keys": keys, "limit": len(items)})).all()  # one batch, as claimed
         now = datetime.now(UTC)
         blocked: set[str] = set()
         fresh: list[QueuedItem] = []
@@ -273,8 +281,10 @@ class Inbox:
             fresh.append(QueuedItem(row.id, row.attempts, row.conversation_key, message))
         return fresh
 
-    async def settle(self, items: Sequence[QueuedItem]) -> None:
-        """Called after a batch committed (or failed): the Redis backend acknowledges here."""
+    async def settle(self, items: Sequence[QueuedItem], done: Sequence[QueuedItem] = ()
+                     ) -> None:
+        """Called after a batch committed (or failed) with what it claimed and what of it
+        was committed as handled: the Redis backend acknowledges here."""
 
     async def ping(self) -> None:
         """Raise if the queue backend is unreachable (the database is checked separately)."""

@@ -2,9 +2,10 @@
 
 The database row stays the source of truth: `put` commits the inbox row first (group commit,
 dedup on `(channel, external_id)`), then adds a stream entry `{k: conversation key, c: channel,
-x: external id}`. The stream only distributes work; an entry means "conversation k has a
-pending message". Extra entries are harmless, so a crash between commit and XADD is repaired
-by the sweeper (one elected process re-announces conversations with old pending rows).
+x: external id}` per message, those of one commit in one round trip. The stream only
+distributes work; an entry means "conversation k has a pending message". Extra entries are
+harmless, so a crash between commit and XADD is repaired by the sweeper (one elected process
+re-announces conversations with old pending rows).
 
 Consumers: one group; each process is one consumer. A worker reads entries, loads the pending
 rows of their conversations, and handles them in one transaction, which on PostgreSQL first
@@ -93,16 +94,20 @@ class RedisInbox(Inbox):
 
     # --- producing ------------------------------------------------------------------------
 
-    async def put(self, message: InboundMessage) -> bool:
-        new = await super().put(message)
-        if new:
-            try:
-                await self._announce(message.conversation_key, message.channel,
-                                     message.external_id)
-            except Exception as exc:  # noqa: BLE001 - the row is committed; the sweeper repairs
-                log.warning("queued %s but could not announce it on Redis (%s); the sweeper "
-                            "will", message.conversation_key, type(exc).__name__)
-        return new
+    async def _committed(self, messages: list[InboundMessage]) -> None:
+        """Announce what a group commit queued, in one round trip."""
+        if not messages:
+            return
+        try:
+            await self._ensure_group()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for m in messages:
+                    pipe.xadd(self.stream, {"k": m.conversation_key, "c": m.channel,
+                                            "x": m.external_id})
+                await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - the rows are committed; the sweeper repairs
+            log.warning("queued %d messages but could not announce them on Redis (%s); the "
+                        "sweeper will", len(messages), type(exc).__name__)
 
     async def _announce(self, key: str, channel: str, external_id: str) -> None:
         await self._ensure_group()
@@ -204,27 +209,21 @@ class RedisInbox(Inbox):
         for key in keys:
             if key not in handed:
                 self._claiming.pop(key, None)
-            if key not in seen and len(rows) < limit:  # nothing pending: done elsewhere
-                await self._forget(key, before[key])
+        if len(rows) < limit:  # nothing pending for the others: done elsewhere
+            await self._forget_many({key: before[key] for key in keys if key not in seen})
         return items
 
-    async def _forget(self, key: str, entries: dict[str, str]) -> None:
-        """Acknowledge `entries` of `key` and stop holding them (newer ones stay held)."""
-        await self._ack(entries)
-        held = self._held.get(key, {})
-        for entry in entries:
-            held.pop(entry, None)
-        if not held:
-            self._held.pop(key, None)
-            self._retry_at.pop(key, None)
-
-    async def settle(self, items: Sequence[QueuedItem]) -> None:
-        """After the batch: acknowledge entries whose rows are no longer pending."""
+    async def settle(self, items: Sequence[QueuedItem], done: Sequence[QueuedItem] = ()
+                     ) -> None:
+        """After the batch: acknowledge entries whose rows are no longer pending. An entry
+        announcing a row of `done` (committed as handled) needs no look: only the others'
+        rows are read."""
         keys = sorted({i.conversation_key for i in items})
         if not keys:
             return
         try:
-            await self._settle(keys)
+            await self._settle(keys, {f"{i.message.channel}\x1f{i.message.external_id}"
+                                      for i in done})
         except Exception as exc:  # noqa: BLE001 - never kill the worker loop: the entries stay held, retried
             log.warning("could not acknowledge queue entries (%s); retrying later",
                         type(exc).__name__)
@@ -234,19 +233,35 @@ class RedisInbox(Inbox):
             for key in keys:
                 self._claiming.pop(key, None)
 
-    async def _settle(self, keys: list[str]) -> None:
+    async def _settle(self, keys: list[str], handled: set[str]) -> None:
         before = {key: dict(self._held.get(key, {})) for key in keys}  # as in `_load`
-        async with self.db.read() as conn:
-            pending = {(r.conversation_key, f"{r.channel}\x1f{r.external_id}")
-                       for r in (await conn.execute(
-                           select(T.conversation_key, T.channel, T.external_id)
-                           .where(T.status == "pending", T.conversation_key.in_(keys))))}
+        unsure = [key for key in keys if any(ref not in handled for ref in before[key].values())]
+        pending: set[tuple[str, str]] = set()
+        if unsure:
+            async with self.db.read() as conn:
+                pending = {(r.conversation_key, f"{r.channel}\x1f{r.external_id}")
+                           for r in (await conn.execute(
+                               select(T.conversation_key, T.channel, T.external_id)
+                               .where(T.status == "pending", T.conversation_key.in_(unsure))))}
+        done = {key: {e: ref for e, ref in before[key].items()
+                      if ref in handled or (key, ref) not in pending} for key in keys}
+        await self._forget_many(done)
+        now = time.monotonic()
         for key in keys:
-            done = {e: ref for e, ref in before[key].items() if (key, ref) not in pending}
-            await self._forget(key, done)
-            now = time.monotonic()
             if key in self._held and self._retry_at.get(key, 0.0) <= now:
                 self._retry_at[key] = now + CONTENDED_RETRY
+
+    async def _forget_many(self, entries: dict[str, dict[str, str]]) -> None:
+        """Acknowledge these entries of each key (in one round trip) and stop holding them
+        (newer ones stay held)."""
+        await self._ack({e: ref for held in entries.values() for e, ref in held.items()})
+        for key, done in entries.items():
+            held = self._held.get(key, {})
+            for entry in done:
+                held.pop(entry, None)
+            if not held:
+                self._held.pop(key, None)
+                self._retry_at.pop(key, None)
 
     async def _ack(self, entries: dict[str, str]) -> None:
         if not entries:
@@ -424,18 +439,27 @@ class RedisWakeups:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
         self.channel = f"{prefix}:wake"
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queued: list[str] = []
+        self._sender: asyncio.Task[None] | None = None
 
     def publish_soon(self, topic: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._publish(topic))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Publish in the background, after what was published before (one sender, so the
+        others receive a process's wake-ups in the order of its commits); what queues up
+        meanwhile goes out together, in one round trip."""
+        self._queued.append(topic)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._publish())
 
-    async def _publish(self, topic: str) -> None:
-        try:
-            await self.redis.publish(self.channel, topic)
-        except Exception as exc:  # noqa: BLE001 - best effort
-            log.debug("wake-up not published: %s", type(exc).__name__)
+    async def _publish(self) -> None:
+        while self._queued:
+            topics, self._queued = self._queued, []
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for topic in topics:
+                        pipe.publish(self.channel, topic)
+                    await pipe.execute()
+            except Exception as exc:  # noqa: BLE001 - best effort
+                log.debug("%d wake-ups not published: %s", len(topics), type(exc).__name__)
 
     async def listen(self, stop: asyncio.Event, handlers: Mapping[str, Callable[[str], None]]
                      ) -> None:

@@ -86,7 +86,7 @@ class WorkerPool:
         except Exception:  # noqa: BLE001 - retried message by message below
             done, failed = await self._handle_isolated(items)
         await self._after_commit(done, failed)
-        await self.inbox.settle(claimed)
+        await self.inbox.settle(claimed, [item for item, _ in done])
 
     async def _handle_batch(self, items: list[QueuedItem]) -> list[tuple[QueuedItem, Outcome]]:
         # FAQ matching is pure CPU: done before the write lock, so accepting new messages

@@ -6,7 +6,9 @@ transactions begin IMMEDIATE; when another process (a CLI command) holds the loc
 tried again after asynchronous pauses (bot/db/inline_sqlite.py), so the event loop never sleeps
 in SQLite. Reads that scan (the dashboard) go through `analytics()`: on SQLite a second engine
 whose statements run on a thread, so a long aggregate does not hold up webhooks either.
-PostgreSQL needs none of this: one engine, no lock.
+PostgreSQL needs none of this: one engine, no lock. A pooled PostgreSQL connection is not
+pinged when taken (three round trips on asyncpg): one the server closed is replaced instead
+(`_closed_on_checkout`), and connections are renewed every `POOL_RECYCLE` seconds.
 
 WAL checkpoints: SQLite copies the write-ahead log back into the database file (with an fsync)
 inside whichever commit crosses 1,000 pages, which on inline connections is the event loop.
@@ -32,6 +34,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.db.inline_sqlite import InlineConnection, inline_creator
@@ -49,6 +52,18 @@ def alembic_config(url: str) -> Config:
 
 #: seconds between the background WAL checkpoints of a service (`Database.checkpoints`)
 CHECKPOINT_EVERY = 1.0
+#: seconds after which a PostgreSQL connection is replaced (one a firewall dropped silently)
+POOL_RECYCLE = 600
+
+
+def _closed_on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled PostgreSQL connection the server closed (a restart, an idle timeout, a
+    terminated backend) is replaced when it is taken, without a round trip: the driver saw the
+    socket close. (A ping on every checkout costs three round trips on asyncpg.)"""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    is_closed = getattr(driver, "is_closed", None)
+    if is_closed is not None and is_closed():
+        raise DisconnectionError("the server closed this connection")
 
 
 def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
@@ -111,7 +126,7 @@ class Database:
                 # keep enough of them that a busy moment never opens and closes extra ones.
                 kwargs.update(pool_size=32, max_overflow=32)
         else:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            kwargs.update(pool_size=10, max_overflow=10, pool_recycle=POOL_RECYCLE)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         path = make_url(url).database if self.is_sqlite else None
         #: the file a background thread checkpoints (None: SQLite's own automatic ones)
@@ -122,6 +137,8 @@ class Database:
             if self._checkpoint_path is not None:
                 event.listen(self.engine.sync_engine, "connect", _no_autocheckpoint)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+        else:
+            event.listen(self.engine.sync_engine, "checkout", _closed_on_checkout)
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         self._analytics: AsyncEngine | None = None
 
@@ -145,7 +162,12 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
+        """Statements that change nothing. On PostgreSQL they run outside a transaction: each
+        statement sees what was committed when it started, as in the READ COMMITTED
+        transaction it would otherwise open, without the BEGIN and ROLLBACK round trips."""
         async with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
     @contextlib.asynccontextmanager

@@ -12,16 +12,18 @@ import uuid
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from bot.app import Service
 from bot.db.engine import Database
 from bot.db.models import Conversation, InboxItem, Message
-from bot.redis_queue import GROUP, RedisInbox
+from bot.queue import Inbox
+from bot.redis_queue import GROUP, RedisInbox, RedisWakeups
 from channels.base import InboundMessage
-from tests.conftest import eventually
+from tests.conftest import eventually, stays
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 QUESTION = "How much does shipping cost?"
@@ -234,10 +236,13 @@ async def test_several_tasks_of_one_process_never_strand_a_message(
     async def worker(index: int) -> None:
         while not stop.is_set():
             items = await inbox.claim(index, 4, 8)
+            done = []
             if items:
                 async with db.write() as conn:
-                    await inbox.complete_many(conn, [i.id for i in await inbox.lock(conn, items)])
-            await inbox.settle(items)
+                    done = await inbox.lock(conn, items)
+                    await inbox.complete_many(conn, [i.id for i in done])
+            # as the worker pool does (what was handled needs no look), and with no help
+            await inbox.settle(items, done if index % 2 else ())
 
     async def produce(start: int) -> None:  # concurrent producers, as web requests are
         for i in range(start, total, 4):
@@ -253,6 +258,40 @@ async def test_several_tasks_of_one_process_never_strand_a_message(
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await inbox.close()
+        await db.close()
+
+
+async def test_only_the_entries_of_handled_rows_are_acknowledged_after_a_batch(
+        database_url: str, redis_url: str, redis_prefix: str) -> None:
+    """A batch that handled one of a conversation's two messages (the other failed)
+    acknowledges that message's entry and keeps the other's: the second message is still
+    announced, and taken next."""
+    db = Database(database_url)
+    await db.upgrade()
+    inbox = RedisInbox(db, redis_url, prefix=redis_prefix, sweep_age=3600)
+    inbox.block_ms = 50
+    try:
+        assert await inbox.put(_msg(1, "erin")) and await inbox.put(_msg(2, "erin"))
+        items = await inbox.claim(0, 1, 10)
+        assert [i.message.external_id for i in items] == ["erin:1", "erin:2"]
+        async with db.write() as conn:
+            done = (await inbox.lock(conn, items))[:1]
+            await inbox.complete_many(conn, [i.id for i in done])
+        await inbox.settle(items, done)
+        stats = await inbox.stats()
+        assert (stats["done"], stats["pending"]) == (1, 1)
+        assert (stats["redis"]["pending"], stats["redis"]["length"]) == (1, 1)
+        items = await eventually(lambda: inbox.claim(0, 1, 10), timeout=5,
+                                 what="the second message claimed")
+        assert [i.message.external_id for i in items] == ["erin:2"]
+        async with db.write() as conn:
+            done = await inbox.lock(conn, items)
+            await inbox.complete_many(conn, [i.id for i in done])
+        await inbox.settle(items, done)
+        stats = await inbox.stats()
+        assert (stats["redis"]["pending"], stats["redis"]["length"]) == (0, 0)
+    finally:
         await inbox.close()
         await db.close()
 
@@ -305,3 +344,176 @@ async def test_a_reply_committed_by_a_worker_process_wakes_the_web_processs_long
     finally:
         await worker.stop()
         await web.stop()
+
+
+def _transcript_reads(service: Service) -> list[str]:
+    """The statements of `service` that read web chat messages (its transcript query)."""
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM message" in statement:
+            seen.append(statement)
+
+    event.listen(service.db.engine.sync_engine, "before_cursor_execute", count)
+    return seen
+
+
+async def _poll(client: aiohttp.ClientSession, visitor: str, after: int,
+                wait: int = 30) -> list[dict[str, Any]]:
+    async with client.get("/api/webchat/messages", params={
+            "visitor_id": visitor, "after": after, "wait": wait}) as resp:
+        assert resp.status == 200
+        return list((await resp.json())["messages"])
+
+
+async def _conversation(db: Database, visitor: str) -> list[tuple[int, str, str]]:
+    async with db.read() as conn:
+        rows = (await conn.execute(
+            select(Message.id, Message.direction, Message.text)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Conversation.address == visitor).order_by(Message.id))).all()
+    return [(r.id, r.direction, r.text) for r in rows]
+
+
+async def test_replies_committed_by_a_worker_process_reach_the_page_without_a_read(
+        make_settings: Any, pg_database_url: str, redis_prefix: str) -> None:
+    """The worker's wake-up carries what it committed: the web process shows the next
+    replies from what it knows, without reading the transcript again; each visitor sees
+    exactly their own conversation, as stored."""
+    extra: dict[str, Any] = {"redis_url": "redis://127.0.0.1:6379/0",
+                             "redis_prefix": redis_prefix, "repeat_window_minutes": 1e-6}
+    web = Service(make_settings(database_url=pg_database_url, **extra))
+    worker = Service(make_settings(database_url=pg_database_url, **extra))
+    await web.start(http=True, workers=False)
+    await worker.start(http=False, workers=True)
+    web.channels["webchat"].recheck = 3600.0  # type: ignore[attr-defined]
+    reads = _transcript_reads(web)
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{web.port}") as client:
+            visitors = [f"visitor-{uuid.uuid4().hex[:16]}" for _ in range(3)]
+            pages: dict[str, list[dict[str, Any]]] = {v: [] for v in visitors}
+
+            async def exchange(visitor: str, seq: int) -> None:
+                await _post(client, visitor, seq)
+                after = pages[visitor][-1]["id"] if pages[visitor] else 0
+                got: list[dict[str, Any]] = []
+                while not any(m["from"] != "you" for m in got):
+                    got += await _poll(client, visitor, got[-1]["id"] if got else after)
+                pages[visitor] += got
+
+            await asyncio.gather(*(exchange(v, 0) for v in visitors))
+            first = len(reads)
+            for seq in range(1, 4):
+                await asyncio.gather(*(exchange(v, seq) for v in visitors))
+            assert len(reads) == first, reads[first:]
+        for visitor in visitors:
+            stored = await _conversation(web.db, visitor)
+            assert [(m["id"], "in" if m["from"] == "you" else "out", m["text"])
+                    for m in pages[visitor]] == stored
+            assert [d for _, d, _ in stored] == ["in", "out"] * 4
+    finally:
+        await worker.stop()
+        await web.stop()
+
+
+async def test_a_wake_up_that_does_not_follow_what_the_web_process_knows_makes_it_read(
+        make_settings: Any, pg_database_url: str, redis_prefix: str) -> None:
+    """A wake-up whose messages do not start where the visitor's known transcript ends (a
+    late or reordered one, or one that says nothing usable) is not shown: the web process
+    forgets what it knew and reads what is really stored."""
+    extra: dict[str, Any] = {"redis_url": "redis://127.0.0.1:6379/0",
+                             "redis_prefix": redis_prefix}
+    web = Service(make_settings(database_url=pg_database_url, **extra))
+    worker = Service(make_settings(database_url=pg_database_url, **extra))
+    await web.start(http=True, workers=False)
+    await worker.start(http=False, workers=True)
+    web.channels["webchat"].recheck = 3600.0  # type: ignore[attr-defined]
+    reads = _transcript_reads(web)
+    r = Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{web.port}") as client:
+            visitor = f"visitor-{uuid.uuid4().hex[:16]}"
+            await _post(client, visitor, 0)
+            shown = await _poll(client, visitor, 0)
+            while len(shown) < 2:
+                shown += await _poll(client, visitor, shown[-1]["id"])
+            last = shown[-1]["id"]
+            assert await _poll(client, visitor, last, wait=0) == []
+            before = len(reads)
+            at = "2026-03-04T10:30:00+00:00"
+            gap = [f"webchat/{visitor}", last + 1,
+                   [[last + 3, "out", "bot", "not stored anywhere", at, "en", "new", "open",
+                     []]]]
+            undecodable = [f"webchat/{visitor}", last, [["x"]]]
+            for part in (gap, undecodable):
+                waiting = asyncio.create_task(_poll(client, visitor, last))
+                n = len(reads)
+                await r.publish(f"{redis_prefix}:wake", "stored " + orjson.dumps([part]).decode())
+                # woken (or asked after the wake-up): it reads, finds nothing new, waits on
+                await eventually(lambda n=n: len(reads) > n, what="a transcript read")
+                await stays(lambda w=waiting: not w.done(), window=0.3, what="the poll waits")
+                waiting.cancel()
+                assert await _poll(client, visitor, last, wait=0) == []
+            assert len(reads) > before  # what is new was read from the database
+            assert await _poll(client, visitor, 0, wait=0) == shown  # what is stored, only
+    finally:
+        await r.aclose()
+        await worker.stop()
+        await web.stop()
+
+
+async def test_a_conversation_another_worker_holds_is_left_to_it_the_others_are_taken(
+        pg_database_url: str) -> None:
+    """Two worker processes claimed the same conversations: each message is handled by one
+    transaction only, and a worker never waits for the other's conversation."""
+    db = Database(pg_database_url)
+    await db.upgrade()
+    inbox = Inbox(db)
+    other = Database(pg_database_url)  # another process: its own connections
+    try:
+        for i, key in enumerate(["alice", "bob", "alice", "carol"]):
+            assert await inbox.put(_msg(i, key))
+        items = await inbox.claim(0, 1, 10)
+        assert len(items) == 4
+        async with other.write() as first:
+            mine = await inbox.lock(first, [i for i in items
+                                            if i.message.address == "alice"])
+            assert [i.message.external_id for i in mine] == ["alice:0", "alice:2"]
+            async with db.write() as second:
+                theirs = await inbox.lock(second, items)
+                assert [i.message.external_id for i in theirs] == ["bob:1", "carol:3"]
+                await inbox.complete_many(second, [i.id for i in theirs])
+            await inbox.complete_many(first, [i.id for i in mine])
+        async with db.write() as again:  # all handled: nothing is handed out twice
+            assert await inbox.lock(again, items) == []
+    finally:
+        await other.close()
+        await db.close()
+
+
+async def test_a_processs_wake_ups_arrive_in_the_order_they_were_published(
+        redis_url: str, redis_prefix: str) -> None:
+    """What a process commits one after the other reaches the others in that order (a
+    reordered pair would cost the web process a transcript read)."""
+    publisher, listener = Redis.from_url(redis_url), Redis.from_url(redis_url,
+                                                                    decode_responses=True)
+    wakeups = RedisWakeups(publisher, redis_prefix)
+    got: list[str] = []
+    stop = asyncio.Event()
+    listening = asyncio.create_task(RedisWakeups(listener, redis_prefix).listen(
+        stop, {"n": got.append}))
+    try:
+        async def subscribed() -> bool:
+            return bool((await publisher.pubsub_numsub(f"{redis_prefix}:wake"))[0][1])
+        await eventually(subscribed, what="the listener subscribed")
+        for i in range(300):
+            wakeups.publish_soon(f"n {i}")
+            if i % 7 == 0:
+                await asyncio.sleep(0)  # let some go out while more are queued
+        await eventually(lambda: len(got) == 300, what="all wake-ups received")
+        assert got == [str(i) for i in range(300)]
+    finally:
+        stop.set()
+        await listening
+        await publisher.aclose()
+        await listener.aclose()
