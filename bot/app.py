@@ -111,9 +111,7 @@ class Service:
                 store_name=settings.store_name, default_language=settings.default_language,
                 staffed=settings.desk_configured, clock=self.clock)
         #: FAQ matching in a helper process (not with the neural model: one copy of it)
-        self.offload = (UnderstandingOffload(self.faq, processes=settings.match_processes)
-                        if settings.match_processes and not settings.faq_semantic_model
-                        else None)
+        self.offload = UnderstandingOffload(self.faq)
         self.pipeline = Pipeline(self.faq, self.lifecycle, PipelineConfig(
             RuleConfig(store_name=settings.store_name,
                        default_language=settings.default_language,
@@ -176,7 +174,7 @@ class Service:
                                  f"({type(exc).__name__}): is it running? check REDIS_URL"
                                  ) from None
         if workers:
-            await self._start_workers()
+            await self._start_workers(http=http)
         if self.wakeups is not None:
             handlers: dict[str, Callable[[str], None]] = {}
             if workers:
@@ -219,7 +217,7 @@ class Service:
         elif self.settings.metrics_port is not None:
             await self._start_metrics_site(self.settings.metrics_port)
 
-    async def _start_workers(self) -> None:
+    async def _start_workers(self, *, http: bool) -> None:
         for channel in self.channels.values():
             await channel.start()
         for name, channel in self.channels.items():
@@ -230,7 +228,8 @@ class Service:
         if self.redis_inbox is not None:
             self._spawn(self.leader.run("inbox-sweeper", self.stop_event,
                                         self.redis_inbox.sweep), "inbox-sweeper")
-        if self.offload is not None and not await self.offload.started(within=15):
+        helpers = self.settings.matching_helpers(serves_http=http)
+        if helpers and not await self.offload.started(within=15, processes=helpers):
             log.warning("FAQ matching runs in the service process until its helper is up")
         self._spawn(self.workers.run(self.stop_event), "workers")
         # One sender at a time across processes, so a reply is never sent twice.
@@ -351,8 +350,7 @@ class Service:
         for channel in self.channels.values():
             with contextlib.suppress(Exception):
                 await channel.stop()
-        if self.offload is not None:
-            await self.offload.stop()
+        await self.offload.stop()
         with contextlib.suppress(Exception):
             await self.inbox.close()
         with contextlib.suppress(Exception):

@@ -80,11 +80,20 @@ class Settings(BaseSettings):
     # --- queue ----------------------------------------------------------------------------
     workers: int = Field(2, ge=1, le=64, description="Worker tasks taking inbound messages")
     queue_batch: int = Field(64, ge=1, le=1000)
-    match_processes: int = Field(
-        default_factory=lambda: 1 if (os.cpu_count() or 1) > 1 else 0, ge=0, le=16,
+    match_processes: int | None = Field(
+        None, ge=0, le=16,
         description="Helper processes that do the FAQ matching of inbound messages, so it "
-                    "runs on another core than the web side (0: in the service process; the "
-                    "neural FAQ model always matches in-process)")
+                    "runs on another core than the web side (0: in the service process; unset: "
+                    "1 for `serve` on more than one core, 0 for `worker` processes, which are "
+                    "one per core already; the neural FAQ model always matches in-process)")
+
+    def matching_helpers(self, *, serves_http: bool) -> int:
+        """How many matching helpers a process that runs the workers starts."""
+        if self.faq_semantic_model:
+            return 0
+        if self.match_processes is not None:
+            return self.match_processes
+        return 1 if serves_http and (os.cpu_count() or 1) > 1 else 0
     max_attempts: int = Field(5, ge=1, le=100,
                               description="Tries before a message is dead-lettered")
     inbox_keep_hours: float = Field(

@@ -68,9 +68,11 @@ class UnderstandingOffload:
         if self._starting is None or self._starting.done():
             self._starting = asyncio.get_running_loop().create_task(self._start())
 
-    async def started(self, *, within: float) -> bool:
-        """Wait for the child to be up, at most `within` seconds (a service opening its doors
-        then handles its first burst at full speed); False if it is not up by then."""
+    async def started(self, *, within: float, processes: int = 1) -> bool:
+        """Start `processes` children and wait for them to be up, at most `within` seconds (a
+        service opening its doors then handles its first burst at full speed); False if they
+        are not up by then."""
+        self.processes = processes
         self.start()
         assert self._starting is not None
         with contextlib.suppress(TimeoutError):

@@ -160,3 +160,14 @@ async def test_a_service_killed_outright_leaves_no_helper_behind(tmp_path: Path)
                          what="the helper gone with its service")
     finally:
         cluster.stop()
+
+
+def test_serve_has_a_helper_on_more_than_one_core_and_worker_processes_none(
+        make_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    auto = make_settings(match_processes=None)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert auto.matching_helpers(serves_http=True) == 1
+    assert auto.matching_helpers(serves_http=False) == 0  # `worker`: one per core already
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert auto.matching_helpers(serves_http=True) == 0
+    assert make_settings(match_processes=3).matching_helpers(serves_http=False) == 3
