@@ -7,8 +7,10 @@ processes towards PostgreSQL (advisory locks are per connection) and Redis (dist
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -320,14 +322,7 @@ async def test_a_reply_committed_by_a_worker_process_wakes_the_web_processs_long
     """The page's long-poll waits in the web process; the reply is committed by a worker
     process. The worker's wake-up reaches the waiter: without it the waiter would read again
     only at its safety-net interval, here longer than the poll."""
-    extra: dict[str, Any] = {"redis_url": "redis://127.0.0.1:6379/0",
-                             "redis_prefix": redis_prefix}
-    web = Service(make_settings(database_url=pg_database_url, **extra))
-    worker = Service(make_settings(database_url=pg_database_url, **extra))
-    await web.start(http=True, workers=False)
-    await worker.start(http=False, workers=True)
-    web.channels["webchat"].recheck = 3600.0  # type: ignore[attr-defined]
-    try:
+    async with _web_and_worker(make_settings, pg_database_url, redis_prefix) as (web, _):
         async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{web.port}") as client:
             visitor = f"visitor-{uuid.uuid4().hex[:16]}"
             await _post(client, visitor, 0)
@@ -341,6 +336,22 @@ async def test_a_reply_committed_by_a_worker_process_wakes_the_web_processs_long
         assert [m["from"] for m in messages] == ["you", "bot"]
         # Woken by the commit, not by the poll running out (30 s) or a re-read (never here).
         assert waited < 15, waited
+
+
+@contextlib.asynccontextmanager
+async def _web_and_worker(make_settings: Any, database_url: str, redis_prefix: str,
+                          **more: Any) -> AsyncIterator[tuple[Service, Service]]:
+    """A web process and a worker process on PostgreSQL + Redis; the web chat's safety-net
+    re-read set longer than any test, so only wake-ups can make it read."""
+    extra: dict[str, Any] = {"redis_url": "redis://127.0.0.1:6379/0",
+                             "redis_prefix": redis_prefix, **more}
+    web = Service(make_settings(database_url=database_url, **extra))
+    worker = Service(make_settings(database_url=database_url, **extra))
+    await web.start(http=True, workers=False)
+    try:
+        await worker.start(http=False, workers=True)
+        web.channels["webchat"].recheck = 3600.0  # type: ignore[attr-defined]
+        yield web, worker
     finally:
         await worker.stop()
         await web.stop()
@@ -380,15 +391,9 @@ async def test_replies_committed_by_a_worker_process_reach_the_page_without_a_re
     """The worker's wake-up carries what it committed: the web process shows the next
     replies from what it knows, without reading the transcript again; each visitor sees
     exactly their own conversation, as stored."""
-    extra: dict[str, Any] = {"redis_url": "redis://127.0.0.1:6379/0",
-                             "redis_prefix": redis_prefix, "repeat_window_minutes": 1e-6}
-    web = Service(make_settings(database_url=pg_database_url, **extra))
-    worker = Service(make_settings(database_url=pg_database_url, **extra))
-    await web.start(http=True, workers=False)
-    await worker.start(http=False, workers=True)
-    web.channels["webchat"].recheck = 3600.0  # type: ignore[attr-defined]
-    reads = _transcript_reads(web)
-    try:
+    async with _web_and_worker(make_settings, pg_database_url, redis_prefix,
+                               repeat_window_minutes=1e-6) as (web, _):
+        reads = _transcript_reads(web)
         async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{web.port}") as client:
             visitors = [f"visitor-{uuid.uuid4().hex[:16]}" for _ in range(3)]
             pages: dict[str, list[dict[str, Any]]] = {v: [] for v in visitors}
@@ -411,9 +416,6 @@ async def test_replies_committed_by_a_worker_process_reach_the_page_without_a_re
             assert [(m["id"], "in" if m["from"] == "you" else "out", m["text"])
                     for m in pages[visitor]] == stored
             assert [d for _, d, _ in stored] == ["in", "out"] * 4
-    finally:
-        await worker.stop()
-        await web.stop()
 
 
 async def test_a_wake_up_that_does_not_follow_what_the_web_process_knows_makes_it_read(
@@ -421,45 +423,38 @@ async def test_a_wake_up_that_does_not_follow_what_the_web_process_knows_makes_i
     """A wake-up whose messages do not start where the visitor's known transcript ends (a
     late or reordered one, or one that says nothing usable) is not shown: the web process
     forgets what it knew and reads what is really stored."""
-    extra: dict[str, Any] = {"redis_url": "redis://127.0.0.1:6379/0",
-                             "redis_prefix": redis_prefix}
-    web = Service(make_settings(database_url=pg_database_url, **extra))
-    worker = Service(make_settings(database_url=pg_database_url, **extra))
-    await web.start(http=True, workers=False)
-    await worker.start(http=False, workers=True)
-    web.channels["webchat"].recheck = 3600.0  # type: ignore[attr-defined]
-    reads = _transcript_reads(web)
-    r = Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
-    try:
-        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{web.port}") as client:
-            visitor = f"visitor-{uuid.uuid4().hex[:16]}"
-            await _post(client, visitor, 0)
-            shown = await _poll(client, visitor, 0)
-            while len(shown) < 2:
-                shown += await _poll(client, visitor, shown[-1]["id"])
-            last = shown[-1]["id"]
-            assert await _poll(client, visitor, last, wait=0) == []
-            before = len(reads)
-            at = "2026-03-04T10:30:00+00:00"
-            gap = [f"webchat/{visitor}", last + 1,
-                   [[last + 3, "out", "bot", "not stored anywhere", at, "en", "new", "open",
-                     []]]]
-            undecodable = [f"webchat/{visitor}", last, [["x"]]]
-            for part in (gap, undecodable):
-                waiting = asyncio.create_task(_poll(client, visitor, last))
-                n = len(reads)
-                await r.publish(f"{redis_prefix}:wake", "stored " + orjson.dumps([part]).decode())
-                # woken (or asked after the wake-up): it reads, finds nothing new, waits on
-                await eventually(lambda n=n: len(reads) > n, what="a transcript read")
-                await stays(lambda w=waiting: not w.done(), window=0.3, what="the poll waits")
-                waiting.cancel()
+    async with _web_and_worker(make_settings, pg_database_url, redis_prefix) as (web, _):
+        reads = _transcript_reads(web)
+        r = Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+        try:
+            async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{web.port}") as client:
+                visitor = f"visitor-{uuid.uuid4().hex[:16]}"
+                await _post(client, visitor, 0)
+                shown = await _poll(client, visitor, 0)
+                while len(shown) < 2:
+                    shown += await _poll(client, visitor, shown[-1]["id"])
+                last = shown[-1]["id"]
                 assert await _poll(client, visitor, last, wait=0) == []
-            assert len(reads) > before  # what is new was read from the database
-            assert await _poll(client, visitor, 0, wait=0) == shown  # what is stored, only
-    finally:
-        await r.aclose()
-        await worker.stop()
-        await web.stop()
+                before = len(reads)
+                at = "2026-03-04T10:30:00+00:00"
+                gap = [f"webchat/{visitor}", last + 1,
+                       [[last + 3, "out", "bot", "not stored anywhere", at, "en", "new", "open",
+                         []]]]
+                undecodable = [f"webchat/{visitor}", last, [["x"]]]
+                for part in (gap, undecodable):
+                    waiting = asyncio.create_task(_poll(client, visitor, last))
+                    n = len(reads)
+                    await r.publish(f"{redis_prefix}:wake",
+                                    "stored " + orjson.dumps([part]).decode())
+                    # woken (or asked after the wake-up): it reads, finds nothing new, waits on
+                    await eventually(lambda n=n: len(reads) > n, what="a transcript read")
+                    await stays(lambda w=waiting: not w.done(), window=0.3, what="the poll waits")
+                    waiting.cancel()
+                    assert await _poll(client, visitor, last, wait=0) == []
+                assert len(reads) > before  # what is new was read from the database
+                assert await _poll(client, visitor, 0, wait=0) == shown  # what is stored, only
+        finally:
+            await r.aclose()
 
 
 async def test_a_conversation_another_worker_holds_is_left_to_it_the_others_are_taken(
