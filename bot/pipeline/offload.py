@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -117,9 +117,18 @@ class UnderstandingOffload:
             return None
         if used != mine:
             return None
-        by_id = {e.id: e for e in self.faq.entries}
+        try:
+            found = [_unpack(p, self._entry) for p in packed]
+        except LookupError:  # cannot be with one fingerprint; matched here if it ever is
+            return None
         self.offloaded += len(messages)
-        return [_unpack(p, by_id) for p in packed]
+        return found
+
+    def _entry(self, entry_id: str) -> FaqEntry:
+        entry = self.faq.get(entry_id)
+        if entry is None:
+            raise LookupError(entry_id)
+        return entry
 
     def _shutdown(self) -> None:
         pool, self._pool, self._ready_for = self._pool, None, None
@@ -183,20 +192,21 @@ def _pack(u: Understanding) -> Packed:
             u.asks_for_human, u.not_helped, u.vague)
 
 
-def _unpack_match(p: PackedMatch | None, by_id: dict[str, FaqEntry]) -> MatchResult | None:
+def _unpack_match(p: PackedMatch | None, entry: Callable[[str], FaqEntry]
+                  ) -> MatchResult | None:
     if p is None:
         return None
     entry_id, score, decision, candidates = p
-    return MatchResult(entry=by_id[entry_id] if entry_id is not None else None, score=score,
+    return MatchResult(entry=entry(entry_id) if entry_id is not None else None, score=score,
                        decision=decision,  # type: ignore[arg-type]
                        candidates=tuple(Candidate(i, s) for i, s in candidates))
 
 
-def _unpack(p: Packed, by_id: dict[str, FaqEntry]) -> Understanding:
+def _unpack(p: Packed, entry: Callable[[str], FaqEntry]) -> Understanding:
     whole, answers, small_talk, small_talk_entry, complaint, human, not_helped, vague = p
     return Understanding(
-        match=_unpack_match(whole, by_id),
-        answers=tuple(m for a in answers if (m := _unpack_match(a, by_id)) is not None),
+        match=_unpack_match(whole, entry),
+        answers=tuple(m for a in answers if (m := _unpack_match(a, entry)) is not None),
         small_talk=small_talk,
-        small_talk_entry=by_id[small_talk_entry] if small_talk_entry else None,
+        small_talk_entry=entry(small_talk_entry) if small_talk_entry else None,
         complaint=complaint, asks_for_human=human, not_helped=not_helped, vague=vague)
