@@ -48,19 +48,13 @@ from core.errors import QueueError
 
 log = logging.getLogger(__name__)
 SHARDS = 1024
-# One transaction-scoped advisory lock per conversation (class 0x5D35 = "storedesk"), then
-# the pending rows of the conversations it got, in one round trip: a row comes back only if
-# its conversation's lock was taken (the CTE is evaluated once per key).
-_LOCK_AND_READ = text(
-    "WITH locked AS MATERIALIZED (SELECT k FROM unnest(:keys) AS k "
-    "WHERE pg_try_advisory_xact_lock(23861, hashtext(k))) "
-    "SELECT id, attempts, conversation_key, payload, next_attempt_at FROM inbox "
-    "WHERE status = 'pending' AND conversation_key IN (SELECT k FROM locked) "
-    "ORDER BY id LIMIT :limit").bindparams(
-    bindparam("keys", type_=postgresql.ARRAY(String))).columns(
-    InboxItem.__table__.c.id, InboxItem.__table__.c.attempts,
-    InboxItem.__table__.c.conversation_key, InboxItem.__table__.c.payload,
-    InboxItem.__table__.c.next_attempt_at)
+# One transaction-scoped advisory lock per conversation (class 0x5D35 = "storedesk"). The
+# pending rows are read by a second statement: under READ COMMITTED one statement sees the
+# snapshot taken when it began, before its locks were granted, so a single statement would
+# still see rows the previous holder committed as done while it waited, and handle them again.
+_TRY_LOCK = text("SELECT k FROM unnest(:keys) AS k "
+                 "WHERE pg_try_advisory_xact_lock(23861, hashtext(k))").bindparams(
+    bindparam("keys", type_=postgresql.ARRAY(String)))
 
 
 def shard_of(conversation_key: str) -> int:
@@ -267,8 +261,14 @@ class Inbox:
         if conn.dialect.name != "postgresql" or not items:
             return items
         keys = sorted({i.conversation_key for i in items})
-        rows = (await conn.execute(_LOCK_AND_READ, {
-            "keys": keys, "limit": len(items)})).all()  # one batch, as claimed
+        locked = [r[0] for r in (await conn.execute(_TRY_LOCK, {"keys": keys})).all()]
+        if not locked:
+            return []
+        t = InboxItem.__table__.c
+        rows = (await conn.execute(
+            select(t.id, t.attempts, t.conversation_key, t.payload, t.next_attempt_at)
+            .where(t.status == "pending", t.conversation_key.in_(locked))
+            .order_by(t.id).limit(len(items)))).all()  # one batch, as claimed
         now = datetime.now(UTC)
         blocked: set[str] = set()
         fresh: list[QueuedItem] = []
