@@ -10,6 +10,7 @@ server-side figures read from the database (accepted -> reply committed):
     python bench/e2e.py                        # 10,000 messages, 1,000 conversations, 1,000/s
     python bench/e2e.py --client sse           # the page's event stream instead of long-poll
     python bench/e2e.py --prefill 1000000      # after a million earlier messages (SQLite)
+    python bench/e2e.py --prefill 1000000 --cold-rollups  # ... the first start after an import
     python bench/e2e.py --client none --rate 0 # posts only, as fast as the client can
     python bench/e2e.py --split 2              # `web` + 2 `worker` processes, PostgreSQL + Redis
 
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.e2e_client import TRACE, converse_all, prefill  # noqa: E402
+from bot.admin import rollups  # noqa: E402
 from bot.db.engine import Database  # noqa: E402
 from bot.db.models import InboxItem, Message  # noqa: E402
 
@@ -215,6 +217,9 @@ async def main() -> None:
                         help="how the customers wait for replies (none: post and forget)")
     parser.add_argument("--prefill", type=int, default=0,
                         help="earlier messages written to the database first (SQLite)")
+    parser.add_argument("--cold-rollups", action="store_true",
+                        help="with --prefill: leave the dashboard's rollups of that history to "
+                             "the service (the first start after an import)")
     parser.add_argument("--rate", type=float, default=1000.0, help="messages/s, 0 = unlimited")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
@@ -243,11 +248,16 @@ async def run(args: argparse.Namespace, database_url: str | None, *, redis: str 
             raise SystemExit("--prefill writes SQLite files only")
         db = Database(url)
         await db.upgrade()
-        await db.close()
         took = time.perf_counter()
         prefill(Path(url.split("///", 1)[1]), args.prefill)
         print(f"prefilled {args.prefill} earlier messages in "
               f"{time.perf_counter() - took:.1f} s", flush=True)
+        if not args.cold_rollups:  # as a service that ran through that history has them
+            took = time.perf_counter()
+            await rollups.refresh(db)
+            print(f"dashboard rollups of that history built in "
+                  f"{time.perf_counter() - took:.1f} s", flush=True)
+        await db.close()
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url, "PORT": str(port), "WORKERS": str(args.workers),
            "WEBCHAT_RATE_PER_MINUTE": "100000000", "LOG_LEVEL": "WARNING"}

@@ -8,8 +8,10 @@ whatever the lag. Rows written late (platform timestamps in the past, an import,
 conversations whose stage changed since and customer merges mark their days dirty, and the
 next refresh recomputes those days.
 
-A refresh is one transaction that deletes and re-inserts whole days under a lock (an advisory
-lock on PostgreSQL, the write lock on SQLite), so any number of processes can run it.
+A refresh deletes and re-inserts whole days, a day per transaction, under a lock (an advisory
+lock on PostgreSQL, the write lock on SQLite), so any number of processes can run it. On SQLite
+its statements run on a thread (`Database.analytics`, `background_write`): the event loop keeps
+serving customers while a year of history is rolled up.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ DIMENSIONS = ("stage", "channel", "language")
 STATE_KEY = "daily"
 CLOSE_MARGIN = timedelta(minutes=10)  # a transaction open longer than this may land late
 CHUNK_DAYS = 1  # days built per write transaction (SQLite writers wait that long)
+MAX_PAUSE = 1.0  # seconds between two of them, at most
 UNKNOWN = "unknown"
 DAY = timedelta(days=1)
 Interval = tuple[datetime, datetime | None]  # [start, end); None = no end
@@ -505,7 +508,7 @@ async def refresh(db: Database, *, now: datetime | None = None,
     started = time.perf_counter()
     closed = floor_day((now or datetime.now(UTC)) - CLOSE_MARGIN)
     stats = RefreshStats()
-    async with db.read() as conn:
+    async with db.analytics() as conn:
         row = (await conn.execute(select(STATE.c.rolled_until, STATE.c.seen)
                                   .where(STATE.c.key == STATE_KEY))).first()
         until: datetime | None = row.rolled_until if row is not None else None
@@ -519,7 +522,7 @@ async def refresh(db: Database, *, now: datetime | None = None,
         else:
             days = await _dirty_days(conn, seen, now_seen, until) | _day_labels(until, closed)
     if stats.rebuilt:
-        async with db.write() as conn:
+        async with db.background_write() as conn:
             await _lock(conn)
             for table in ROLLUPS:
                 await conn.execute(delete(table))
@@ -530,7 +533,8 @@ async def refresh(db: Database, *, now: datetime | None = None,
         stats.seconds = round(time.perf_counter() - started, 2)
         return stats
     for start, end in _chunks(_ranges(days), CHUNK_DAYS):
-        async with db.write() as conn:
+        chunk_started = time.perf_counter()
+        async with db.background_write() as conn:
             await _lock(conn)
             current = (await conn.execute(select(STATE.c.rolled_until)
                                           .where(STATE.c.key == STATE_KEY))).scalar()
@@ -542,6 +546,9 @@ async def refresh(db: Database, *, now: datetime | None = None,
             if end > current:
                 await conn.execute(STATE.update().where(STATE.c.key == STATE_KEY)
                                    .values(rolled_until=end))
+        # as long again for the live traffic: rolling up a long history (the first start
+        # after an import) takes at most half of the write lock and of a core
+        await asyncio.sleep(min(time.perf_counter() - chunk_started, MAX_PAUSE))
     async with db.write() as conn:
         await _lock(conn)
         await conn.execute(STATE.update().where(STATE.c.key == STATE_KEY).values(

@@ -5,7 +5,9 @@ transactions, so tasks queue up in memory instead of sleeping in SQLite's busy h
 transactions begin IMMEDIATE; when another process (a CLI command) holds the lock, the BEGIN is
 tried again after asynchronous pauses (bot/db/inline_sqlite.py), so the event loop never sleeps
 in SQLite. Reads that scan (the dashboard) go through `analytics()`: on SQLite a second engine
-whose statements run on a thread, so a long aggregate does not hold up webhooks either.
+whose statements run on a thread, so a long aggregate does not hold up webhooks either; writes
+that aggregate (the dashboard's rollups) go through `background_write()`, a thread too, under
+the same in-process write lock.
 PostgreSQL needs none of this: one engine, no lock. A pooled PostgreSQL connection is not
 pinged when taken (three round trips on asyncpg): one the server closed is replaced instead
 (`_closed_on_checkout`), and connections are renewed every `POOL_RECYCLE` seconds.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -98,6 +101,10 @@ def _json_dumps(value: Any) -> str:
         return json.dumps(value)
 
 
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _sqlite_begin(conn: Connection) -> None:
     driver = conn.connection.driver_connection
     conn.exec_driver_sql("BEGIN IMMEDIATE" if getattr(driver, "write_intent", False)
@@ -140,7 +147,7 @@ class Database:
         else:
             event.listen(self.engine.sync_engine, "checkout", _closed_on_checkout)
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
-        self._analytics: AsyncEngine | None = None
+        self._threaded: dict[bool, AsyncEngine] = {}  # writes? -> a SQLite engine on threads
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -174,23 +181,43 @@ class Database:
     async def analytics(self) -> AsyncIterator[AsyncConnection]:
         """A read for queries that scan (dashboard panels, reports): on a SQLite file, its
         statements run on a thread, so the event loop keeps serving meanwhile."""
-        engine = self._analytics_engine()
-        async with engine.connect() as conn:
+        async with self._threaded_engine(writes=False).connect() as conn:
             yield conn
 
-    def _analytics_engine(self) -> AsyncEngine:
+    @contextlib.asynccontextmanager
+    async def background_write(self) -> AsyncIterator[AsyncConnection]:
+        """`write()` for transactions that scan (the dashboard's rollups): on a SQLite file its
+        statements run on a thread while this process's other writers wait for the write
+        lock, so webhooks, pages and reads are served meanwhile."""
+        engine = self._threaded_engine(writes=True)
+        if engine is self.engine:
+            async with self.write() as conn:
+                yield conn
+            return
+        assert self._write_lock is not None
+        async with self._write_lock, engine.begin() as conn:
+            yield conn
+
+    def _threaded_engine(self, *, writes: bool) -> AsyncEngine:
         if not self.is_sqlite or self.engine.dialect.driver != "aiosqlite" or \
                 make_url(self.url).database in (None, "", ":memory:"):
             return self.engine
-        if self._analytics is None:
-            self._analytics = create_async_engine(
+        engine = self._threaded.get(writes)
+        if engine is None:
+            engine = self._threaded[writes] = create_async_engine(
                 self.url, json_serializer=_json_dumps, json_deserializer=orjson.loads,
                 connect_args={"timeout": 30, "check_same_thread": False},
                 pool_size=2, max_overflow=2)
-            event.listen(self._analytics.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self._analytics.sync_engine, "connect", _query_only)
-            event.listen(self._analytics.sync_engine, "begin", _sqlite_begin)
-        return self._analytics
+            listen = functools.partial(event.listen, engine.sync_engine)
+            listen("connect", _sqlite_pragmas)
+            if writes:
+                if self._checkpoint_path is not None:
+                    listen("connect", _no_autocheckpoint)
+                listen("begin", _sqlite_begin_immediate)
+            else:
+                listen("connect", _query_only)
+                listen("begin", _sqlite_begin)
+        return engine
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -263,8 +290,8 @@ class Database:
             return str(row[0]) if row else None
 
     async def close(self) -> None:
-        if self._analytics is not None:
-            await self._analytics.dispose()
+        for engine in self._threaded.values():
+            await engine.dispose()
         await self.engine.dispose()
 
 

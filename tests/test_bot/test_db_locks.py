@@ -79,3 +79,50 @@ async def test_the_services_commits_leave_wal_checkpoints_to_a_thread(tmp_path: 
         if checkpoints is not None:
             await checkpoints
         await db.close()
+
+
+async def test_a_long_background_write_leaves_the_loop_free_and_other_writes_wait_for_it(
+        tmp_path: Path) -> None:
+    """The dashboard's rollups aggregate whole days inside a write transaction: on SQLite its
+    statements run on a thread, so the loop keeps serving, and the service's own writes queue
+    for the write lock instead of failing on SQLite's."""
+    from sqlalchemy import text
+
+    from bot.db.engine import Database
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bg.db'}", background_checkpoints=True)
+    ticks = 0
+
+    async def loop_turns() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    insert = text("INSERT INTO channel_state (key, value, updated_at) "
+                  "VALUES (:k, '{}', '2026-01-01')")
+    turning = asyncio.create_task(loop_turns())
+    try:
+        await db.upgrade()
+        async with db.background_write() as conn:
+            before = ticks
+            await conn.execute(text(  # a long aggregate
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                "WHERE i < 2000000) SELECT count(*) FROM n"))
+            during = ticks - before
+
+            async def write_meanwhile() -> None:
+                async with db.write() as other:
+                    await other.execute(insert, {"k": "live"})
+
+            live = asyncio.create_task(write_meanwhile())
+            await stays(lambda: not live.done(), window=0.2, what="the live write waits")
+            await conn.execute(insert, {"k": "rollup"})
+        await asyncio.wait_for(live, timeout=10)  # then goes through, without an error
+        async with db.read() as conn:
+            keys = (await conn.execute(text("SELECT key FROM channel_state"))).scalars().all()
+        assert sorted(keys) == ["live", "rollup"]
+        assert during > 100, "the loop stood still while the aggregate ran"
+    finally:
+        turning.cancel()
+        await db.close()

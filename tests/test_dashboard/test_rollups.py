@@ -19,6 +19,7 @@ from bot.admin import rollups
 from bot.customers import merge_customers
 from bot.db.engine import Database
 from bot.settings import Settings
+from tests.conftest import eventually
 from tests.test_dashboard.test_metrics import NOW, WEEK, at, build_history
 
 PERIODS = [
@@ -217,11 +218,12 @@ async def test_the_service_rolls_up_on_start_and_answers_from_rollups(
     await service.start(workers=False)
     try:
         closed = rollups.floor_day(datetime.now(UTC) - rollups.CLOSE_MARGIN)
-        for _ in range(200):  # the background task's first refresh, a day at a time
-            if await rolled(db) == closed:
-                break
-            await asyncio.sleep(0.05)
-        assert await rolled(db) == closed
+
+        async def rolled_up() -> bool:
+            return await rolled(db) == closed
+
+        # the background task's first refresh: a day at a time, leaving as long to the rest
+        await eventually(rolled_up, timeout=120, what="every closed day rolled up")
         query = "period=custom&from=2026-03-03&to=2026-03-09&by=channel"
         async with aiohttp.ClientSession(
                 base_url=f"http://127.0.0.1:{service.port}",
