@@ -11,6 +11,7 @@ occurrence: a redelivered webhook or an overlapping sweep inserts nothing new.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot import surveys
 from bot.customers import OrderIn, OrderWrite
+from bot.db.engine import Database
 from bot.db.models import (
     ChannelState,
     Conversation,
@@ -47,6 +49,8 @@ OVERLAP = 200
 #: stage changes older than this never fire (a playbook switched back on after months)
 STALE = timedelta(days=1)
 LAPSE_CATCH_UP = timedelta(days=7)
+#: occurrences fired per write transaction by a sweep
+FIRE_SLICE = 25
 
 
 class PlaybookSource(Protocol):
@@ -144,64 +148,84 @@ async def _save_cursor(conn: AsyncConnection, key: str, last: int) -> None:
                                                   set_={"value": {"id": last}}))
 
 
-async def sweep_stage_changes(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
+Fire = tuple[int, Occurrence, int | None]  # (customer, occurrence, conversation)
+
+
+async def _fire_in_slices(db: Database, playbooks: Playbooks, fires: list[Fire], *,
+                          now: datetime, cursor: tuple[str, int] | None = None) -> int:
+    """Fire each occurrence, `FIRE_SLICE` per write transaction, so a sweep that finds
+    thousands (a busy quarter of a minute) never holds the write lock or, on SQLite, the
+    event loop for long; the cursor is saved with the last slice. A slice that fails leaves
+    the cursor where it was: the next sweep fires again, and what is already scheduled
+    inserts nothing."""
+    new = 0
+    for first in range(0, max(len(fires), 1), FIRE_SLICE):
+        async with db.write() as conn:
+            for customer_id, occurrence, conversation_id in fires[first:first + FIRE_SLICE]:
+                new += await fire(conn, playbooks, customer_id, occurrence, now=now,
+                                  conversation_id=conversation_id)
+            if cursor is not None and first + FIRE_SLICE >= len(fires):
+                await _save_cursor(conn, *cursor)
+        await asyncio.sleep(0)  # the loop's other tasks, even when no writer is waiting
+    return new
+
+
+async def sweep_stage_changes(db: Database, playbooks: Playbooks, *, now: datetime,
                               batch: int = 500) -> int:
     """stage_entered for stage changes recorded since the last sweep (a first sweep starts
     from now: history never fires)."""
     if not playbooks.uses("stage_entered"):
         return 0  # and no cursor: a playbook added later starts from its first sweep
     key = "playbooks:stage_change"
-    cursor = await _cursor(conn, key, select(func.max(SC.id)))
-    rows = (await conn.execute(select(SC.id, SC.customer_id, SC.to_stage, SC.conversation_id)
-                               .where(SC.id > max(cursor - OVERLAP, 0),
-                                      SC.created_at >= now - STALE).order_by(SC.id)
-                               .limit(batch + OVERLAP))).all()
-    new = 0
-    for r in rows:
-        new += await fire(conn, playbooks, r.customer_id, Occurrence(
-            "stage_entered", f"stage_change:{r.id}", r.to_stage), now=now,
-            conversation_id=r.conversation_id)
-    if rows:
-        await _save_cursor(conn, key, max(cursor, rows[-1].id))
-    return new
+    async with db.write() as conn:
+        cursor = await _cursor(conn, key, select(func.max(SC.id)))
+        rows = (await conn.execute(
+            select(SC.id, SC.customer_id, SC.to_stage, SC.conversation_id)
+            .where(SC.id > max(cursor - OVERLAP, 0), SC.created_at >= now - STALE)
+            .order_by(SC.id).limit(batch + OVERLAP))).all()
+    if not rows:
+        return 0
+    return await _fire_in_slices(db, playbooks, [
+        (r.customer_id, Occurrence("stage_entered", f"stage_change:{r.id}", r.to_stage),
+         r.conversation_id) for r in rows], now=now, cursor=(key, max(cursor, rows[-1].id)))
 
 
-async def sweep_csat(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
+async def sweep_csat(db: Database, playbooks: Playbooks, *, now: datetime,
                      window: timedelta = timedelta(days=2)) -> int:
     """csat for satisfaction answers of escalations resolved lately (one per escalation)."""
     if not playbooks.uses("csat"):
         return 0
-    rows = (await conn.execute(
-        select(ES.id, ES.csat, ES.conversation_id, CV.customer_id)
-        .join(Conversation.__table__, CV.id == ES.conversation_id)
-        .where(ES.created_at >= now - timedelta(days=90), ES.csat.is_not(None),
-               ES.resolved_at >= now - window))).all()
-    new = 0
-    for r in rows:
-        new += await fire(conn, playbooks, r.customer_id, Occurrence(
-            "csat", f"csat:{r.id}", score=int(r.csat)), now=now,
-            conversation_id=r.conversation_id)
-    return new
+    async with db.read() as conn:
+        rows = (await conn.execute(
+            select(ES.id, ES.csat, ES.conversation_id, CV.customer_id)
+            .join(Conversation.__table__, CV.id == ES.conversation_id)
+            .where(ES.created_at >= now - timedelta(days=90), ES.csat.is_not(None),
+                   ES.resolved_at >= now - window))).all()
+    if not rows:
+        return 0
+    return await _fire_in_slices(db, playbooks, [
+        (r.customer_id, Occurrence("csat", f"csat:{r.id}", score=int(r.csat)),
+         r.conversation_id) for r in rows], now=now)
 
 
-async def sweep_survey_answers(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
+async def sweep_survey_answers(db: Database, playbooks: Playbooks, *, now: datetime,
                                batch: int = 500) -> int:
     """csat / nps for answers to the playbooks' own questions since the last sweep."""
     if not (playbooks.uses("csat") or playbooks.uses("nps")):
         return 0
     key = "playbooks:survey_answer"
-    cursor = await _cursor(conn, key, select(func.max(surveys.SA.id)))
-    rows = await surveys.answers_since(conn, max(cursor - OVERLAP, 0), batch + OVERLAP)
-    new = 0
-    for answer_id, customer_id, conversation_id, kind, score in rows:
-        new += await fire(conn, playbooks, customer_id, Occurrence(
-            kind, f"survey:{answer_id}", score=score), now=now, conversation_id=conversation_id)
-    if rows:
-        await _save_cursor(conn, key, max(cursor, rows[-1][0]))
-    return new
+    async with db.write() as conn:
+        cursor = await _cursor(conn, key, select(func.max(surveys.SA.id)))
+        rows = await surveys.answers_since(conn, max(cursor - OVERLAP, 0), batch + OVERLAP)
+    if not rows:
+        return 0
+    return await _fire_in_slices(db, playbooks, [
+        (customer_id, Occurrence(kind, f"survey:{answer_id}", score=score), conversation_id)
+        for answer_id, customer_id, conversation_id, kind, score in rows],
+        now=now, cursor=(key, max(cursor, rows[-1][0])))
 
 
-async def sweep_bot_answered(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
+async def sweep_bot_answered(db: Database, playbooks: Playbooks, *, now: datetime,
                              batch: int = 2000) -> int:
     """bot_answered for conversations the bot answered from the FAQ since the last sweep and
     that no person is in: one occurrence per answered message, only the latest of each
@@ -209,29 +233,26 @@ async def sweep_bot_answered(conn: AsyncConnection, playbooks: Playbooks, *, now
     if not playbooks.uses("bot_answered"):
         return 0
     key = "playbooks:bot_answered"
-    cursor = await _cursor(conn, key, select(func.max(MS.id)))
-    rows = (await conn.execute(
-        select(MS.id, MS.conversation_id, CV.customer_id)
-        .join(Conversation.__table__, CV.id == MS.conversation_id)
-        .where(MS.id > max(cursor - OVERLAP, 0), MS.direction == "in", MS.decision == "answer",
-               CV.status == ConversationStatus.BOT)
-        .order_by(MS.id).limit(batch + OVERLAP))).all()
+    async with db.write() as conn:
+        cursor = await _cursor(conn, key, select(func.max(MS.id)))
+        rows = (await conn.execute(
+            select(MS.id, MS.conversation_id, CV.customer_id)
+            .join(Conversation.__table__, CV.id == MS.conversation_id)
+            .where(MS.id > max(cursor - OVERLAP, 0), MS.direction == "in",
+                   MS.decision == "answer", CV.status == ConversationStatus.BOT)
+            .order_by(MS.id).limit(batch + OVERLAP))).all()
+    if not rows:
+        return 0
     latest: dict[int, Any] = {}
     for r in rows:
         latest[int(r.conversation_id)] = r
-    new = 0
-    for r in latest.values():
-        if r.customer_id is None:
-            continue
-        new += await fire(conn, playbooks, int(r.customer_id), Occurrence(
-            "bot_answered", f"bot_answered:{r.id}"), now=now,
-            conversation_id=int(r.conversation_id))
-    if rows:
-        await _save_cursor(conn, key, max(cursor, int(rows[-1].id)))
-    return new
+    return await _fire_in_slices(db, playbooks, [
+        (int(r.customer_id), Occurrence("bot_answered", f"bot_answered:{r.id}"),
+         int(r.conversation_id)) for r in latest.values() if r.customer_id is not None],
+        now=now, cursor=(key, max(cursor, int(rows[-1].id))))
 
 
-async def sweep_lapsed(conn: AsyncConnection, playbooks: Playbooks, *, now: datetime,
+async def sweep_lapsed(db: Database, playbooks: Playbooks, *, now: datetime,
                        since: dict[timedelta, tuple[datetime, int]], batch: int = 500) -> int:
     """no_order_for: customers whose last order became that old since the last sweep, once
     per lapse (the occurrence is the last order's time, so ordering again and lapsing again
@@ -242,15 +263,17 @@ async def sweep_lapsed(conn: AsyncConnection, playbooks: Playbooks, *, now: date
     for after in playbooks.idle_triggers():
         cutoff = now - after
         at, last_id = since.get(after, (cutoff - LAPSE_CATCH_UP, 0))
-        rows = (await conn.execute(select(CU.id, CU.last_order_at).where(
-            CU.merged_into.is_(None), CU.last_order_at <= cutoff,
-            or_(CU.last_order_at > at, and_(CU.last_order_at == at, CU.id > last_id)))
-            .order_by(CU.last_order_at, CU.id).limit(batch))).all()
+        async with db.read() as conn:
+            rows = (await conn.execute(select(CU.id, CU.last_order_at).where(
+                CU.merged_into.is_(None), CU.last_order_at <= cutoff,
+                or_(CU.last_order_at > at, and_(CU.last_order_at == at, CU.id > last_id)))
+                .order_by(CU.last_order_at, CU.id).limit(batch))).all()
+        if not rows:
+            continue
         seconds = str(int(after.total_seconds()))
-        for r in rows:
-            new += await fire(conn, playbooks, r.id, Occurrence(
-                "no_order_for", f"lapse:{seconds}s:{r.last_order_at.isoformat()}", seconds),
-                now=now)
-        if rows:
-            since[after] = (rows[-1].last_order_at, int(rows[-1].id))
+        new += await _fire_in_slices(db, playbooks, [
+            (r.id, Occurrence("no_order_for",
+                              f"lapse:{seconds}s:{r.last_order_at.isoformat()}", seconds), None)
+            for r in rows], now=now)
+        since[after] = (rows[-1].last_order_at, int(rows[-1].id))
     return new

@@ -111,13 +111,12 @@ class PlaybookRunner:
         playbooks = self.source.playbooks
         now = self.clock()
         if playbooks.playbooks:
-            try:
-                async with self.db.write() as conn:
-                    await sweep_stage_changes(conn, playbooks, now=now)
-                    await sweep_csat(conn, playbooks, now=now)
-                    await sweep_survey_answers(conn, playbooks, now=now)
-                    await sweep_bot_answered(conn, playbooks, now=now)
-                    await sweep_lapsed(conn, playbooks, now=now, since=self._lapsed)
+            try:  # each in short transactions of its own (see playbook_jobs._fire_in_slices)
+                await sweep_stage_changes(self.db, playbooks, now=now)
+                await sweep_csat(self.db, playbooks, now=now)
+                await sweep_survey_answers(self.db, playbooks, now=now)
+                await sweep_bot_answered(self.db, playbooks, now=now)
+                await sweep_lapsed(self.db, playbooks, now=now, since=self._lapsed)
             except Exception as exc:  # due steps still go out
                 log.error("playbooks: sweep failed (%s); retrying at the next tick",
                           type(exc).__name__)

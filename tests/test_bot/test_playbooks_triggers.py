@@ -254,8 +254,56 @@ async def test_the_lapse_sweep_walks_customers_with_the_same_last_order_time(
         cursor: dict[Any, Any] = {}
         fired = []
         for _ in range(4):
-            async with db.write() as conn:
-                fired.append(await sweep_lapsed(conn, books, now=NOW, since=cursor, batch=2))
+            fired.append(await sweep_lapsed(db, books, now=NOW, since=cursor, batch=2))
     finally:
         await db.close()
     assert fired == [2, 2, 1, 0]
+
+
+async def test_a_sweep_that_finds_hundreds_of_stage_changes_lets_the_service_serve_meanwhile(
+        tmp_path: Any) -> None:
+    """A busy quarter of a minute (a thousand new customers) gives the next sweep hundreds of
+    occurrences: it schedules each once, in short transactions, and the event loop serves
+    pages between them instead of standing still until the last one."""
+    from bot.db.engine import Database
+    from bot.db.models import Customer, PlaybookJob, StageChange
+    from bot.playbook_jobs import sweep_stage_changes
+    from bot.playbooks import load_playbooks
+
+    path = tmp_path / "p.yaml"
+    path.write_text("playbooks:\n" + book("hello", "{stage_entered: consideration}", "Hi"),
+                    encoding="utf-8")
+    books = load_playbooks(path)
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'sweep.db'}")
+    turns = 0
+
+    async def other_tasks() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    await db.upgrade()
+    ticking: asyncio.Task[None] | None = None
+    try:
+        assert await sweep_stage_changes(db, books, now=NOW) == 0  # the first sets the cursor
+        async with db.write() as conn:
+            ids = (await conn.execute(insert(Customer.__table__).returning(Customer.id), [
+                {"display_name": f"c{i}", "created_at": NOW} for i in range(300)])).scalars()
+            await conn.execute(insert(StageChange.__table__), [
+                {"customer_id": cid, "from_stage": "awareness", "to_stage": "consideration",
+                 "reason": "asked about a product", "created_at": NOW} for cid in ids])
+        ticking = asyncio.create_task(other_tasks())
+        await asyncio.sleep(0)
+        before = turns
+        assert await sweep_stage_changes(db, books, now=NOW) == 300
+        # in one transaction the loop gets a handful of turns (its reads), in slices dozens
+        assert turns - before >= 30, "the loop stood still while the sweep fired"
+        assert await sweep_stage_changes(db, books, now=NOW) == 0  # each once
+        async with db.read() as conn:
+            jobs = (await conn.execute(select(PlaybookJob.customer_id))).scalars().all()
+        assert len(jobs) == len(set(jobs)) == 300
+    finally:
+        if ticking is not None:
+            ticking.cancel()
+        await db.close()
