@@ -12,7 +12,7 @@ occurrence: a redelivered webhook or an overlapping sweep inserts nothing new.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -50,7 +50,7 @@ OVERLAP = 200
 STALE = timedelta(days=1)
 LAPSE_CATCH_UP = timedelta(days=7)
 #: occurrences fired per write transaction by a sweep
-FIRE_SLICE = 25
+FIRE_SLICE = 100
 
 
 class PlaybookSource(Protocol):
@@ -77,24 +77,35 @@ async def fire(conn: AsyncConnection, playbooks: Playbooks, customer_id: int,
                occurrence: Occurrence, *, now: datetime,
                conversation_id: int | None = None) -> int:
     """Schedule every enabled step the occurrence starts; returns how many were new."""
-    steps = playbooks.steps_for(occurrence.kind, occurrence.value, occurrence.score)
-    if not steps:
+    return await fire_many(conn, playbooks, [(customer_id, occurrence, conversation_id)],
+                           now=now)
+
+
+Fire = tuple[int, Occurrence, int | None]  # (customer, occurrence, conversation)
+
+
+async def fire_many(conn: AsyncConnection, playbooks: Playbooks, fires: Sequence[Fire], *,
+                    now: datetime) -> int:
+    """`fire` for each, in two statements: the customers' order counts, then one insert of
+    every step they start (those already scheduled insert nothing)."""
+    wanted = [(f, steps) for f in fires
+              if (steps := playbooks.steps_for(f[1].kind, f[1].value, f[1].score))]
+    if not wanted:
         return 0
-    orders = (await conn.execute(select(CU.orders_count).where(CU.id == customer_id))
-              ).scalar() or 0
-    data = {**occurrence.data, "orders": int(orders)}  # "ordered since" is counted from it
-    new = 0
-    for playbook, step in steps:
-        stmt = _insert(conn)(PlaybookJob.__table__).values(
-            customer_id=customer_id, conversation_id=conversation_id, playbook=playbook.name,
-            step=step.index, occurrence=occurrence.key[:200], kind=step.kind,
-            state="scheduled", attempts=0, due_at=now + step.delay, fired_at=now,
-            data=data, created_at=now,
-        ).on_conflict_do_nothing(index_elements=["customer_id", "playbook", "step",
-                                                 "occurrence"]).returning(PJ.id)
-        if (await conn.execute(stmt)).scalar() is not None:
-            new += 1
-    return new
+    customers = sorted({customer_id for (customer_id, _, _), _ in wanted})
+    orders = dict((await conn.execute(select(CU.id, CU.orders_count)
+                                      .where(CU.id.in_(customers)))).tuples().all())
+    rows = [dict(customer_id=customer_id, conversation_id=conversation_id,
+                 playbook=playbook.name, step=step.index, occurrence=occurrence.key[:200],
+                 kind=step.kind, state="scheduled", attempts=0, due_at=now + step.delay,
+                 fired_at=now, created_at=now,
+                 # "ordered since" is counted from it
+                 data={**occurrence.data, "orders": int(orders.get(customer_id) or 0)})
+            for (customer_id, occurrence, conversation_id), steps in wanted
+            for playbook, step in steps]
+    stmt = _insert(conn)(PlaybookJob.__table__).values(rows).on_conflict_do_nothing(
+        index_elements=["customer_id", "playbook", "step", "occurrence"]).returning(PJ.id)
+    return len((await conn.execute(stmt)).all())
 
 
 def order_occurrences(order: OrderIn, written: OrderWrite) -> list[Occurrence]:
@@ -148,9 +159,6 @@ async def _save_cursor(conn: AsyncConnection, key: str, last: int) -> None:
                                                   set_={"value": {"id": last}}))
 
 
-Fire = tuple[int, Occurrence, int | None]  # (customer, occurrence, conversation)
-
-
 async def _fire_in_slices(db: Database, playbooks: Playbooks, fires: list[Fire], *,
                           now: datetime, cursor: tuple[str, int] | None = None) -> int:
     """Fire each occurrence, `FIRE_SLICE` per write transaction, so a sweep that finds
@@ -161,9 +169,7 @@ async def _fire_in_slices(db: Database, playbooks: Playbooks, fires: list[Fire],
     new = 0
     for first in range(0, max(len(fires), 1), FIRE_SLICE):
         async with db.write() as conn:
-            for customer_id, occurrence, conversation_id in fires[first:first + FIRE_SLICE]:
-                new += await fire(conn, playbooks, customer_id, occurrence, now=now,
-                                  conversation_id=conversation_id)
+            new += await fire_many(conn, playbooks, fires[first:first + FIRE_SLICE], now=now)
             if cursor is not None and first + FIRE_SLICE >= len(fires):
                 await _save_cursor(conn, *cursor)
         await asyncio.sleep(0)  # the loop's other tasks, even when no writer is waiting
